@@ -1,0 +1,114 @@
+"""The OpenAI surface (/v1) as a plain ASGI handler: parse, run the pipeline, answer.
+
+No framework here: this is every token's path. Errors raised anywhere below become an
+OpenAI-shaped body with the status the official clients map to their exception classes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+
+from gateway.asgi import ClientGone, Receive, Scope, Send, header, read_body, send_error, send_json
+from gateway.auth import bearer_token
+from gateway.errors import BadRequest, GatewayError, NotFound
+from gateway.openai_request import Kind, parse_request
+from gateway.pipeline import Outcome, Pipeline, settle_shielded
+from gateway.relay.meter import Usage
+
+log = logging.getLogger("tokengate.api")
+_REQUEST_ID_OK = re.compile(rb"[A-Za-z0-9._:-]+")
+
+ROUTES: dict[str, Kind] = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+}
+
+
+def request_id_of(scope: Scope) -> str:
+    """The client's x-request-id when it is sane, else a fresh one."""
+    given = header(scope, b"x-request-id")
+    if given and len(given) <= 128 and _REQUEST_ID_OK.fullmatch(given):
+        return given.decode()
+    return "req_" + secrets.token_hex(12)
+
+
+class OpenAIHandler:
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request_id = request_id_of(scope)
+        path = scope["path"].rstrip("/")
+        started = time.perf_counter()
+        route = path.removeprefix("/v1/")
+        status = 200
+        model_name = ""
+        try:
+            if path == "/v1/models" and scope["method"] == "GET":
+                await self.list_models(scope, send, request_id)
+                return
+            kind = ROUTES.get(path)
+            if kind is None:
+                raise NotFound(f"Unknown route {scope['method']} {scope['path']}", code="unknown_url")
+            if scope["method"] != "POST":
+                raise BadRequest(f"{path} accepts POST only", code="method_not_allowed")
+            model_name = await self.infer(kind, scope, receive, send, request_id)
+        except GatewayError as error:
+            status = error.status
+            await send_error(send, error, request_id)
+        except ClientGone:
+            status = 499
+        finally:
+            metrics = self.pipeline.metrics
+            metrics.requests.labels(route, model_name, str(status)).inc()
+            metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+    async def list_models(self, scope: Scope, send: Send, request_id: str) -> None:
+        await self.pipeline.auth.authenticate(bearer_token(scope))
+        catalog = self.pipeline.catalog
+        data = [
+            {"id": m.name, "object": "model", "created": 0, "owned_by": "tokengate",
+             "max_model_len": m.context_window}
+            for m in catalog.models.values()
+        ]
+        await send_json(send, 200, {"object": "list", "data": data}, request_id)
+
+    async def infer(self, kind: Kind, scope: Scope, receive: Receive, send: Send, request_id: str) -> str:
+        """Authenticate, admit, relay, settle. Returns the model name for metrics."""
+        pipeline = self.pipeline
+        key = await pipeline.auth.authenticate(bearer_token(scope))
+        raw = await read_body(scope, receive, pipeline.settings.max_body_bytes)
+        request = parse_request(kind, raw)
+        model = pipeline.model_for(request)
+        admission = await pipeline.admit(key, request, model, request_id)
+        outcome = Outcome(Usage(), status="upstream_error", counted_by="gateway")
+        try:
+            body = pipeline.upstream_body(request, model, admission)
+            endpoint, response = await pipeline.open_upstream(model, "/v1/" + ROUTE_PATHS[kind], body)
+            ok = False
+            try:
+                if request.stream and response.status == 200:
+                    outcome = await pipeline.relay_stream(
+                        key, send, receive, request_id, response, request, model, admission,
+                        admission.header_pairs(), admission.prompt_tokens,
+                    )
+                else:
+                    outcome = await pipeline.relay_json(
+                        send, request_id, response, model, admission.header_pairs(),
+                        admission.prompt_tokens,
+                    )
+                ok = outcome.status in ("ok", "client_gone")
+            finally:
+                pipeline.router.finished(endpoint, ok=ok)
+                outcome.endpoint = endpoint
+        finally:
+            await settle_shielded(pipeline, key, model, request_id, request.stream, outcome)
+        return model.name
+
+
+ROUTE_PATHS: dict[Kind, str] = {"chat": "chat/completions", "completions": "completions",
+                                "embeddings": "embeddings"}

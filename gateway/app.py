@@ -1,0 +1,67 @@
+"""The ASGI application: /v1 on a plain handler, everything else on FastAPI.
+
+The OpenAI routes are every token's path, so they skip the framework; the admin and
+self-service routes are control plane and use FastAPI's validation and docs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from gateway.api import admin, health, me
+from gateway.api.openai import OpenAIHandler
+from gateway.asgi import Receive, Scope, Send
+from gateway.catalog import Catalog
+from gateway.errors import GatewayError
+from gateway.settings import Settings
+from gateway.state import GatewayState
+
+
+class GatewayApp:
+    """Dispatches /v1 (but /v1/me) to the plain handler and the rest to FastAPI."""
+
+    def __init__(self, settings: Settings, catalog: Catalog | None = None) -> None:
+        self.settings = settings
+        self.state: GatewayState | None = None
+        self.handler: OpenAIHandler | None = None
+
+        @asynccontextmanager
+        async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+            self.state = await GatewayState.start(settings, catalog)
+            self.handler = OpenAIHandler(self.state.pipeline)
+            app.state.gateway = self.state
+            try:
+                yield
+            finally:
+                await self.state.close()
+
+        self.control = FastAPI(title="tokengate", lifespan=lifespan, docs_url="/admin/docs",
+                               openapi_url="/admin/openapi.json", redoc_url=None)
+        self.control.include_router(health.router)
+        self.control.include_router(admin.router)
+        self.control.include_router(me.router)
+        self.control.add_exception_handler(GatewayError, _gateway_error)  # type: ignore[arg-type]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            self.handler is not None
+            and scope["type"] == "http"
+            and scope["path"].startswith("/v1/")
+            and not scope["path"].startswith("/v1/me")
+        ):
+            await self.handler(scope, receive, send)
+            return
+        await self.control(scope, receive, send)
+
+
+async def _gateway_error(request: Request, error: GatewayError) -> Response:
+    return Response(error.body(), status_code=error.status, headers=error.headers,
+                    media_type="application/json")
+
+
+def create_app(settings: Settings | None = None, catalog: Catalog | None = None) -> GatewayApp:
+    return GatewayApp(settings or Settings(), catalog)

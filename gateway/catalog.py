@@ -1,0 +1,239 @@
+"""models.yaml: the operator's catalog of clusters and models, validated into a frozen Catalog.
+
+A bad file fails at start with the field and the line at fault (``CatalogError``): we keep
+the line of every YAML node while loading and map pydantic's error locations onto them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EndpointSpec(_Strict):
+    url: str = Field(pattern=r"^https?://[^/\s]+(/[^\s]*)?$")
+    weight: int = Field(default=1, ge=1, le=1000)
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    @field_validator("url")
+    @classmethod
+    def _no_v1_suffix(cls, url: str) -> str:
+        url = url.rstrip("/")
+        if url.endswith("/v1"):
+            raise ValueError("give the server root, without the /v1 suffix")
+        return url
+
+
+class ClusterSpec(_Strict):
+    name: str = Field(pattern=_NAME)
+    region: str = ""
+    endpoints: list[EndpointSpec] = Field(min_length=1)
+
+
+class PriceSpec(_Strict):
+    """Credits per token as decimals with at most three places (held as per-mille integers)."""
+
+    input: Decimal
+    output: Decimal
+
+    @field_validator("input", "output", mode="before")
+    @classmethod
+    def _exact_decimal(cls, value: Any) -> Decimal:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ValueError("a price is a number such as 1, 0.5 or 2.25")
+        try:
+            dec = Decimal(str(value))
+        except InvalidOperation as exc:
+            raise ValueError(f"not a number: {value!r}") from exc
+        if dec < 0 or dec != dec.quantize(Decimal("0.001")):
+            raise ValueError("a price is >= 0 with at most three decimals")
+        return dec
+
+    @property
+    def input_pm(self) -> int:
+        return int(self.input * 1000)
+
+    @property
+    def output_pm(self) -> int:
+        return int(self.output * 1000)
+
+
+class ModelSpec(_Strict):
+    name: str = Field(pattern=_NAME)
+    served_name: str | None = None
+    kind: Literal["chat", "embedding"] = "chat"
+    tokenizer: str = "tiktoken:cl100k_base"
+    context_window: int = Field(ge=16, le=10_000_000)
+    price: PriceSpec
+    deployments: list[str] = Field(min_length=1)
+
+    @field_validator("tokenizer")
+    @classmethod
+    def _tokenizer_scheme(cls, spec: str) -> str:
+        if not re.match(r"^(tiktoken|hf):.+", spec):
+            raise ValueError("tokenizer is 'tiktoken:<encoding>' or 'hf:<local directory>'")
+        return spec
+
+
+class CatalogSpec(_Strict):
+    clusters: list[ClusterSpec] = Field(min_length=1)
+    models: list[ModelSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _references(self) -> CatalogSpec:
+        clusters = [c.name for c in self.clusters]
+        _unique(clusters, "cluster")
+        _unique([m.name for m in self.models], "model")
+        for model in self.models:
+            for dep in model.deployments:
+                if dep not in clusters:
+                    raise ValueError(f"model {model.name!r} is deployed on unknown cluster {dep!r}")
+        return self
+
+
+def _unique(names: list[str], what: str) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"duplicate {what} name {name!r}")
+        seen.add(name)
+
+
+# --- the frozen runtime view -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One upstream vLLM server as the router sees it."""
+
+    cluster: str
+    region: str
+    url: str
+    weight: int
+    api_key: str | None
+
+    @property
+    def id(self) -> str:
+        return self.url
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    name: str
+    served_name: str
+    kind: str
+    tokenizer: str
+    context_window: int
+    input_pm: int
+    output_pm: int
+    endpoints: tuple[Endpoint, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    models: dict[str, Model]
+    clusters: tuple[str, ...]
+    source: str = ""
+    endpoints: tuple[Endpoint, ...] = field(default=())
+
+    def get(self, name: str) -> Model | None:
+        return self.models.get(name)
+
+
+class CatalogError(ValueError):
+    """models.yaml is unreadable or invalid; the message names the field and the line."""
+
+
+def build_catalog(spec: CatalogSpec, source: str = "", env: dict[str, str] | None = None) -> Catalog:
+    env = dict(os.environ) if env is None else env
+    by_cluster: dict[str, tuple[Endpoint, ...]] = {}
+    for cluster in spec.clusters:
+        by_cluster[cluster.name] = tuple(
+            Endpoint(
+                cluster=cluster.name,
+                region=cluster.region,
+                url=ep.url,
+                weight=ep.weight,
+                api_key=env.get(ep.api_key_env) if ep.api_key_env else None,
+            )
+            for ep in cluster.endpoints
+        )
+    models = {
+        m.name: Model(
+            name=m.name,
+            served_name=m.served_name or m.name,
+            kind=m.kind,
+            tokenizer=m.tokenizer,
+            context_window=m.context_window,
+            input_pm=m.price.input_pm,
+            output_pm=m.price.output_pm,
+            endpoints=tuple(ep for dep in m.deployments for ep in by_cluster[dep]),
+        )
+        for m in spec.models
+    }
+    all_endpoints = tuple(ep for eps in by_cluster.values() for ep in eps)
+    return Catalog(models=models, clusters=tuple(by_cluster), source=source, endpoints=all_endpoints)
+
+
+def load_catalog(path: str | Path, env: dict[str, str] | None = None) -> Catalog:
+    """Read, validate and freeze models.yaml; raise CatalogError naming field and line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CatalogError(f"{path}: cannot read: {exc}") from exc
+    return parse_catalog(text, str(path), env)
+
+
+def parse_catalog(text: str, source: str = "models.yaml", env: dict[str, str] | None = None) -> Catalog:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise CatalogError(f"{source}: invalid YAML: {exc}") from exc
+    lines = _node_lines(node) if node is not None else {}
+    try:
+        spec = CatalogSpec.model_validate(data if data is not None else {})
+    except ValidationError as exc:
+        raise CatalogError(_describe(exc, lines, source)) from None
+    return build_catalog(spec, source, env)
+
+
+def _node_lines(node: yaml.Node, path: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], int]:
+    """Map every key path (('models', 0, 'price')) to its 1-based line in the file."""
+    lines = {path: node.start_mark.line + 1}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            child = (*path, key_node.value)
+            lines.update(_node_lines(value_node, child))
+            lines[child] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            lines.update(_node_lines(item, (*path, index)))
+    return lines
+
+
+def _describe(exc: ValidationError, lines: dict[tuple[Any, ...], int], source: str) -> str:
+    problems = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        at = loc
+        while at not in lines and at:
+            at = at[:-1]
+        field_name = ".".join(str(p) for p in loc) or "(top level)"
+        line = lines.get(at, 1)
+        problems.append(f"{source}:{line}: {field_name}: {err['msg']}")
+    return "invalid models.yaml:\n  " + "\n  ".join(problems)

@@ -1,0 +1,87 @@
+"""The ``tokengate`` command: serve, sim, quickstart."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from gateway.catalog import CatalogError, load_catalog
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.settings import Settings
+
+    config = args.config or Settings().config_path
+    try:
+        load_catalog(config)  # fail fast, naming the field and line at fault
+    except CatalogError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    # Worker processes read their settings from the environment they inherit.
+    os.environ["TOKENGATE_CONFIG"] = config
+    uvicorn.run(
+        "gateway.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        loop="uvloop",
+        http="httptools",
+        log_level=args.log_level,
+        access_log=False,
+    )
+    return 0
+
+
+def _quickstart(args: argparse.Namespace) -> int:
+    from gateway.quickstart import run
+
+    try:
+        return run(args.config, args.host, args.port, args.data_dir)
+    except CatalogError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+
+
+def _sim(argv: list[str]) -> int:
+    from loadtest.vllm_sim import main as sim_main
+
+    return sim_main(argv)
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="tokengate", description="Token-metered OpenAI gateway")
+    sub = root.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", default=None, help="models.yaml (default: $TOKENGATE_CONFIG)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--log-level", default="warning")
+
+    quick = sub.add_parser("quickstart", help="run everything on embedded defaults")
+    quick.add_argument("--config", default="models.yaml")
+    quick.add_argument("--host", default="127.0.0.1")
+    quick.add_argument("--port", type=int, default=8000, help="preferred port (next free if taken)")
+    quick.add_argument("--data-dir", default=".tokengate")
+
+    sub.add_parser("sim", help="run vLLM simulators (see: tokengate sim --help)", add_help=False)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "sim":
+        return _sim(argv[1:])
+    args = parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    return _quickstart(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

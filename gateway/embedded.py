@@ -1,0 +1,78 @@
+"""Child processes the quickstart starts for itself: a real redis-server and simulators."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def free_port(preferred: int | None = None) -> int:
+    """``preferred`` when it is free on loopback, else any free port."""
+    if preferred is not None:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", preferred))
+                return preferred
+            except OSError:
+                pass
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with code {process.returncode}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout:g}s")
+
+
+def start_redis(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    """A redis-server that keeps every settled usage event: AOF with fsync always."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError(
+            "redis-server is not on PATH: install Redis (e.g. apt install redis-server) "
+            "or point REDIS_URL at a running Redis"
+        )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    args = [
+        binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
+        "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+        "--daemonize", "no", "--logfile", str(data_dir / "redis.log"),
+    ]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port(port, process)
+    return process
+
+
+def start_simulators(servers: list[tuple[int, list[str]]], log: Path) -> subprocess.Popen[bytes]:
+    """One process serving a vLLM simulator per (port, served model names)."""
+    args = [sys.executable, "-m", "loadtest.vllm_sim"]
+    for port, names in servers:
+        args += ["--port", str(port), "--model", ",".join(names)]
+    with log.open("ab") as out:
+        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+    for port, _ in servers:
+        wait_for_port(port, process)
+    return process
+
+
+def stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()

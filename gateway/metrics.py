@@ -1,0 +1,46 @@
+"""Prometheus metrics of one gateway process (own registry: no module-level state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "tokengate_requests",
+            "Requests answered on /v1, by route, model and HTTP status.",
+            ["route", "model", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "tokengate_request_duration_seconds",
+            "Time from request to the last byte of the response.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.upstream_errors = Counter(
+            "tokengate_upstream_errors",
+            "Upstream failures by endpoint and kind (connect, status, timeout, reset).",
+            ["cluster", "endpoint", "kind"],
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "tokengate_tokens",
+            "Tokens billed, by model and type (prompt, completion).",
+            ["model", "type"],
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "tokengate_upstream_in_flight",
+            "Requests in flight per upstream endpoint.",
+            ["cluster", "endpoint"],
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

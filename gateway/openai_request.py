@@ -1,0 +1,152 @@
+"""Parse an OpenAI request body just enough to meter and route it (no pydantic per request).
+
+We read the fields that admission, routing and counting need, refuse bad input with a
+clear 400 naming the parameter, and leave everything else for the upstream to judge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from gateway.errors import BadRequest
+from gateway.tokenizers import Tokenizer
+
+Kind = Literal["chat", "completions", "embeddings"]
+
+# Chat templates add a few tokens per message (role markers, separators) and a few to
+# open the assistant's turn; these bounds exceed what common templates add.
+PER_MESSAGE_OVERHEAD = 16
+PER_REQUEST_OVERHEAD = 32
+
+
+@dataclass(slots=True)
+class OpenAIRequest:
+    kind: Kind
+    body: dict[str, Any]
+    model: str
+    stream: bool
+    n: int
+    max_tokens: int | None
+    client_include_usage: bool
+    client_continuous_usage: bool
+
+
+def parse_request(kind: Kind, raw: bytes) -> OpenAIRequest:
+    """Validate the fields the gateway relies on; raise BadRequest naming the culprit."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON (UTF-8): {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("'model' is required and must be a string", param="model")
+    stream = _optional(body, "stream", bool, False)
+    n = _optional(body, "n", int, 1)
+    if not 1 <= n <= 128:
+        raise BadRequest("'n' must be between 1 and 128", param="n")
+    max_tokens = _max_tokens(body, kind)
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise BadRequest("'stream_options' must be an object", param="stream_options")
+    options = options or {}
+    _require_input(body, kind)
+    return OpenAIRequest(
+        kind=kind,
+        body=body,
+        model=model,
+        stream=stream and kind != "embeddings",
+        n=n,
+        max_tokens=max_tokens,
+        client_include_usage=bool(options.get("include_usage")),
+        client_continuous_usage=bool(options.get("continuous_usage_stats")),
+    )
+
+
+def _optional(body: dict[str, Any], name: str, typ: type, default: Any) -> Any:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise BadRequest(f"'{name}' must be of type {typ.__name__}", param=name)
+    return value
+
+
+def _max_tokens(body: dict[str, Any], kind: Kind) -> int | None:
+    if kind == "embeddings":
+        return None
+    name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    value = _optional(body, name, int, None)
+    if value is not None and value < 1:
+        raise BadRequest(f"'{name}' must be at least 1, got {value}", param=name)
+    return value  # type: ignore[no-any-return]
+
+
+def _require_input(body: dict[str, Any], kind: Kind) -> None:
+    if kind == "chat":
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise BadRequest("'messages' must be a non-empty array", param="messages")
+        if not all(isinstance(m, dict) for m in messages):
+            raise BadRequest("each message must be an object", param="messages")
+    elif kind == "completions":
+        if not isinstance(body.get("prompt"), str | list):
+            raise BadRequest("'prompt' must be a string or an array", param="prompt")
+    elif not isinstance(body.get("input"), str | list) or body.get("input") in ("", []):
+        raise BadRequest("'input' must be a non-empty string or array", param="input")
+
+
+def count_prompt_tokens(request: OpenAIRequest, tokenizer: Tokenizer) -> tuple[int, int]:
+    """(content tokens, upper-bound estimate incl. template overhead) of the prompt."""
+    body = request.body
+    if request.kind == "chat":
+        content = sum(_message_tokens(m, tokenizer) for m in body["messages"])
+        for extra in ("tools", "functions", "response_format"):
+            if body.get(extra):
+                content += len(tokenizer.encode(orjson.dumps(body[extra]).decode()))
+        overhead = PER_MESSAGE_OVERHEAD * len(body["messages"]) + PER_REQUEST_OVERHEAD
+        return content, content + overhead
+    key = "prompt" if request.kind == "completions" else "input"
+    tokens = sum(_prompt_tokens(p, tokenizer) for p in _prompts(body[key]))
+    return tokens, tokens + PER_REQUEST_OVERHEAD
+
+
+def prompt_count(request: OpenAIRequest) -> int:
+    """How many prompts a completions request carries (each gets ``n`` choices)."""
+    if request.kind != "completions":
+        return 1
+    return len(_prompts(request.body["prompt"]))
+
+
+def _prompts(value: Any) -> list[Any]:
+    if isinstance(value, str):
+        return [value]
+    if value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return [value]  # one prompt given as token ids
+    return list(value)
+
+
+def _prompt_tokens(prompt: Any, tokenizer: Tokenizer) -> int:
+    if isinstance(prompt, str):
+        return len(tokenizer.encode(prompt))
+    if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+        return len(prompt)
+    raise BadRequest("each prompt must be a string or an array of token ids", param="prompt")
+
+
+def _message_tokens(message: dict[str, Any], tokenizer: Tokenizer) -> int:
+    total = 0
+    for key, value in message.items():
+        if isinstance(value, str):
+            total += len(tokenizer.encode(value))
+        elif key == "content" and isinstance(value, list):
+            for part in value:
+                text = part.get("text") if isinstance(part, dict) else None
+                total += len(tokenizer.encode(text)) if isinstance(text, str) else 0
+        elif value is not None:
+            total += len(tokenizer.encode(orjson.dumps(value).decode()))
+    return total

@@ -1,0 +1,316 @@
+"""One request, end to end: authenticate -> admit -> route -> relay -> settle.
+
+Every admitted request ends in exactly one settlement (``finally``), which releases the
+unused reservation and appends the usage event. Settlement happens after the last byte
+reached the client, so it is never in the client's way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+
+from gateway.asgi import SSE_HEADERS, Receive, Send, send_bytes
+from gateway.auth import Authenticator, KeyRef
+from gateway.catalog import Catalog, Endpoint, Model
+from gateway.errors import BadRequest, GatewayError, NotFound, UpstreamError, UpstreamTimeout
+from gateway.metrics import GatewayMetrics
+from gateway.openai_request import OpenAIRequest, count_prompt_tokens, prompt_count
+from gateway.quota.store import Admission, QuotaStore
+from gateway.relay.meter import ModelRenamer, StreamMeter, Usage, usage_of_response
+from gateway.relay.upstream import UpstreamClient
+from gateway.routing.picker import Router
+from gateway.settings import Settings
+from gateway.tokenizers import load_tokenizer
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What settlement needs to know about how the relay ended."""
+
+    usage: Usage
+    status: str = "ok"
+    counted_by: str = "upstream"
+    endpoint: Endpoint | None = None
+
+
+class Pipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        catalog: Catalog,
+        authenticator: Authenticator,
+        quota: QuotaStore,
+        router: Router,
+        upstream: UpstreamClient,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.auth = authenticator
+        self.quota = quota
+        self.router = router
+        self.upstream = upstream
+        self.metrics = metrics
+
+    def model_for(self, request: OpenAIRequest) -> Model:
+        model = self.catalog.get(request.model)
+        if model is None:
+            raise NotFound(
+                f"The model '{request.model}' does not exist", code="model_not_found", param="model"
+            )
+        wants_embedding = request.kind == "embeddings"
+        if wants_embedding != (model.kind == "embedding"):
+            route = "embeddings" if model.kind == "embedding" else "chat/completions or completions"
+            raise BadRequest(f"model '{model.name}' is served on /v1/{route}", param="model")
+        return model
+
+    async def admit(self, key: KeyRef, request: OpenAIRequest, model: Model, request_id: str) -> Admission:
+        tokenizer = load_tokenizer(model.tokenizer)
+        content, estimate = count_prompt_tokens(request, tokenizer)
+        choices = request.n * prompt_count(request)
+        if request.kind == "embeddings":
+            requested, ceiling = None, 0
+        else:
+            room = model.context_window - content
+            if request.max_tokens is not None and request.max_tokens > room:
+                raise BadRequest(
+                    f"This model's maximum context length is {model.context_window} tokens. However, "
+                    f"you requested {request.max_tokens} completion tokens with about {content} "
+                    "in the prompt. Please reduce the prompt or max_tokens.",
+                    param="max_tokens",
+                    code="context_length_exceeded",
+                )
+            ceiling = max(1, model.context_window - estimate) * choices
+            requested = request.max_tokens * choices if request.max_tokens is not None else None
+        return await self.quota.admit(
+            request_id=request_id,
+            account_id=key.account_id,
+            key_id=key.key_id,
+            model=model.name,
+            prompt_tokens=estimate,
+            max_tokens=requested,
+            max_tokens_ceiling=ceiling,
+            input_pm=model.input_pm,
+            output_pm=model.output_pm,
+            lease_ms=int(self.settings.lease_seconds * 1000),
+        )
+
+    def upstream_body(self, request: OpenAIRequest, model: Model, admission: Admission) -> bytes:
+        body = request.body
+        body["model"] = model.served_name
+        if request.kind != "embeddings":
+            per_choice = max(1, admission.max_tokens // (request.n * prompt_count(request)))
+            body.pop("max_completion_tokens", None)
+            body["max_tokens"] = per_choice
+        if request.stream:
+            options = dict(body.get("stream_options") or {})
+            options["include_usage"] = True
+            options["continuous_usage_stats"] = True
+            body["stream_options"] = options
+        return orjson.dumps(body)
+
+    async def open_upstream(
+        self, model: Model, path: str, body: bytes
+    ) -> tuple[Endpoint, aiohttp.ClientResponse]:
+        """Connect to an endpoint, failing over to another one before the first byte."""
+        tried: set[str] = set()
+        error: GatewayError = UpstreamError("no upstream attempt was made")
+        for _ in range(self.settings.upstream_attempts):
+            if len(tried) >= len(model.endpoints):
+                break
+            endpoint = self.router.pick(model.endpoints, tried)
+            tried.add(endpoint.url)
+            self.router.started(endpoint)
+            try:
+                async with asyncio.timeout(self.settings.first_byte_timeout):
+                    response = await self.upstream.post(endpoint, path, body)
+                    if response.status < 500:
+                        return endpoint, response
+                    detail = (await response.read())[:300].decode("utf-8", "replace")
+                    response.release()
+            except TimeoutError:
+                self._failed(endpoint, "timeout")
+                raise UpstreamTimeout(
+                    f"upstream {endpoint.cluster} sent no response within "
+                    f"{self.settings.first_byte_timeout:g}s",
+                    code="upstream_timeout",
+                ) from None
+            except (aiohttp.ClientError, OSError) as exc:
+                self._failed(endpoint, "connect")
+                error = UpstreamError(
+                    f"cannot reach upstream in cluster {endpoint.cluster}: {exc.__class__.__name__}",
+                    code="upstream_unreachable",
+                )
+                continue
+            self._failed(endpoint, "status")
+            error = UpstreamError(
+                f"upstream in cluster {endpoint.cluster} answered {response.status}: {detail}",
+                code="upstream_error",
+            )
+        raise error
+
+    def _failed(self, endpoint: Endpoint, kind: str) -> None:
+        self.router.finished(endpoint, ok=False)
+        self.metrics.upstream_errors.labels(endpoint.cluster, endpoint.url, kind).inc()
+
+    async def relay_json(
+        self,
+        send: Send,
+        request_id: str,
+        response: aiohttp.ClientResponse,
+        model: Model,
+        headers: list[tuple[bytes, bytes]],
+        estimate: int,
+    ) -> Outcome:
+        try:
+            async with asyncio.timeout(self.settings.first_byte_timeout):
+                body = await response.read()
+        except TimeoutError:
+            raise UpstreamTimeout("upstream stopped answering", code="upstream_timeout") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"upstream failed mid-response: {exc.__class__.__name__}") from None
+        usage = usage_of_response(body)
+        await send_bytes(send, response.status, ModelRenamer(model.name)(body),
+                         request_id, [(b"content-type", b"application/json"), *headers])
+        if response.status >= 400:
+            return Outcome(Usage(), status="upstream_error", counted_by="gateway")
+        if usage is None:
+            return Outcome(Usage(estimate, 0, 0), counted_by="gateway")
+        return Outcome(usage)
+
+    async def relay_stream(
+        self,
+        key: KeyRef,
+        send: Send,
+        receive: Receive,
+        request_id: str,
+        response: aiohttp.ClientResponse,
+        request: OpenAIRequest,
+        model: Model,
+        admission: Admission,
+        headers: list[tuple[bytes, bytes]],
+        estimate: int,
+    ) -> Outcome:
+        """Pass SSE bytes through, counting; end cleanly on upstream faults and disconnects."""
+        meter = StreamMeter(
+            ModelRenamer(model.name),
+            request.client_include_usage,
+            request.client_continuous_usage,
+            load_tokenizer(model.tokenizer),
+        )
+        start = [(b"x-request-id", request_id.encode()), *SSE_HEADERS, *headers]
+        await send({"type": "http.response.start", "status": 200, "headers": start})
+        watcher = asyncio.ensure_future(_wait_disconnect(receive, asyncio.current_task()))
+        loop = asyncio.get_running_loop()
+        checkpoint_every = self.settings.lease_seconds / 3
+        next_checkpoint = loop.time() + checkpoint_every
+        failure: GatewayError | None = None
+        status = "ok"
+        try:
+            async with asyncio.timeout(self.settings.first_byte_timeout) as deadline:
+                async for data in response.content.iter_any():
+                    out = meter.feed(data)
+                    if out:
+                        await send({"type": "http.response.body", "body": out, "more_body": True})
+                    if meter.completion_so_far() > admission.max_tokens:
+                        failure = UpstreamError("stream cut: the upstream exceeded the reserved tokens")
+                        break
+                    now = loop.time()
+                    if now >= next_checkpoint:
+                        next_checkpoint = now + checkpoint_every
+                        if not await self._checkpoint(key, request_id, meter):
+                            failure = UpstreamError("stream cut: its reservation expired")
+                            break
+                    deadline.reschedule(now + self.settings.idle_timeout)
+        except asyncio.CancelledError:
+            if not watcher.done() or watcher.cancelled():
+                raise
+            _uncancel()
+            status = "client_gone"
+        except TimeoutError:
+            failure = UpstreamTimeout("upstream went silent mid-stream", code="upstream_timeout")
+        except (aiohttp.ClientError, OSError) as exc:
+            failure = UpstreamError(f"upstream connection lost mid-stream: {exc.__class__.__name__}")
+        finally:
+            watcher.cancel()
+            response.close()
+        if status == "ok" and failure is None and not meter.done and meter.error is None:
+            failure = UpstreamError("upstream closed the stream before it was complete")
+        if failure is not None:
+            status = "partial"
+            await send({"type": "http.response.body", "body": failure.sse_event(), "more_body": False})
+        elif status == "ok":
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if meter.error is not None and status == "ok":
+            status = "upstream_error"
+        if meter.final is not None and status == "ok":
+            return Outcome(meter.final)
+        return Outcome(meter.delivered(estimate), status=status, counted_by="gateway")
+
+    async def _checkpoint(self, key: KeyRef, request_id: str, meter: StreamMeter) -> bool:
+        """Renew a long stream's lease and record what it delivered (the reaper's charge)."""
+        delivered = meter.delivered(0)
+        return await self.quota.checkpoint(
+            request_id=request_id,
+            account_id=key.account_id,
+            key_id=key.key_id,
+            completion_tokens=delivered.completion_tokens,
+            prompt_tokens=delivered.prompt_tokens or None,
+            lease_ms=int(self.settings.lease_seconds * 1000),
+        )
+
+    async def settle(
+        self, key: KeyRef, model: Model, request_id: str, stream: bool, outcome: Outcome
+    ) -> None:
+        usage = outcome.usage
+        endpoint = outcome.endpoint
+        await self.quota.settle(
+            request_id=request_id,
+            account_id=key.account_id,
+            key_id=key.key_id,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cached_tokens=usage.cached_tokens,
+            status=outcome.status,
+            counted_by=outcome.counted_by,
+            stream=stream,
+            cluster=endpoint.cluster if endpoint else "",
+            endpoint=endpoint.url if endpoint else "",
+        )
+        if usage.prompt_tokens:
+            self.metrics.tokens.labels(model.name, "prompt").inc(usage.prompt_tokens)
+        if usage.completion_tokens:
+            self.metrics.tokens.labels(model.name, "completion").inc(usage.completion_tokens)
+
+
+async def _wait_disconnect(receive: Receive, task: asyncio.Task[object] | None) -> None:
+    """Cancel the relaying task when the client goes away (uvicorn's send() stays silent)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            if task is not None:
+                task.cancel()
+            return
+
+
+def _uncancel() -> None:
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+async def settle_shielded(pipeline: Pipeline, *args: object) -> None:
+    """Run settlement to completion even if the handling task is cancelled meanwhile."""
+    task = asyncio.ensure_future(pipeline.settle(*args))  # type: ignore[arg-type]
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.shield(task)

@@ -1,0 +1,131 @@
+-- admit_v1: a key's checks, rate limits and the credit reservation of one request, atomically.
+-- KEYS: 1 key record, 2 balance, 3 reservations, 4 rate window, 5 key inflight, 6 shard leases
+-- ARGV: 1 request_id, 2 account_id, 3 key_id, 4 model, 5 prompt tokens (upper bound),
+--       6 requested max_tokens (-1: absent), 7 max_tokens ceiling (0: the request produces
+--       no completion, as embeddings; only its prompt is reserved), 8 input_pm, 9 output_pm,
+--       10 lease_ms
+-- Replies (RATE = rpm limit (-1: none), remaining, reset ms, tpm limit (-1: none), remaining,
+-- reset ms):
+--   {'ok'|'dup', granted max_tokens, reserve, started ms, lease deadline ms, RATE}
+--   {'auth'} | {'model'} | {'unknown'} | {'balance', available, needed, reserved}
+--   {'rate', 'requests'|'tokens'|'concurrency', retry ms, limit, counted, RATE}
+local WIN = 60000
+local rid, account, key_id, model = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local prompt, requested, ceiling = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local in_pm, out_pm, lease_ms = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local now = now_ms()
+
+local kr = redis.call('HMGET', KEYS[1], 'disabled', 'models', 'rpm', 'tpm', 'max_concurrency')
+if not kr[1] or kr[1] == '1' then return {'auth'} end
+local allowed = kr[2] or ''
+if allowed ~= '' and (string.find(model, ',', 1, true)
+    or not string.find(',' .. allowed .. ',', ',' .. model .. ',', 1, true)) then
+  return {'model'}
+end
+local rpm, tpm, maxc = tonumber(kr[3]), tonumber(kr[4]), tonumber(kr[5])
+
+-- Sliding window: this minute's count plus last minute's, weighted by the part of last
+-- minute still inside the window. Scaled by WIN to stay in integers.
+local minute = math.floor(now / WIN)
+local el = now - minute * WIN
+local rc, rp, tc, tp = 0, 0, 0, 0
+if rpm or tpm then
+  local s = redis.call('HMGET', KEYS[4], 'm', 'rc', 'rp', 'tc', 'tp')
+  local m = tonumber(s[1])
+  if m == minute then
+    rc, rp = tonumber(s[2]) or 0, tonumber(s[3]) or 0
+    tc, tp = tonumber(s[4]) or 0, tonumber(s[5]) or 0
+  elseif m == minute - 1 then
+    rp, tp = tonumber(s[2]) or 0, tonumber(s[4]) or 0
+  end
+end
+local function used(cur, prev) return prev * (WIN - el) + cur * WIN end
+local function fits(limit, need, cur, prev) return used(cur, prev) + need * WIN <= limit * WIN end
+local function reset_ms(cur, prev)
+  if cur > 0 then return 2 * WIN - el end
+  if prev > 0 then return WIN - el end
+  return 0
+end
+local function room(limit, cur, prev) return idiv(limit * WIN - used(cur, prev), WIN) end
+local function rate_info()
+  local r = {-1, 0, 0, -1, 0, 0}
+  if rpm then r[1], r[2], r[3] = rpm, math.max(0, room(rpm, rc, rp)), reset_ms(rc, rp) end
+  if tpm then r[4], r[5], r[6] = tpm, math.max(0, room(tpm, tc, tp)), reset_ms(tc, tp) end
+  return r
+end
+-- ms until `need` more fits under `limit` if nothing else arrives
+local function wait_ms(limit, need, cur, prev)
+  if need > limit then return WIN end
+  if cur + need <= limit then
+    return WIN - math.floor((limit - need - cur) * WIN / prev) - el
+  end
+  return 2 * WIN - el - math.floor((limit - need) * WIN / cur)
+end
+local function refuse(which, retry, limit, need)
+  return {'rate', which, retry, limit, need, unpack(rate_info())}
+end
+
+local existing = redis.call('HGET', KEYS[3], rid)
+if existing then
+  local r = decode_record(existing)
+  local deadline = tonumber(redis.call('ZSCORE', KEYS[6], account .. '|' .. rid)) or now
+  return {'dup', r.granted, r.reserve, r.started, deadline, unpack(rate_info())}
+end
+
+local bal = redis.call('HMGET', KEYS[2], 'purchased', 'reserved', 'spent', 'expired')
+if not (bal[1] or bal[2] or bal[3] or bal[4]) then return {'unknown'} end
+local reserved = tonumber(bal[2]) or 0
+local available = (tonumber(bal[1]) or 0) - reserved - (tonumber(bal[3]) or 0)
+  - (tonumber(bal[4]) or 0)
+
+local wish = ceiling
+if requested >= 0 and requested < ceiling then wish = requested end
+local left = available * 1000 - prompt * in_pm  -- per-mille credits left after the prompt
+local afford = wish
+if out_pm > 0 then afford = idiv(left, out_pm) elseif left < 0 then afford = -1 end
+
+if rpm and not fits(rpm, 1, rc, rp) then
+  return refuse('requests', wait_ms(rpm, 1, rc, rp), rpm, 1)
+end
+if tpm then
+  if requested < 0 then
+    -- no max_tokens asked for: grant what the token window still allows
+    local cap = room(tpm, tc, tp) - prompt
+    if cap < wish then wish = cap end
+  end
+  local need = prompt + math.max(ceiling > 0 and 1 or 0, math.min(wish, afford))
+  if not fits(tpm, need, tc, tp) then
+    return refuse('tokens', wait_ms(tpm, need, tc, tp), tpm, need)
+  end
+end
+if maxc then
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', '(' .. fmt(now))
+  local n = redis.call('ZCARD', KEYS[5])
+  if n >= maxc then return refuse('concurrency', 1000, maxc, n + 1) end
+end
+
+local granted = math.min(wish, afford)
+if ceiling == 0 and left >= 0 then
+  granted = 0
+elseif granted < 1 then
+  return {'balance', available, cost(prompt, 1, in_pm, out_pm), reserved}
+end
+local reserve = cost(prompt, granted, in_pm, out_pm)
+
+local tpm_tokens = 0
+if tpm then tpm_tokens = prompt + granted end
+if rpm or tpm then
+  rc, tc = rc + 1, tc + tpm_tokens
+  redis.call('HSET', KEYS[4], 'm', fmt(minute), 'rc', fmt(rc), 'rp', fmt(rp),
+             'tc', fmt(tc), 'tp', fmt(tp))
+  redis.call('PEXPIRE', KEYS[4], 2 * WIN)
+end
+local deadline = now + lease_ms
+redis.call('HSET', KEYS[3], rid, encode_record({
+  reserve = reserve, prompt = prompt, granted = granted, in_pm = in_pm, out_pm = out_pm,
+  started = now, ck_completion = 0, ck_prompt = -1, tpm_tokens = tpm_tokens,
+  tpm_minute = minute, key_id = key_id, model = model}))
+redis.call('ZADD', KEYS[6], fmt(deadline), account .. '|' .. rid)
+redis.call('ZADD', KEYS[5], fmt(deadline), rid)
+redis.call('HINCRBY', KEYS[2], 'reserved', fmt(reserve))
+return {'ok', granted, reserve, now, deadline, unpack(rate_info())}

@@ -1,0 +1,67 @@
+-- settle_v1: charge a request's tokens (never more than its reserve), release the rest of
+-- the reservation and append its usage event, atomically. Idempotent by request id.
+-- KEYS: 1 balance, 2 reservations, 3 rate window, 4 key inflight, 5 shard leases, 6 usage stream
+-- ARGV: 1 request_id, 2 account_id, 3 key_id, 4 mode 'settle'|'expire', 5 prompt tokens,
+--       6 completion tokens, 7 cached tokens, 8 status, 9 counted_by, 10 stream '1'|'0',
+--       11 cluster, 12 endpoint   ('expire' ignores 5-12: the reservation decides)
+-- Replies: {'dup'}: no reservation (already settled or expired), nothing changed
+--          {'live', deadline ms}: 'expire', but a live gateway renewed the lease; nothing changed
+--          {'ok', stream entry id, field, value, ...}: the usage event as appended
+local rid, account, key_id, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local raw = redis.call('HGET', KEYS[2], rid)
+if not raw then return {'dup'} end
+local r = decode_record(raw)
+if r.key_id ~= key_id then
+  return redis.error_reply('ERR tokengate: request ' .. rid .. ' was admitted for another key')
+end
+local now = now_ms()
+local member = account .. '|' .. rid
+local prompt, completion, cached = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local status, counted_by, stream = ARGV[8], ARGV[9], ARGV[10]
+local cluster, endpoint = ARGV[11], ARGV[12]
+if mode == 'expire' then
+  local deadline = tonumber(redis.call('ZSCORE', KEYS[5], member))
+  if deadline and deadline >= now then return {'live', deadline} end
+  -- The gateway died. Charge what a checkpoint proves was delivered, with the upstream's
+  -- prompt count when it gave one, else the admission estimate; no checkpoint: nothing.
+  completion, cached = r.ck_completion, 0
+  if r.ck_prompt >= 0 then
+    prompt = r.ck_prompt
+  elseif r.ck_completion > 0 then
+    prompt = r.prompt
+  else
+    prompt = 0
+  end
+  status, counted_by, stream, cluster, endpoint = 'expired', 'gateway', '0', '', ''
+end
+local charge = math.min(cost(prompt, completion, r.in_pm, r.out_pm), r.reserve)
+
+-- A missing balance (Redis lost data) stays missing: HINCRBY would invent one.
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HINCRBY', KEYS[1], 'reserved', fmt(-r.reserve))
+  redis.call('HINCRBY', KEYS[1], 'spent', fmt(charge))
+end
+redis.call('HDEL', KEYS[2], rid)
+redis.call('ZREM', KEYS[5], member)
+redis.call('ZREM', KEYS[4], rid)
+
+-- Give back the TPM tokens counted at admission but not used, if their minute is tracked.
+local give = r.tpm_tokens - prompt - completion
+if give > 0 then
+  local s = redis.call('HMGET', KEYS[3], 'm', 'tc', 'tp')
+  local m = tonumber(s[1])
+  if m == r.tpm_minute then
+    redis.call('HSET', KEYS[3], 'tc', fmt(math.max(0, (tonumber(s[2]) or 0) - give)))
+  elseif m == r.tpm_minute + 1 then
+    redis.call('HSET', KEYS[3], 'tp', fmt(math.max(0, (tonumber(s[3]) or 0) - give)))
+  end
+end
+
+local event = {
+  'request_id', rid, 'account_id', account, 'key_id', key_id, 'model', r.model,
+  'cluster', cluster, 'endpoint', endpoint, 'prompt_tokens', fmt(prompt),
+  'completion_tokens', fmt(completion), 'cached_tokens', fmt(cached), 'charge', fmt(charge),
+  'status', status, 'counted_by', counted_by, 'stream', stream,
+  'started_at_ms', fmt(r.started), 'finished_at_ms', fmt(now)}
+local id = redis.call('XADD', KEYS[6], '*', unpack(event))
+return {'ok', id, unpack(event)}

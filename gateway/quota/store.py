@@ -1,0 +1,219 @@
+"""The quota store: admission, checkpoints, settlement and expiry, one Lua script each.
+
+Every change to an account's credits or a key's limits is one atomic script run in Redis
+(``lua/*.lua``), never read-then-write from Python, so concurrent gateways cannot
+overdraw a balance. The lifecycle of a request:
+
+    admit       -> Admission (reserves credits, counts rate limits, takes a lease)
+    checkpoint  -> renews the lease and records the tokens delivered so far
+    settle      -> charges min(actual cost, reserve), releases the rest, appends the
+                   UsageEvent to the shard's stream; a second settle is a no-op
+    reap        -> settles the requests whose lease passed (their gateway died) as
+                   ``expired``: charged the last checkpoint, or nothing without one
+
+All money is integer credits. ``spent`` accumulates every charge, the charges of expired
+requests included, so the sum of the charges of an account's usage events equals its
+``spent``; ``expired`` in the balance belongs to billing (credits of lapsed packages) and
+is only read here. Redis unreachable means :class:`QuotaUnavailable`: the gateway fails
+closed rather than serve unmetered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from gateway import keyspace
+from gateway.errors import BadRequest
+from gateway.quota.accounts import AccountStore
+from gateway.quota.admission import Admission, admission_from_reply
+from gateway.quota.reservation import Reservation
+from gateway.usage import COUNTED_BY, STATUS_EXPIRED, STATUSES, UsageEvent
+
+__all__ = ["Admission", "QuotaStore"]
+
+
+class QuotaStore(AccountStore):
+    """Credits, reservations and rate limits in Redis (standalone or Cluster)."""
+
+    async def admit(
+        self,
+        *,
+        request_id: str,
+        account_id: str,
+        key_id: str,
+        model: str,
+        prompt_tokens: int,
+        max_tokens: int | None,
+        max_tokens_ceiling: int,
+        input_pm: int,
+        output_pm: int,
+        lease_ms: int | None = None,
+    ) -> Admission:
+        """Check the key and reserve credits for prompt + granted max_tokens in one round trip.
+
+        ``max_tokens_ceiling`` is the context window minus the prompt estimate; the grant
+        is the least of the request, the ceiling and what the balance pays (and the TPM
+        window, when the client set no max_tokens). Raises AuthenticationFailed,
+        PermissionDenied, BalanceUnknown, RateLimited, BalanceExhausted, QuotaUnavailable.
+        """
+        if max_tokens_ceiling < 0:
+            raise BadRequest(
+                f"the prompt ({prompt_tokens} tokens) leaves no room in the context window",
+                code="context_length_exceeded",
+                param="messages",
+            )
+        if max_tokens is not None and max_tokens < 1:
+            raise BadRequest("max_tokens must be at least 1", param="max_tokens")
+        keys = [
+            keyspace.key_record_key(account_id, key_id),
+            keyspace.balance_key(account_id),
+            keyspace.reservations_key(account_id),
+            keyspace.rate_key(account_id, key_id),
+            keyspace.inflight_key(account_id, key_id),
+            keyspace.leases_key(keyspace.shard_of(account_id)),
+        ]
+        args: list[str | int] = [
+            request_id, account_id, key_id, model, prompt_tokens,
+            -1 if max_tokens is None else max_tokens, max_tokens_ceiling,
+            input_pm, output_pm, self.lease_ms if lease_ms is None else lease_ms,
+        ]  # fmt: skip
+        async with self._redis():
+            reply = await self.scripts.admit(keys=keys, args=args)
+        return admission_from_reply(
+            reply, request_id=request_id, requested=max_tokens, prompt_tokens=prompt_tokens
+        )
+
+    async def checkpoint(
+        self,
+        *,
+        request_id: str,
+        account_id: str,
+        key_id: str,
+        completion_tokens: int,
+        prompt_tokens: int | None = None,
+        lease_ms: int | None = None,
+    ) -> bool:
+        """Record the tokens delivered so far and renew the lease; False: stop relaying.
+
+        Pass ``prompt_tokens`` when the upstream reported it (continuous usage), so that an
+        expiry charges the real prompt rather than the admission's estimate.
+        """
+        keys = [
+            keyspace.reservations_key(account_id),
+            keyspace.leases_key(keyspace.shard_of(account_id)),
+            keyspace.inflight_key(account_id, key_id),
+        ]
+        args: list[str | int] = [
+            request_id, account_id, key_id, completion_tokens,
+            -1 if prompt_tokens is None else prompt_tokens,
+            self.lease_ms if lease_ms is None else lease_ms,
+        ]  # fmt: skip
+        async with self._redis():
+            deadline = await self.scripts.checkpoint(keys=keys, args=args)
+        return int(deadline) > 0
+
+    async def settle(
+        self,
+        *,
+        request_id: str,
+        account_id: str,
+        key_id: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached_tokens: int = 0,
+        status: str,
+        counted_by: str,
+        stream: bool,
+        cluster: str,
+        endpoint: str,
+    ) -> int | None:
+        """Charge the request and append its usage event; the charge, or None if already settled.
+
+        Safe to retry after any error: the reservation's absence makes it a no-op.
+        """
+        event = await self.settle_event(
+            request_id=request_id, account_id=account_id, key_id=key_id,
+            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+            cached_tokens=cached_tokens, status=status, counted_by=counted_by,
+            stream=stream, cluster=cluster, endpoint=endpoint,
+        )  # fmt: skip
+        return None if event is None else event.charge
+
+    async def settle_event(
+        self,
+        *,
+        request_id: str,
+        account_id: str,
+        key_id: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached_tokens: int = 0,
+        status: str,
+        counted_by: str,
+        stream: bool,
+        cluster: str,
+        endpoint: str,
+    ) -> UsageEvent | None:
+        """As :meth:`settle`, answering the usage event appended (None: already settled)."""
+        if status not in STATUSES or status == STATUS_EXPIRED:
+            raise ValueError(f"cannot settle with status {status!r}")
+        if counted_by not in COUNTED_BY:
+            raise ValueError(f"unknown counted_by {counted_by!r}")
+        if min(prompt_tokens, completion_tokens, cached_tokens) < 0:
+            raise ValueError("token counts must not be negative")
+        args = [
+            "settle", prompt_tokens, completion_tokens, cached_tokens, status, counted_by,
+            "1" if stream else "0", cluster, endpoint,
+        ]  # fmt: skip
+        reply = await self._settle(request_id, account_id, key_id, args)
+        return _event_of(reply)
+
+    async def reap(self, shard: int, limit: int = 100) -> list[UsageEvent]:
+        """Settle as ``expired`` up to ``limit`` requests of ``shard`` whose lease passed.
+
+        Each one is re-checked by Redis time inside the script, so a lease a live gateway
+        renewed meanwhile is left alone. Any number of reapers may run at once.
+        """
+        leases = keyspace.leases_key(shard)
+        async with self._redis():
+            members = await self.scripts.expired_leases(keys=[leases], args=[limit])
+        events: list[UsageEvent] = []
+        for member in members:
+            text = member.decode() if isinstance(member, bytes) else str(member)
+            account_id, _, request_id = text.partition("|")
+            async with self._redis():
+                raw = await self.client.hget(keyspace.reservations_key(account_id), request_id)
+                if raw is None:  # settled since the scan, or a stray lease: drop it
+                    await self.client.zrem(leases, member)
+                    continue
+            key_id = Reservation.decode(raw).key_id
+            event = _event_of(await self._settle(request_id, account_id, key_id, ["expire"]))
+            if event is not None:
+                events.append(event)
+        return events
+
+    async def _settle(
+        self, request_id: str, account_id: str, key_id: str, args: list[Any]
+    ) -> Sequence[Any]:
+        shard = keyspace.shard_of(account_id)
+        keys = [
+            keyspace.balance_key(account_id),
+            keyspace.reservations_key(account_id),
+            keyspace.rate_key(account_id, key_id),
+            keyspace.inflight_key(account_id, key_id),
+            keyspace.leases_key(shard),
+            keyspace.usage_stream_key(shard),
+        ]
+        args = [request_id, account_id, key_id, *args, *[""] * (9 - len(args))]
+        async with self._redis():
+            reply: Sequence[Any] = await self.scripts.settle(keys=keys, args=args)
+        return reply
+
+
+def _event_of(reply: Sequence[Any]) -> UsageEvent | None:
+    """The usage event of an ``ok`` settle reply; None for ``dup`` and ``live``."""
+    if reply[0] not in (b"ok", "ok"):
+        return None
+    flat = reply[2:]
+    return UsageEvent.from_fields(dict(zip(flat[0::2], flat[1::2], strict=True)))

@@ -1,0 +1,196 @@
+"""The one place that reads usage out of upstream responses (streamed or not).
+
+The relay passes upstream bytes through. Per SSE event we look only at the tail of the
+JSON: vLLM serialises compactly with ``usage`` as the last field, so ``,"usage":{...}}`` is
+found with one ``rfind`` and cut off with one slice when the client must not see it. Only an
+event whose usage is not in that shape is parsed and re-serialised.
+
+We always ask vLLM for ``include_usage`` and ``continuous_usage_stats``: every chunk then
+carries the running count, so a stream cut anywhere is billed for what was delivered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway.tokenizers import Tokenizer
+
+_USAGE = b',"usage":'
+_DATA = b"data: "
+_DONE = b"[DONE]"
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    @classmethod
+    def from_json(cls, usage: dict[str, Any]) -> Usage:
+        details = usage.get("prompt_tokens_details") or {}
+        return cls(
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            cached_tokens=int(details.get("cached_tokens") or 0),
+        )
+
+
+class ModelRenamer:
+    """Sets the response's ``model`` to the public name, whatever the upstream called it.
+
+    A vLLM server with several served names answers with the first one, so we replace the
+    value of the first ``"model":"..."`` (always before ``choices``) instead of a known name.
+    """
+
+    __slots__ = ("_new",)
+
+    def __init__(self, public: str) -> None:
+        self._new = b'"model":' + orjson.dumps(public)
+
+    def __call__(self, payload: bytes) -> bytes:
+        start = payload.find(b'"model":"')
+        if start < 0:
+            return payload
+        end = payload.find(b'"', start + 9)
+        while end > 0 and payload[end - 1] == 0x5C:  # an escaped quote inside the name
+            end = payload.find(b'"', end + 1)
+        if end < 0:
+            return payload
+        return payload[:start] + self._new + payload[end + 1 :]
+
+
+class StreamMeter:
+    """Splits an upstream SSE byte stream into events, counts usage, rewrites what must change.
+
+    ``feed`` returns the bytes to forward to the client. ``running`` is the upstream's running
+    usage as of the last forwarded event; ``final`` is the upstream's closing usage, if sent.
+    """
+
+    def __init__(
+        self,
+        rename: ModelRenamer,
+        client_include_usage: bool,
+        client_continuous_usage: bool,
+        tokenizer: Tokenizer | None = None,
+    ) -> None:
+        self._rename = rename
+        self._show_final = client_include_usage
+        self._show_running = client_include_usage and client_continuous_usage
+        self._tokenizer = tokenizer
+        self._pending = b""
+        self._texts: list[str] = []  # only used when the upstream sends no running usage
+        self.running: Usage | None = None
+        self.choices: dict[int, Usage] = {}
+        self.final: Usage | None = None
+        self.done = False
+        self.error: bytes | None = None
+
+    def feed(self, data: bytes) -> bytes:
+        buffer = self._pending + data if self._pending else data
+        end = buffer.rfind(b"\n\n")
+        if end < 0:
+            self._pending = buffer
+            return b""
+        self._pending = buffer[end + 2 :]
+        out = [self._event(ev) for ev in buffer[:end].split(b"\n\n")]
+        return b"".join(out)
+
+    def _event(self, event: bytes) -> bytes:
+        event = event.strip(b"\r\n")
+        if not event.startswith(_DATA):
+            return event + b"\n\n" if event else b""
+        payload = event[6:]
+        if payload == _DONE:
+            self.done = True
+            return b"data: [DONE]\n\n"
+        if payload.startswith(b'{"error"'):
+            self.error = payload
+            return event + b"\n\n"
+        payload = self._usage(payload)
+        return b"data: " + self._rename(payload) + b"\n\n" if payload else b""
+
+    def _usage(self, payload: bytes) -> bytes:
+        """Record the event's usage; return it as the client should see it (b"" = drop)."""
+        cut = payload.rfind(_USAGE)
+        if cut < 0 or not payload.endswith(b"}}"):
+            if b'"usage"' in payload:
+                return self._usage_slow(payload)
+            if self._tokenizer is not None:
+                self._collect_text(payload)
+            return payload
+        raw = payload[cut + len(_USAGE) : -1]
+        if raw == b"null":
+            return payload[:cut] + b"}" if not self._show_final else payload
+        try:
+            usage = Usage.from_json(orjson.loads(raw))
+        except orjson.JSONDecodeError:  # usage was not the last field after all
+            return self._usage_slow(payload)
+        if b'"choices":[]' in payload:
+            self.final = usage
+            return payload if self._show_final else b""
+        self._record_running(payload, usage)
+        return payload if self._show_running else payload[:cut] + b"}"
+
+    def _usage_slow(self, payload: bytes) -> bytes:
+        doc = orjson.loads(payload)
+        raw = doc.pop("usage", None)
+        if raw is None:
+            return orjson.dumps(doc) if not self._show_final else payload
+        usage = Usage.from_json(raw)
+        if not doc.get("choices"):
+            self.final = usage
+            return payload if self._show_final else b""
+        self._record_running(payload, usage)
+        return payload if self._show_running else orjson.dumps(doc)
+
+    def _record_running(self, payload: bytes, usage: Usage) -> None:
+        """Keep the running usage per choice: with n > 1 vLLM counts each choice apart."""
+        at = payload.find(b'"choices":[{"index":')
+        index = 0
+        if at >= 0:
+            digits = payload[at + 20 : at + 26]
+            end = 0
+            while end < len(digits) and 0x30 <= digits[end] <= 0x39:
+                end += 1
+            index = int(digits[:end]) if end else 0
+        self.choices[index] = usage
+        self.running = usage
+
+    def _collect_text(self, payload: bytes) -> None:
+        for choice in orjson.loads(payload).get("choices") or ():
+            delta = choice.get("delta") or {}
+            text = delta.get("content") if "delta" in choice else choice.get("text")
+            if isinstance(text, str):
+                self._texts.append(text)
+
+    def completion_so_far(self) -> int:
+        """Completion tokens the upstream reported so far, over all choices."""
+        if len(self.choices) == 1:
+            return next(iter(self.choices.values())).completion_tokens
+        return sum(u.completion_tokens for u in self.choices.values())
+
+    def delivered(self, prompt_estimate: int) -> Usage:
+        """What was delivered, by the gateway's own count (for streams cut short)."""
+        if self.choices:
+            per_choice = list(self.choices.values())
+            completion = sum(u.completion_tokens for u in per_choice)
+            prompt = max(u.prompt_tokens for u in per_choice)
+            return Usage(prompt, completion, max(u.cached_tokens for u in per_choice))
+        completion = 0
+        if self._tokenizer is not None and self._texts:
+            completion = len(self._tokenizer.encode("".join(self._texts)))
+        return Usage(prompt_estimate, completion, 0)
+
+
+def usage_of_response(body: bytes) -> Usage | None:
+    """The usage block of a non-streamed response, if any."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    usage = doc.get("usage") if isinstance(doc, dict) else None
+    return Usage.from_json(usage) if isinstance(usage, dict) else None

@@ -1,0 +1,35 @@
+"""Process settings, read once from the environment (pydantic-settings) and passed in."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything a gateway process needs besides models.yaml itself.
+
+    Environment names are the documented ones (``REDIS_URL``, ``DATABASE_URL``,
+    ``TOKENGATE_ADMIN_KEY``, ``TOKENGATE_CONFIG``) plus ``TOKENGATE_*`` tuning knobs.
+    """
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", validation_alias="REDIS_URL")
+    database_url: str = Field(
+        default="sqlite:///.tokengate/ledger.db", validation_alias="DATABASE_URL"
+    )
+    admin_key: SecretStr | None = Field(default=None, validation_alias="TOKENGATE_ADMIN_KEY")
+    config_path: str = Field(default="models.yaml", validation_alias="TOKENGATE_CONFIG")
+
+    # Limits and timeouts of the relay (seconds unless named otherwise).
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, validation_alias="TOKENGATE_MAX_BODY_BYTES")
+    connect_timeout: float = Field(default=3.0, validation_alias="TOKENGATE_CONNECT_TIMEOUT")
+    first_byte_timeout: float = Field(default=60.0, validation_alias="TOKENGATE_FIRST_BYTE_TIMEOUT")
+    idle_timeout: float = Field(default=60.0, validation_alias="TOKENGATE_IDLE_TIMEOUT")
+    upstream_attempts: int = Field(default=2, ge=1, le=5, validation_alias="TOKENGATE_UPSTREAM_ATTEMPTS")
+
+    # Metering.
+    lease_seconds: float = Field(default=30.0, gt=0, validation_alias="TOKENGATE_LEASE_SECONDS")
+    reaper_interval: float = Field(default=5.0, gt=0, validation_alias="TOKENGATE_REAPER_INTERVAL")
+    auth_cache_seconds: float = Field(default=10.0, ge=0, validation_alias="TOKENGATE_AUTH_CACHE_SECONDS")

@@ -1,0 +1,87 @@
+"""Everything one gateway process owns, built at start-up and closed at shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from gateway.accounts import AccountRegistry
+from gateway.auth import Authenticator
+from gateway.catalog import Catalog, load_catalog
+from gateway.keyspace import USAGE_SHARDS
+from gateway.metrics import GatewayMetrics
+from gateway.pipeline import Pipeline
+from gateway.quota.store import QuotaStore
+from gateway.relay.upstream import UpstreamClient
+from gateway.routing.picker import Router
+from gateway.settings import Settings
+from gateway.tokenizers import load_tokenizer
+
+log = logging.getLogger("tokengate")
+
+
+def connect_redis(url: str) -> Redis:
+    return Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=0)
+
+
+@dataclass
+class GatewayState:
+    settings: Settings
+    redis: Redis
+    quota: QuotaStore
+    authenticator: Authenticator
+    accounts: AccountRegistry
+    pipeline: Pipeline
+    metrics: GatewayMetrics
+    upstream: UpstreamClient
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    async def start(cls, settings: Settings, catalog: Catalog | None = None) -> GatewayState:
+        catalog = catalog or load_catalog(settings.config_path)
+        for model in catalog.models.values():
+            load_tokenizer(model.tokenizer)  # fail at start, not on the first request
+        redis = connect_redis(settings.redis_url)
+        quota = QuotaStore(redis)
+        authenticator = Authenticator(redis, settings.auth_cache_seconds)
+        metrics = GatewayMetrics()
+        upstream = UpstreamClient(settings)
+        await upstream.start()
+        pipeline = Pipeline(settings, catalog, authenticator, quota, Router(), upstream, metrics)
+        state = cls(settings, redis, quota, authenticator, AccountRegistry(redis, quota),
+                    pipeline, metrics, upstream)
+        state.tasks.append(asyncio.create_task(state._reap_forever()))
+        return state
+
+    def reload_catalog(self) -> Catalog:
+        """Swap in a new models.yaml; requests in flight keep the model they started with."""
+        catalog = load_catalog(self.settings.config_path)
+        for model in catalog.models.values():
+            load_tokenizer(model.tokenizer)
+        self.pipeline.catalog = catalog
+        return catalog
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.upstream.close()
+        await self.redis.aclose()
+
+    async def _reap_forever(self) -> None:
+        """Settle reservations whose gateway died (lease past its deadline) as 'expired'."""
+        while True:
+            await asyncio.sleep(self.settings.reaper_interval)
+            for shard in range(USAGE_SHARDS):
+                try:
+                    await self.quota.reap(shard, 100)
+                except (RedisError, OSError) as exc:
+                    log.warning("reaper: Redis unavailable (%s)", exc.__class__.__name__)
+                    break

@@ -1,0 +1,145 @@
+"""The usage event: the one contract between the gateway (which settles) and billing.
+
+Settlement appends one event per request id to the shard's Redis Stream
+(``keyspace.usage_stream_key``) in the same Lua script that charges the balance, so an
+event exists if and only if the charge happened. The billing worker reads the stream,
+rebuilds the event with :meth:`UsageEvent.from_fields` and inserts it idempotently
+(unique ``request_id``) into the ledger.
+
+The stream entry's field names are this dataclass's field names, and the values are
+strings: integers in decimal, ``stream`` as ``"1"``/``"0"``, times as Redis ``TIME`` in
+milliseconds. ``gateway/quota/lua/settle_v1.lua`` writes the same fields; change both
+together. Times leave the system as ISO 8601 UTC (:func:`ms_to_iso`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+STATUS_OK = "ok"
+STATUS_PARTIAL = "partial"
+STATUS_CLIENT_GONE = "client_gone"
+STATUS_UPSTREAM_ERROR = "upstream_error"
+STATUS_EXPIRED = "expired"
+STATUSES = frozenset(
+    {STATUS_OK, STATUS_PARTIAL, STATUS_CLIENT_GONE, STATUS_UPSTREAM_ERROR, STATUS_EXPIRED}
+)
+
+COUNTED_BY_UPSTREAM = "upstream"
+COUNTED_BY_GATEWAY = "gateway"
+COUNTED_BY = frozenset({COUNTED_BY_UPSTREAM, COUNTED_BY_GATEWAY})
+
+FieldsIn = Mapping[bytes, bytes] | Mapping[str, str] | Mapping[bytes | str, bytes | str]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+_INT_FIELDS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "charge",
+    "started_at_ms",
+    "finished_at_ms",
+)
+
+
+def ms_to_iso(ms: int) -> str:
+    """Milliseconds since the epoch as ISO 8601 UTC with milliseconds, e.g. ``...T12:00:00.123Z``.
+
+    Integer arithmetic only, so a time read back with :func:`iso_to_ms` is the same integer.
+    """
+    moment = _EPOCH + timedelta(milliseconds=ms)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def iso_to_ms(text: str) -> int:
+    """Parse an ISO 8601 time (``Z`` or an offset; naive means UTC) to epoch milliseconds."""
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // _MS
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEvent:
+    """What one request used and was charged; exactly one per request id."""
+
+    request_id: str
+    account_id: str
+    key_id: str
+    model: str
+    cluster: str
+    endpoint: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    charge: int
+    status: str
+    counted_by: str
+    stream: bool
+    started_at_ms: int
+    finished_at_ms: int
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"unknown usage status {self.status!r}")
+        if self.counted_by not in COUNTED_BY:
+            raise ValueError(f"unknown counted_by {self.counted_by!r}")
+        for name in _INT_FIELDS:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+
+    @property
+    def started_at(self) -> str:
+        return ms_to_iso(self.started_at_ms)
+
+    @property
+    def finished_at(self) -> str:
+        return ms_to_iso(self.finished_at_ms)
+
+    def to_fields(self) -> dict[str, str]:
+        """The Redis Stream entry (all values strings), as ``settle_v1.lua`` writes it."""
+        fields: dict[str, str] = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, bool):
+                fields[field.name] = "1" if value else "0"
+            else:
+                fields[field.name] = str(value)
+        return fields
+
+    @classmethod
+    def from_fields(cls, fields: FieldsIn) -> UsageEvent:
+        """Rebuild an event from a stream entry; unknown fields are ignored (newer writers)."""
+        text = {_text(k): _text(v) for k, v in fields.items()}
+        values: dict[str, object] = {}
+        for field in dataclasses.fields(cls):
+            if field.name not in text:
+                raise ValueError(f"usage event lacks field {field.name!r}")
+            raw = text[field.name]
+            if field.name == "stream":
+                if raw not in ("0", "1"):
+                    raise ValueError(f"usage event field stream must be 0 or 1, not {raw!r}")
+                values[field.name] = raw == "1"
+            elif field.name in _INT_FIELDS:
+                values[field.name] = int(raw)
+            else:
+                values[field.name] = raw
+        return cls(**values)  # type: ignore[arg-type]
+
+    def to_record(self) -> dict[str, str | int | bool]:
+        """The usage record as the API and the CSV export show it (ISO 8601 times)."""
+        record: dict[str, str | int | bool] = {}
+        for field in dataclasses.fields(self):
+            if field.name not in ("started_at_ms", "finished_at_ms"):
+                record[field.name] = getattr(self, field.name)
+        record["started_at"] = self.started_at
+        record["finished_at"] = self.finished_at
+        return record

@@ -1,0 +1,67 @@
+"""Bad input never yields a 500 and never stops the gateway: each gets a clear 4xx."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.gateway.conftest import CHAT_MODEL, Gateway
+
+CHAT = "/v1/chat/completions"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        (b"{not json", 400, None),
+        (b"[1, 2]", 400, None),
+        (b'{"model": 5, "messages": [{"role": "user", "content": "x"}]}', 400, "model"),
+        (b'{"messages": [{"role": "user", "content": "x"}]}', 400, "model"),
+        (b'{"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}', 404, "model"),
+        (b'{"model": "chat-model", "messages": "hello"}', 400, "messages"),
+        (b'{"model": "chat-model", "messages": [{"role": "user", "content": "x"}], "max_tokens": -3}',
+         400, "max_tokens"),
+        (b'{"model": "chat-model", "messages": [{"role": "user", "content": "x"}], "max_tokens": "9"}',
+         400, "max_tokens"),
+        (b'{"model": "chat-model", "messages": [{"role": "user", "content": "x"}], '
+         b'"max_tokens": 999999}', 400, "max_tokens"),
+        (b'{"model": "chat-model", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}',
+         400, "stream"),
+        (b'{"model": "chat-model", "messages": [{"role": "user", "content": "\xff\xfe"}]}', 400, None),
+        (b'{"model": "chat-model", "messages": [{"role": "user", "content": "x"}], "n": 0}', 400, "n"),
+    ],
+)
+def test_bad_bodies_get_clear_4xx(gateway: Gateway, api_key: str, body: bytes, status: int,
+                                  param: str | None) -> None:
+    response = httpx.post(gateway.base + CHAT, content=body, timeout=10,
+                          headers={"Authorization": f"Bearer {api_key}",
+                                   "Content-Type": "application/json"})
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["message"] and error["type"]
+    assert error["param"] == param
+    assert response.headers["x-request-id"]
+
+
+def test_body_over_limit_is_413(gateway: Gateway, api_key: str) -> None:
+    big = b'{"model": "chat-model", "messages": [{"role": "user", "content": "' + b"a" * 70_000 + b'"}]}'
+    response = httpx.post(gateway.base + CHAT, content=big, timeout=10,
+                          headers={"Authorization": f"Bearer {api_key}"})
+    assert response.status_code == 413
+    assert "limit" in response.json()["error"]["message"]
+
+
+def test_unknown_route_and_method(gateway: Gateway, api_key: str) -> None:
+    headers = {"Authorization": f"Bearer {api_key}"}
+    assert httpx.post(gateway.base + "/v1/nope", headers=headers).status_code == 404
+    assert httpx.get(gateway.base + CHAT, headers=headers).status_code == 400
+
+
+def test_gateway_still_serves_after_bad_input(gateway: Gateway, api_key: str) -> None:
+    for body in (b"\x00\x01", b"{", b'{"model": null}'):
+        httpx.post(gateway.base + CHAT, content=body, headers={"Authorization": f"Bearer {api_key}"})
+    ok = httpx.post(gateway.base + CHAT, timeout=10, headers={"Authorization": f"Bearer {api_key}"},
+                    json={"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}],
+                          "max_tokens": 3})
+    assert ok.status_code == 200
+    assert gateway.process.poll() is None

@@ -1,0 +1,66 @@
+"""models.yaml validation: a bad file names the field and the line at fault."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.catalog import CatalogError, load_catalog, parse_catalog
+
+GOOD = """\
+clusters:
+  - name: a
+    endpoints:
+      - url: http://127.0.0.1:9001
+        weight: 2
+  - name: b
+    endpoints:
+      - url: http://127.0.0.1:9002/
+        api_key_env: B_KEY
+models:
+  - name: m
+    served_name: org/M
+    context_window: 4096
+    price: {input: 1, output: 2.25}
+    deployments: [a, b]
+"""
+
+
+def test_example_models_yaml_loads() -> None:
+    catalog = load_catalog(Path(__file__).parents[2] / "models.yaml")
+    assert len(catalog.models) == 3 and len(catalog.clusters) == 2
+
+
+def test_good_catalog_is_frozen_with_per_mille_prices() -> None:
+    catalog = parse_catalog(GOOD, env={"B_KEY": "secret"})
+    model = catalog.models["m"]
+    assert (model.input_pm, model.output_pm) == (1000, 2250)
+    assert [ep.url for ep in model.endpoints] == ["http://127.0.0.1:9001", "http://127.0.0.1:9002"]
+    assert model.endpoints[1].api_key == "secret"
+
+
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        (("weight: 2", "weight: 2\n        colour: red"), ":6: clusters.0.endpoints.0.colour"),
+        (("output: 2.25", "output: 2.2501"), ":14: models.0.price.output"),
+        (("deployments: [a, b]", "deployments: [a, c]"), "unknown cluster 'c'"),
+        (("context_window: 4096", "context_window: lots"), ":13: models.0.context_window"),
+        (("url: http://127.0.0.1:9001", "url: http://127.0.0.1:9001/v1"), ":4: clusters.0.endpoints.0.url"),
+        (("    served_name: org/M\n", ""), None),
+    ],
+)
+def test_bad_catalog_names_field_and_line(change: tuple[str, str], where: str | None) -> None:
+    text = GOOD.replace(*change)
+    if where is None:
+        assert parse_catalog(text).models["m"].served_name == "m"
+        return
+    with pytest.raises(CatalogError) as caught:
+        parse_catalog(text, "models.yaml")
+    assert where in str(caught.value)
+
+
+def test_invalid_yaml_is_reported() -> None:
+    with pytest.raises(CatalogError, match="invalid YAML"):
+        parse_catalog("clusters: [", "x.yaml")
