@@ -16,8 +16,8 @@ from gateway.tokenizers import Tokenizer
 
 Kind = Literal["chat", "completions", "embeddings"]
 
-# Chat templates add a few tokens per message (role markers, separators) and a few to
-# open the assistant's turn; these bounds exceed what common templates add.
+# Chat templates add tokens per message (role markers, separators) and per request (the
+# assistant's turn, default system prompts such as Qwen's); these bounds exceed common ones.
 PER_MESSAGE_OVERHEAD = 16
 PER_REQUEST_OVERHEAD = 32
 
