@@ -12,11 +12,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 from redis.typing import EncodableT, FieldT
 
 from gateway.auth import display_prefix, hash_key, new_secret
 from gateway.keyspace import PREFIX, key_hash_key
+from gateway.quota.scripts import RedisClient
 from gateway.quota.store import QuotaStore
 
 
@@ -54,7 +54,7 @@ class KeyLimits:
 
 
 class AccountRegistry:
-    def __init__(self, redis: Redis, quota: QuotaStore) -> None:
+    def __init__(self, redis: RedisClient, quota: QuotaStore) -> None:
         self._redis = redis
         self._quota = quota
 

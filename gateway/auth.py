@@ -13,12 +13,12 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.asgi import Scope, header
 from gateway.errors import AuthenticationFailed, QuotaUnavailable
 from gateway.keyspace import key_hash_key
+from gateway.quota.scripts import RedisClient
 
 KEY_PREFIX = "tg-"
 NEGATIVE_CACHE_SECONDS = 1.0
@@ -59,7 +59,7 @@ def is_admin(token: str | None, admin_key: str | None) -> bool:
 class Authenticator:
     """Resolves ``Authorization: Bearer tg-...`` to a KeyRef with one cached Redis lookup."""
 
-    def __init__(self, redis: Redis, ttl_seconds: float) -> None:
+    def __init__(self, redis: RedisClient, ttl_seconds: float) -> None:
         self._redis = redis
         self._ttl = ttl_seconds
         self._cache: dict[str, tuple[float, KeyRef | None]] = {}

@@ -8,6 +8,9 @@ import logging
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from gateway.accounts import AccountRegistry
@@ -16,6 +19,7 @@ from gateway.catalog import Catalog, load_catalog
 from gateway.keyspace import USAGE_SHARDS
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline
+from gateway.quota.scripts import RedisClient
 from gateway.quota.store import QuotaStore
 from gateway.relay.upstream import UpstreamClient
 from gateway.routing.picker import Router
@@ -25,14 +29,24 @@ from gateway.tokenizers import load_tokenizer
 log = logging.getLogger("tokengate")
 
 
-def connect_redis(url: str) -> Redis:
-    return Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=0)
+def connect_redis(url: str) -> RedisClient:
+    """A client for ``REDIS_URL``; ``redis+cluster://host:port`` means a Redis Cluster.
+
+    Few retries: a request waiting on Redis is better refused (503) than left hanging.
+    """
+    retry = Retry(ExponentialBackoff(cap=0.2, base=0.01), retries=2)
+    if url.startswith("redis+cluster://"):
+        return RedisCluster.from_url(
+            "redis://" + url.removeprefix("redis+cluster://"),
+            socket_connect_timeout=2, socket_timeout=5, retry=retry,
+        )
+    return Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5, retry=retry)
 
 
 @dataclass
 class GatewayState:
     settings: Settings
-    redis: Redis
+    redis: RedisClient
     quota: QuotaStore
     authenticator: Authenticator
     accounts: AccountRegistry
