@@ -16,18 +16,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 import redis
 
 from gateway.embedded import free_port, wait_for_port
+from gateway.keyspace import all_usage_streams
 from gateway.quota.store import QuotaStore
 from gateway.state import connect_redis
+from gateway.usage import UsageEvent
 
 GATEWAY_REDIS_DB = 2
 ADMIN_KEY = "tg-admin-test-secret"
 CHAT_MODEL = "chat-model"
 SERVED_CHAT = "org/Chat-Model-7B"
 EMBED_MODEL = "embed-model"
+FLAT_MODEL = "flat-model"  # completion tokens only: a reservation equals the actual cost
 
 
 @dataclass
@@ -78,6 +82,11 @@ models:
     context_window: {context_window}
     price: {{input: 1, output: 2}}
     deployments: [east, west]
+  - name: {FLAT_MODEL}
+    served_name: {SERVED_CHAT}
+    context_window: {context_window}
+    price: {{input: 0, output: 1}}
+    deployments: [east, west]
   - name: {EMBED_MODEL}
     kind: embedding
     context_window: 8192
@@ -95,6 +104,7 @@ class Gateway:
     process: subprocess.Popen[bytes]
     redis_url: str
     log: Path
+    config: Path
 
     @property
     def v1(self) -> str:
@@ -106,13 +116,47 @@ class Gateway:
 
     def new_key(self, credits: int = 1_000_000, **limits: object) -> str:
         """A fresh account funded with ``credits`` and one key with ``limits``."""
+        return self.new_account(credits, **limits)[1]
+
+    def new_account(self, credits: int = 1_000_000, **limits: object) -> tuple[str, str]:
+        """(account id, key) of a fresh account funded with ``credits``."""
         with self.admin() as admin:
             account = admin.post("/admin/accounts", json={"name": "t"}).raise_for_status().json()
             key = admin.post(f"/admin/accounts/{account['id']}/keys", json={"name": "k", **limits})
             secret: str = key.raise_for_status().json()["key"]
         if credits:
             asyncio.run(credit(self.redis_url, account["id"], credits))
-        return secret
+        return account["id"], secret
+
+    def balance(self, account_id: str) -> dict[str, int]:
+        with self.admin() as admin:
+            data = admin.get(f"/admin/accounts/{account_id}").raise_for_status().json()
+        return dict(data["balance"])
+
+
+def usage_events(redis_url: str, *, account_id: str | None = None,
+                 request_id: str | None = None) -> list[UsageEvent]:
+    """The usage events in the Redis streams (what the billing worker will consume)."""
+    client = redis.Redis.from_url(redis_url)
+    events = []
+    for stream in all_usage_streams():
+        for _id, fields in client.xrange(stream):
+            event = UsageEvent.from_fields(fields)
+            if account_id not in (None, event.account_id) or request_id not in (None, event.request_id):
+                continue
+            events.append(event)
+    return events
+
+
+def wait_for_event(redis_url: str, request_id: str, timeout: float = 10.0) -> UsageEvent:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = usage_events(redis_url, request_id=request_id)
+        if found:
+            assert len(found) == 1, found
+            return found[0]
+        time.sleep(0.05)
+    raise AssertionError(f"no usage event for {request_id}")
 
 
 async def credit(redis_url: str, account_id: str, credits: int) -> None:
@@ -145,7 +189,7 @@ def start_gateway(config: Path, redis_url: str, log: Path, **env: str) -> Gatewa
             raise RuntimeError("gateway exited:\n" + log.read_text())
         try:
             if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                return Gateway(base, process, redis_url, log)
+                return Gateway(base, process, redis_url, log, config)
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
@@ -184,11 +228,37 @@ def gateway(sims: Sims, redis_url: str, tmp_path_factory: pytest.TempPathFactory
     stop_process(gw.process)
 
 
+@pytest.fixture(scope="session")
+def gateway2(gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """A second gateway process on the same Redis and catalog."""
+    tmp = tmp_path_factory.mktemp("gateway2")
+    gw = start_gateway(gateway.config, gateway.redis_url, tmp / "gateway.log")
+    yield gw
+    stop_process(gw.process)
+
+
 @pytest.fixture(autouse=True)
 def _no_faults(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     if "sims" in request.fixturenames:
         request.getfixturevalue("sims").clear_faults()
+
+
+_open_clients: list[openai.OpenAI] = []
+
+
+def openai_client(base: str, key: str, timeout: float = 30) -> openai.OpenAI:
+    """An official client, closed after the test (unclosed sockets fail the test run)."""
+    c = openai.OpenAI(base_url=base, api_key=key, max_retries=0, timeout=timeout)
+    _open_clients.append(c)
+    return c
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _open_clients:
+        _open_clients.pop().close()
 
 
 @pytest.fixture()

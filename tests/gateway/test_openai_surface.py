@@ -5,18 +5,18 @@ from __future__ import annotations
 import openai
 import pytest
 
-from tests.gateway.conftest import CHAT_MODEL, EMBED_MODEL, Gateway
+from tests.gateway.conftest import CHAT_MODEL, EMBED_MODEL, FLAT_MODEL, Gateway, openai_client
 
 MESSAGES = [{"role": "user", "content": "Tell me about the Yangtze river."}]
 
 
 def client(gateway: Gateway, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gateway.v1, api_key=key, max_retries=0, timeout=20)
+    return openai_client(gateway.v1, key, timeout=20)
 
 
 def test_list_models(gateway: Gateway, api_key: str) -> None:
     ids = {m.id for m in client(gateway, api_key).models.list().data}
-    assert ids == {CHAT_MODEL, EMBED_MODEL}
+    assert ids == {CHAT_MODEL, EMBED_MODEL, FLAT_MODEL}
 
 
 def test_chat_non_streamed_maps_model_name_back(gateway: Gateway, api_key: str) -> None:

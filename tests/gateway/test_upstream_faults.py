@@ -9,13 +9,13 @@ import httpx
 import openai
 import pytest
 
-from tests.gateway.conftest import CHAT_MODEL, Gateway, Sims
+from tests.gateway.conftest import CHAT_MODEL, Gateway, Sims, openai_client
 
 MESSAGES = [{"role": "user", "content": "Write a long story."}]
 
 
 def client(gateway: Gateway, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gateway.v1, api_key=key, max_retries=0, timeout=20)
+    return openai_client(gateway.v1, key, timeout=20)
 
 
 def test_error_before_first_byte_fails_over_then_502(gateway: Gateway, sims: Sims, api_key: str) -> None:

@@ -1,0 +1,89 @@
+"""Faults around metering: a gateway dying mid-stream, Redis going away."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import orjson
+import pytest
+
+from tests.gateway.conftest import (
+    CHAT_MODEL,
+    Gateway,
+    Sims,
+    openai_client,
+    start_gateway,
+    stop_process,
+    wait_for_event,
+)
+from tests.redis_servers import RedisServer
+
+MESSAGES = [{"role": "user", "content": "Tell a long story."}]
+
+
+def test_dead_gateways_stream_expires_and_is_billed_its_checkpoint(
+    gateway: Gateway, sims: Sims, tmp_path: Path
+) -> None:
+    """SIGKILL a gateway mid-stream: its lease passes, another gateway's reaper settles the
+    request as 'expired', charging what the dead gateway last checkpointed."""
+    doomed = start_gateway(gateway.config, gateway.redis_url, tmp_path / "doomed.log",
+                           TOKENGATE_LEASE_SECONDS="1.5")
+    try:
+        for i in (0, 1):
+            sims.set_fault(i, mode="drip", drip_ms=150)  # >= 16 tokens: > 2.4 s
+        account, key = gateway.new_account()
+        payload = orjson.dumps({"model": CHAT_MODEL, "messages": MESSAGES, "max_tokens": 200,
+                                "stream": True})
+        port = int(doomed.base.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                         b"x-request-id: doomed-1\r\nContent-Type: application/json\r\n"
+                         + f"Authorization: Bearer {key}\r\nContent-Length: {len(payload)}\r\n\r\n"
+                         .encode() + payload)
+            received = b""
+            deadline = time.monotonic() + 1.2  # past at least two checkpoints (every 0.5 s)
+            while time.monotonic() < deadline:
+                received += sock.recv(65536)
+            os.kill(doomed.process.pid, signal.SIGKILL)
+        delivered = received.count(b'"content":"') - received.count(b'"content":""')
+        assert delivered >= 5
+        event = wait_for_event(gateway.redis_url, "doomed-1", timeout=15)
+        assert (event.status, event.counted_by) == ("expired", "gateway")
+        assert 0 < event.completion_tokens <= delivered
+        assert event.charge > 0
+        balance = gateway.balance(account)
+        assert balance["reserved"] == 0 and balance["spent"] == event.charge
+    finally:
+        stop_process(doomed.process)
+
+
+@pytest.fixture()
+def lonely_gateway(sims: Sims, gateway: Gateway, private_redis: RedisServer,
+                   tmp_path: Path) -> Gateway:
+    gw = start_gateway(gateway.config, private_redis.url, tmp_path / "gw.log")
+    yield gw  # type: ignore[misc]
+    stop_process(gw.process)
+
+
+def test_redis_down_fails_closed(lonely_gateway: Gateway, private_redis: RedisServer) -> None:
+    key = lonely_gateway.new_key()
+    c = openai_client(lonely_gateway.v1, key, timeout=15)
+    c.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES, max_tokens=2)
+    private_redis.stop()
+    with pytest.raises(openai.InternalServerError) as caught:
+        c.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES, max_tokens=2)
+    assert caught.value.status_code == 503
+    assert caught.value.response.headers["retry-after"]
+    assert "quota" in caught.value.message
+    assert httpx.get(lonely_gateway.base + "/readyz", timeout=10).status_code == 503
+    private_redis.restart()  # back, but empty: nothing may be served for free
+    with pytest.raises(openai.APIStatusError) as refused:
+        c.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES, max_tokens=2)
+    assert refused.value.status_code in (401, 503)
+    assert lonely_gateway.process.poll() is None
