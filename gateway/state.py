@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 from gateway.accounts import AccountRegistry
 from gateway.auth import Authenticator
 from gateway.catalog import Catalog, load_catalog
+from gateway.durability import check_durability
 from gateway.keyspace import USAGE_SHARDS
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline
@@ -61,6 +62,7 @@ class GatewayState:
         for model in catalog.models.values():
             load_tokenizer(model.tokenizer)  # fail at start, not on the first request
         redis = connect_redis(settings.redis_url)
+        await check_durability(redis)
         quota = QuotaStore(redis)
         authenticator = Authenticator(redis, settings.auth_cache_seconds)
         metrics = GatewayMetrics()
