@@ -1,0 +1,144 @@
+"""The request path's Redis client against real servers: pipelining, scripts, faults,
+Redis Cluster redirects."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway.redisio import PipelinedCluster, PipelinedConnection, Script, fast_redis
+from tests.redis_servers import RedisClusterServers, RedisServer
+
+
+async def test_concurrent_commands_are_answered_in_order(redis_standalone: RedisServer) -> None:
+    conn = PipelinedConnection.from_url(redis_standalone.url)
+    try:
+        await conn.execute("DEL", "pipe:n")
+        results = await asyncio.gather(*(conn.execute("INCR", "pipe:n") for _ in range(2000)))
+        assert sorted(results) == list(range(1, 2001))
+        assert results == list(range(1, 2001))  # one connection: Redis answers in order
+    finally:
+        await conn.aclose()
+
+
+async def test_an_error_reply_does_not_desynchronise(redis_standalone: RedisServer) -> None:
+    conn = PipelinedConnection.from_url(redis_standalone.url)
+    try:
+        await conn.execute("SET", "pipe:a", "1")
+        ok, bad, after = await asyncio.gather(
+            conn.execute("GET", "pipe:a"), conn.execute("NOSUCHCOMMAND"), conn.execute("GET", "pipe:a"),
+            return_exceptions=True)
+        assert ok == b"1" and after == b"1"
+        assert isinstance(bad, ResponseError)
+    finally:
+        await conn.aclose()
+
+
+async def test_script_loads_itself_after_script_flush(redis_standalone: RedisServer) -> None:
+    conn = PipelinedConnection.from_url(redis_standalone.url)
+    script = Script("return {KEYS[1], ARGV[1], tonumber(ARGV[2]) + 1}")
+    try:
+        await conn.execute("SCRIPT", "FLUSH")
+        assert await script(conn, ["k"], ["v", 41]) == [b"k", b"v", 42]
+        assert await script(conn, ["k"], ["w", 1]) == [b"k", b"w", 2]
+    finally:
+        await conn.aclose()
+
+
+async def test_database_and_password(private_redis: RedisServer) -> None:
+    subprocess.run(["redis-cli", "-p", str(private_redis.port), "CONFIG", "SET", "requirepass", "s3cret"],
+                   check=True, capture_output=True)
+    server = private_redis
+    if True:
+        conn = fast_redis(f"redis://:s3cret@127.0.0.1:{server.port}/3")
+        try:
+            await conn.execute("SET", "where", "db3")
+            assert await conn.execute("SELECT", 3) == b"OK"
+            assert await conn.execute("GET", "where") == b"db3"
+        finally:
+            await conn.aclose()
+        wrong = fast_redis(f"redis://:nope@127.0.0.1:{server.port}/0")
+        with pytest.raises(RedisConnectionError):
+            await wrong.execute("PING")
+        await wrong.aclose()
+
+
+async def test_reconnects_after_redis_restarts(private_redis: RedisServer) -> None:
+    conn = PipelinedConnection.from_url(private_redis.url, timeout=1)
+    try:
+        assert await conn.execute("PING") == b"PONG"
+        private_redis.stop()
+        with pytest.raises(RedisConnectionError):
+            await conn.execute("PING")
+        private_redis.restart()
+        assert await conn.execute("PING") == b"PONG"
+    finally:
+        await conn.aclose()
+
+
+async def test_a_hung_redis_times_out_then_recovers(private_redis: RedisServer) -> None:
+    conn = PipelinedConnection.from_url(private_redis.url, timeout=0.5)
+    assert private_redis.process is not None
+    try:
+        assert await conn.execute("PING") == b"PONG"
+        os.kill(private_redis.process.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises((RedisTimeoutError, RedisConnectionError)):
+                await asyncio.wait_for(conn.execute("PING"), 5)
+        finally:
+            os.kill(private_redis.process.pid, signal.SIGCONT)
+        assert await conn.execute("PING") == b"PONG"
+    finally:
+        await conn.aclose()
+
+
+@pytest.mark.cluster
+async def test_cluster_routes_by_slot_and_follows_moved(redis_cluster_servers: RedisClusterServers) -> None:
+    host, port = redis_cluster_servers.startup_nodes[0]
+    cluster = fast_redis(f"redis+cluster://{host}:{port}")
+    assert isinstance(cluster, PipelinedCluster)
+    try:
+        keys = [f"tg:{{s{i}}}:moved" for i in range(20)]
+        await asyncio.gather(*(cluster.execute_keyed(k, "SET", k, k) for k in keys))
+        cluster._slots = [cluster._slots[0]] * len(cluster._slots)  # a stale map: MOVED everywhere
+        values = await asyncio.gather(*(cluster.execute_keyed(k, "GET", k) for k in keys))
+        assert values == [k.encode() for k in keys]
+    finally:
+        await cluster.aclose()
+
+
+@pytest.mark.cluster
+async def test_cluster_follows_ask_during_slot_migration(redis_cluster_servers: RedisClusterServers) -> None:
+    ports = [p for _, p in redis_cluster_servers.startup_nodes]
+    cluster = PipelinedCluster([("127.0.0.1", ports[0])])
+    key = "tg:{ask-test}:k"
+    try:
+        await cluster.execute_keyed(key, "DEL", key)
+        owner = cluster._slots[int(await cluster.execute("CLUSTER", "KEYSLOT", key))]
+        slot = int(await cluster.execute("CLUSTER", "KEYSLOT", key))
+        target = next(p for p in ports if p != owner[1])
+
+        def cli(port: int, *args: str, stdin: str | None = None) -> str:
+            return subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True,
+                                  text=True, check=True, input=stdin).stdout.strip()
+
+        source_id, target_id = cli(owner[1], "CLUSTER", "MYID"), cli(target, "CLUSTER", "MYID")
+        cli(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", source_id)
+        cli(owner[1], "CLUSTER", "SETSLOT", str(slot), "MIGRATING", target_id)
+        try:  # the key is not on the source: it answers ASK for the target
+            assert await cluster.execute_keyed(key, "SET", key, "moved-in") == b"OK"
+            assert cli(target, "CLUSTER", "COUNTKEYSINSLOT", str(slot)) == "1"
+            assert cli(owner[1], "CLUSTER", "COUNTKEYSINSLOT", str(slot)) == "0"
+        finally:
+            cli(target, stdin=f"ASKING\nDEL {key}\n")
+            for port in ports:
+                cli(port, "CLUSTER", "SETSLOT", str(slot), "NODE", source_id)
+    finally:
+        await cluster.aclose()
