@@ -137,7 +137,11 @@ class Gateway:
 def usage_events(redis_url: str, *, account_id: str | None = None,
                  request_id: str | None = None) -> list[UsageEvent]:
     """The usage events in the Redis streams (what the billing worker will consume)."""
-    client = redis.Redis.from_url(redis_url)
+    client: redis.Redis | redis.RedisCluster
+    if redis_url.startswith("redis+cluster://"):
+        client = redis.RedisCluster.from_url("redis://" + redis_url.removeprefix("redis+cluster://"))
+    else:
+        client = redis.Redis.from_url(redis_url)
     events = []
     for stream in all_usage_streams():
         for _id, fields in client.xrange(stream):
@@ -145,6 +149,7 @@ def usage_events(redis_url: str, *, account_id: str | None = None,
             if account_id not in (None, event.account_id) or request_id not in (None, event.request_id):
                 continue
             events.append(event)
+    client.close()
     return events
 
 
