@@ -12,7 +12,7 @@ from pathlib import Path
 
 def free_port(preferred: int | None = None) -> int:
     """``preferred`` when it is free on loopback, else any free port."""
-    if preferred is not None:
+    if preferred:
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", preferred))

@@ -1,0 +1,54 @@
+"""The tokengate command as an operator meets it: a bad catalog, the quickstart."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import openai
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_serve_refuses_a_bad_catalog_naming_field_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "models.yaml"
+    bad.write_text((ROOT / "models.yaml").read_text().replace("context_window: 32768",
+                                                               "context_window: big"))
+    done = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--config", str(bad)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert re.search(r"models\.yaml:\d+: models\.0\.context_window", done.stderr), done.stderr
+
+
+def test_quickstart_serves_the_printed_key(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env["TOKENGATE_ADMIN_KEY"] = "tg-admin-quickstart-test"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "quickstart", "--port", "0", "--data-dir",
+         str(tmp_path / "data")],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert process.stdout is not None
+        output = ""
+        deadline = time.monotonic() + 60
+        while "Press Ctrl+C" not in output:
+            assert time.monotonic() < deadline and process.poll() is None, output
+            output += process.stdout.readline()
+        base = re.search(r"base URL\s+(http://\S+/v1)", output)
+        key = re.search(r"API key\s+(tg-\S+)", output)
+        assert base and key and "tg-admin-quickstart-test" in output
+        with openai.OpenAI(base_url=base.group(1), api_key=key.group(1), max_retries=0) as client:
+            models = [m.id for m in client.models.list().data]
+            reply = client.chat.completions.create(
+                model=models[0], messages=[{"role": "user", "content": "Hello!"}], max_tokens=8)
+            assert reply.choices[0].message.content and reply.usage is not None
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+        if process.stdout:
+            process.stdout.close()
+    assert not list((tmp_path / "data").glob("redis/*.pid"))
