@@ -1,47 +1,22 @@
-"""Accounts and API keys as the admin API manages them.
+"""The copies of accounts and API keys that the request path reads in Redis.
 
-Until the SQL ledger lands, Redis holds the account and key records as well as the state
-admission reads. Secrets are never stored: only their SHA-256 and a short display prefix.
+The ledger (``billing``) is the source of truth for accounts and keys; after each change
+it pushes here what authentication and admission need, and ``tokengate billing reconcile``
+pushes everything again after Redis lost data:
+
+    tg:keyhash:<sha256>    '<key_id> <account_id>'            (authentication)
+    key record             disabled, models, rpm, tpm, ...     (admission, every request)
+    balance                created empty for a new account     (credits come with grants)
+
+Secrets are never stored: only their SHA-256 (and, in SQL, a short display prefix).
 """
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
 
-import orjson
-from redis.typing import EncodableT, FieldT
-
-from gateway.auth import display_prefix, hash_key, new_secret
-from gateway.keyspace import PREFIX, key_hash_key
+from gateway.quota.accounts import AccountStore
 from gateway.quota.scripts import RedisClient
-from gateway.quota.store import QuotaStore
-
-
-def _account_key(account_id: str) -> str:
-    return f"{PREFIX}:acct:{account_id}"
-
-
-def _account_keys_key(account_id: str) -> str:
-    return f"{PREFIX}:acct:{account_id}:keys"
-
-
-def _key_meta_key(key_id: str) -> str:
-    return f"{PREFIX}:keymeta:{key_id}"
-
-
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def _fields(record: dict[str, str]) -> dict[FieldT, EncodableT]:
-    return dict(record.items())
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,98 +29,34 @@ class KeyLimits:
 
 
 class AccountRegistry:
-    def __init__(self, redis: RedisClient, quota: QuotaStore) -> None:
-        self._redis = redis
+    """Writes (and checks) the Redis copies of accounts and keys."""
+
+    def __init__(self, redis: RedisClient, quota: AccountStore) -> None:
+        self._redis = redis  # kept for the constructor's signature (gateway.state builds it)
         self._quota = quota
 
-    async def create_account(self, name: str) -> dict[str, Any]:
-        account_id = "acct_" + secrets.token_hex(8)
-        record = {"id": account_id, "name": name, "created_at": _now_iso()}
-        await self._redis.hset(_account_key(account_id), mapping=_fields(record))
+    async def push_account(self, account_id: str) -> None:
+        """An empty balance for a new account (an existing one is left alone)."""
         await self._quota.init_balance(account_id)
-        return record
 
-    async def get_account(self, account_id: str) -> dict[str, Any] | None:
-        raw = await self._redis.hgetall(_account_key(account_id))
-        if not raw:
-            return None
-        return {_text(k): _text(v) for k, v in raw.items()}
-
-    async def create_key(self, account_id: str, name: str, limits: KeyLimits) -> dict[str, Any]:
-        """Create a key; the answer is the only place its secret ever appears."""
-        secret = new_secret()
-        key_id = "key_" + secrets.token_hex(8)
-        meta = {
-            "id": key_id,
-            "account_id": account_id,
-            "name": name,
-            "prefix": display_prefix(secret),
-            "hash": hash_key(secret),
-            "created_at": _now_iso(),
-        }
-        await self._redis.hset(_key_meta_key(key_id), mapping=_fields(meta))
-        await self._redis.sadd(_account_keys_key(account_id), key_id)
-        await self._write_limits(account_id, key_id, limits)
-        await self._redis.set(key_hash_key(meta["hash"]), f"{key_id} {account_id}")
-        return {**self._public(meta, limits), "key": secret}
-
-    async def get_key(self, key_id: str) -> dict[str, Any] | None:
-        raw = await self._redis.hgetall(_key_meta_key(key_id))
-        if not raw:
-            return None
-        meta = {_text(k): _text(v) for k, v in raw.items()}
-        limits = KeyLimits(**orjson.loads(meta.get("limits", "{}")))
-        return self._public(meta, limits)
-
-    async def update_key(self, key_id: str, changes: dict[str, Any]) -> dict[str, Any] | None:
-        current = await self.get_key(key_id)
-        if current is None:
-            return None
-        fields = {f: current[f] for f in ("models", "rpm", "tpm", "max_concurrency", "disabled")}
-        limits = KeyLimits(**{**fields, **changes})
-        await self._write_limits(current["account_id"], key_id, limits)
-        return await self.get_key(key_id)
-
-    async def delete_key(self, key_id: str) -> bool:
-        raw = await self._redis.hgetall(_key_meta_key(key_id))
-        if not raw:
-            return False
-        meta = {_text(k): _text(v) for k, v in raw.items()}
-        await self._redis.delete(key_hash_key(meta["hash"]), _key_meta_key(key_id))
-        await self._redis.srem(_account_keys_key(meta["account_id"]), key_id)
-        await self._quota.delete_key_record(meta["account_id"], key_id)
-        return True
-
-    async def _write_limits(self, account_id: str, key_id: str, limits: KeyLimits) -> None:
-        doc = {
-            "models": limits.models,
-            "rpm": limits.rpm,
-            "tpm": limits.tpm,
-            "max_concurrency": limits.max_concurrency,
-            "disabled": limits.disabled,
-        }
-        await self._redis.hset(_key_meta_key(key_id), "limits", orjson.dumps(doc))
+    async def push_key(
+        self, account_id: str, key_id: str, key_hash: str, limits: KeyLimits
+    ) -> None:
+        """What admission reads of the key, then the hash that lets it authenticate."""
         await self._quota.set_key_record(
-            account_id,
-            key_id,
-            models=limits.models,
-            rpm=limits.rpm,
-            tpm=limits.tpm,
-            max_concurrency=limits.max_concurrency,
-            disabled=limits.disabled,
-        )
+            account_id, key_id, models=limits.models, rpm=limits.rpm, tpm=limits.tpm,
+            max_concurrency=limits.max_concurrency, disabled=limits.disabled,
+        )  # fmt: skip
+        await self._quota.set_key_hash(key_hash, account_id, key_id)
 
-    @staticmethod
-    def _public(meta: dict[str, Any], limits: KeyLimits) -> dict[str, Any]:
-        return {
-            "id": meta["id"],
-            "account_id": meta["account_id"],
-            "name": meta["name"],
-            "prefix": meta["prefix"],
-            "created_at": meta["created_at"],
-            "models": limits.models,
-            "rpm": limits.rpm,
-            "tpm": limits.tpm,
-            "max_concurrency": limits.max_concurrency,
-            "disabled": limits.disabled,
-        }
+    async def drop_key(self, account_id: str, key_id: str, key_hash: str) -> None:
+        """The key stops authenticating and being admitted at once."""
+        await self._quota.delete_key_hash(key_hash)
+        await self._quota.delete_key_record(account_id, key_id)
+
+    async def key_pushed(self, account_id: str, key_id: str, key_hash: str) -> bool:
+        """Whether Redis can authenticate and admit the key (reconcile's check)."""
+        owner = await self._quota.get_key_hash(key_hash)
+        return owner == f"{key_id} {account_id}" and await self._quota.key_record_exists(
+            account_id, key_id
+        )

@@ -12,9 +12,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from gateway.api import admin, health, me
-from gateway.api.openai import OpenAIHandler
-from gateway.asgi import Receive, Scope, Send
+from billing.service import Billing
+from gateway.api import admin, endpoints, health, me
+from gateway.api.openai import OpenAIHandler, request_id_of
+from gateway.asgi import Message, Receive, Scope, Send
 from gateway.catalog import Catalog
 from gateway.errors import GatewayError
 from gateway.settings import Settings
@@ -34,15 +35,19 @@ class GatewayApp:
             self.state = await GatewayState.start(settings, catalog)
             self.handler = OpenAIHandler(self.state.pipeline)
             app.state.gateway = self.state
+            app.state.billing = Billing.build(settings.database_url, self.state.redis)
+            await app.state.billing.prepare()  # never blocks start on the database
             try:
                 yield
             finally:
+                await app.state.billing.close()
                 await self.state.close()
 
         self.control = FastAPI(title="tokengate", lifespan=lifespan, docs_url="/admin/docs",
                                openapi_url="/admin/openapi.json", redoc_url=None)
         self.control.include_router(health.router)
         self.control.include_router(admin.router)
+        self.control.include_router(endpoints.router)
         self.control.include_router(me.router)
         self.control.add_exception_handler(GatewayError, _gateway_error)  # type: ignore[arg-type]
 
@@ -55,7 +60,17 @@ class GatewayApp:
         ):
             await self.handler(scope, receive, send)
             return
-        await self.control(scope, receive, send)
+        if scope["type"] != "http":
+            await self.control(scope, receive, send)
+            return
+        request_id = request_id_of(scope)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        await self.control(scope, receive, send_with_id)
 
 
 async def _gateway_error(request: Request, error: GatewayError) -> Response:

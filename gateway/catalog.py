@@ -16,6 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.routing.config import RoutingConfig
+
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$"
 
 
@@ -79,6 +81,8 @@ class ModelSpec(_Strict):
     context_window: int = Field(ge=16, le=10_000_000)
     price: PriceSpec
     deployments: list[str] = Field(min_length=1)
+    # Routing preference: cluster names or regions, best first; others take the spill-over.
+    prefer: list[str] = Field(default_factory=list)
 
     @field_validator("tokenizer")
     @classmethod
@@ -91,6 +95,7 @@ class ModelSpec(_Strict):
 class CatalogSpec(_Strict):
     clusters: list[ClusterSpec] = Field(min_length=1)
     models: list[ModelSpec] = Field(min_length=1)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
 
     @model_validator(mode="after")
     def _references(self) -> CatalogSpec:
@@ -101,6 +106,14 @@ class CatalogSpec(_Strict):
             for dep in model.deployments:
                 if dep not in clusters:
                     raise ValueError(f"model {model.name!r} is deployed on unknown cluster {dep!r}")
+            places = {c.name for c in self.clusters if c.name in model.deployments}
+            places |= {c.region for c in self.clusters if c.name in model.deployments and c.region}
+            for preferred in model.prefer:
+                if preferred not in places:
+                    raise ValueError(
+                        f"model {model.name!r} prefers {preferred!r}, which is none of its "
+                        "deployments' clusters or regions"
+                    )
         return self
 
 
@@ -140,6 +153,7 @@ class Model:
     input_pm: int
     output_pm: int
     endpoints: tuple[Endpoint, ...]
+    prefer: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +162,7 @@ class Catalog:
     clusters: tuple[str, ...]
     source: str = ""
     endpoints: tuple[Endpoint, ...] = field(default=())
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
 
     def get(self, name: str) -> Model | None:
         return self.models.get(name)
@@ -181,11 +196,13 @@ def build_catalog(spec: CatalogSpec, source: str = "", env: dict[str, str] | Non
             input_pm=m.price.input_pm,
             output_pm=m.price.output_pm,
             endpoints=tuple(ep for dep in m.deployments for ep in by_cluster[dep]),
+            prefer=tuple(m.prefer),
         )
         for m in spec.models
     }
     all_endpoints = tuple(ep for eps in by_cluster.values() for ep in eps)
-    return Catalog(models=models, clusters=tuple(by_cluster), source=source, endpoints=all_endpoints)
+    return Catalog(models=models, clusters=tuple(by_cluster), source=source, endpoints=all_endpoints,
+                   routing=spec.routing)
 
 
 def load_catalog(path: str | Path, env: dict[str, str] | None = None) -> Catalog:

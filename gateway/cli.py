@@ -1,4 +1,4 @@
-"""The ``tokengate`` command: serve, sim, quickstart."""
+"""The ``tokengate`` command: serve, sim, quickstart, billing (worker, reconcile, migrate)."""
 
 from __future__ import annotations
 
@@ -70,6 +70,10 @@ def parser() -> argparse.ArgumentParser:
     quick.add_argument("--data-dir", default=".tokengate")
 
     sub.add_parser("sim", help="run vLLM simulators (see: tokengate sim --help)", add_help=False)
+
+    from billing.cli import add_parser as add_billing
+
+    add_billing(sub)
     return root
 
 
@@ -80,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "billing":
+        from billing.cli import run as run_billing
+
+        return run_billing(args)
     return _quickstart(args)
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -35,12 +36,13 @@ class GatewayMetrics:
             ["model", "type"],
             registry=self.registry,
         )
-        self.in_flight = Gauge(
-            "tokengate_upstream_in_flight",
-            "Requests in flight per upstream endpoint.",
-            ["cluster", "endpoint"],
-            registry=self.registry,
-        )
+        # Per-endpoint and per-cluster routing series (tokengate_upstream_in_flight,
+        # tokengate_endpoint_*, tokengate_cluster_*) come from the router's collector,
+        # gateway.routing.observe.RoutingCollector, registered through watch().
+
+    def watch(self, collector: Collector) -> None:
+        """Add a collector that reads its values when Prometheus scrapes."""
+        self.registry.register(collector)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -18,15 +21,25 @@ import orjson
 from gateway.asgi import SSE_HEADERS, Receive, Send, send_bytes
 from gateway.auth import Authenticator, KeyRef
 from gateway.catalog import Catalog, Endpoint, Model
-from gateway.errors import BadRequest, GatewayError, NotFound, UpstreamError, UpstreamTimeout
+from gateway.errors import (
+    BadRequest,
+    GatewayError,
+    NoHealthyEndpoint,
+    NotFound,
+    QuotaUnavailable,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from gateway.metrics import GatewayMetrics
 from gateway.openai_request import OpenAIRequest, count_prompt_tokens, prompt_count
 from gateway.quota.store import Admission, QuotaStore
 from gateway.relay.meter import ModelRenamer, StreamMeter, Usage, usage_of_response
 from gateway.relay.upstream import UpstreamClient
-from gateway.routing.picker import Router
+from gateway.routing.router import Router
 from gateway.settings import Settings
 from gateway.tokenizers import load_tokenizer
+
+log = logging.getLogger("tokengate.pipeline")
 
 
 @dataclass(slots=True)
@@ -57,6 +70,7 @@ class Pipeline:
         self.router = router
         self.upstream = upstream
         self.metrics = metrics
+        self.deferred: set[asyncio.Future[None]] = set()  # settlements waiting for Redis
 
     def model_for(self, request: OpenAIRequest) -> Model:
         model = self.catalog.get(request.model)
@@ -116,36 +130,59 @@ class Pipeline:
         return orjson.dumps(body)
 
     async def open_upstream(
-        self, model: Model, path: str, body: bytes
+        self, model: Model, path: str, body: bytes, affinity: int = 0
     ) -> tuple[Endpoint, aiohttp.ClientResponse]:
-        """Connect to an endpoint, failing over to another one before the first byte."""
-        tried: set[str] = set()
+        """Connect to an endpoint, failing over to another one before the first byte.
+
+        Every attempt sends the same body under the same request id and reservation. A
+        connect error, a 5xx or a 429 (saturated) moves on to the router's next pick, which
+        avoids the endpoints (and, while it can, the clusters) already tried. Once response
+        headers are in, the request stays where it is. ``affinity`` is the prompt's prefix key.
+        """
+        router = self.router
+        tried: list[Endpoint] = []
         error: GatewayError = UpstreamError("no upstream attempt was made")
         for _ in range(self.settings.upstream_attempts):
-            if len(tried) >= len(model.endpoints):
+            try:
+                endpoint = router.pick(model, affinity, tried)
+            except NoHealthyEndpoint:
+                if not tried:
+                    raise
                 break
-            endpoint = self.router.pick(model.endpoints, tried)
-            tried.add(endpoint.url)
-            self.router.started(endpoint)
+            tried.append(endpoint)
+            router.started(endpoint)
             try:
                 async with asyncio.timeout(self.settings.first_byte_timeout):
                     response = await self.upstream.post(endpoint, path, body)
-                    if response.status < 500:
+                    if response.status < 500 and response.status != 429:
+                        router.responded(endpoint)
                         return endpoint, response
                     detail = (await response.read())[:300].decode("utf-8", "replace")
                     response.release()
-            except TimeoutError:
-                self._failed(endpoint, "timeout")
-                raise UpstreamTimeout(
-                    f"upstream {endpoint.cluster} sent no response within "
-                    f"{self.settings.first_byte_timeout:g}s",
-                    code="upstream_timeout",
-                ) from None
+            except asyncio.CancelledError:
+                router.finished(endpoint, ok=True)  # the request went away, not the endpoint
+                raise
             except (aiohttp.ClientError, OSError) as exc:
-                self._failed(endpoint, "connect")
+                if _silent(exc):  # connected, then nothing: it may be at work, so no retry
+                    self._failed(endpoint, "timeout")
+                    raise UpstreamTimeout(
+                        f"upstream {endpoint.cluster} sent no response within "
+                        f"{self.settings.first_byte_timeout:g}s",
+                        code="upstream_timeout",
+                    ) from None
+                self._failed(endpoint, "connect")  # refused, reset, connect timeout: next one
                 error = UpstreamError(
                     f"cannot reach upstream in cluster {endpoint.cluster}: {exc.__class__.__name__}",
                     code="upstream_unreachable",
+                )
+                continue
+            if response.status == 429:  # saturated: alive, so not a failure; try elsewhere
+                router.saturated(endpoint)
+                router.finished(endpoint, ok=True)
+                self.metrics.upstream_errors.labels(endpoint.cluster, endpoint.url, "saturated").inc()
+                error = NoHealthyEndpoint(
+                    f"upstream in cluster {endpoint.cluster} is saturated (429): {detail}",
+                    code="upstream_saturated",
                 )
                 continue
             self._failed(endpoint, "status")
@@ -254,23 +291,37 @@ class Pipeline:
         return Outcome(meter.delivered(estimate), status=status, counted_by="gateway")
 
     async def _checkpoint(self, key: KeyRef, request_id: str, meter: StreamMeter) -> bool:
-        """Renew a long stream's lease and record what it delivered (the reaper's charge)."""
+        """Renew a long stream's lease and record what it delivered (the reaper's charge).
+
+        False when the reservation is gone (expired): the stream must stop. Redis being
+        unreachable is not a reason to break a paid stream: settlement retries later.
+        """
         delivered = meter.delivered(0)
-        return await self.quota.checkpoint(
-            request_id=request_id,
-            account_id=key.account_id,
-            key_id=key.key_id,
-            completion_tokens=delivered.completion_tokens,
-            prompt_tokens=delivered.prompt_tokens or None,
-            lease_ms=int(self.settings.lease_seconds * 1000),
-        )
+        try:
+            return await self.quota.checkpoint(
+                request_id=request_id,
+                account_id=key.account_id,
+                key_id=key.key_id,
+                completion_tokens=delivered.completion_tokens,
+                prompt_tokens=delivered.prompt_tokens or None,
+                lease_ms=int(self.settings.lease_seconds * 1000),
+            )
+        except QuotaUnavailable:
+            log.warning("checkpoint of %s skipped: Redis unreachable", request_id)
+            return True
 
     async def settle(
         self, key: KeyRef, model: Model, request_id: str, stream: bool, outcome: Outcome
     ) -> None:
+        """Settle now; if Redis is unreachable, keep retrying in the background.
+
+        Never raises: the response is already with the client. Should this process die
+        before Redis returns, the reservation's lease expires and the reaper settles it.
+        """
         usage = outcome.usage
         endpoint = outcome.endpoint
-        await self.quota.settle(
+        settle = functools.partial(
+            self.quota.settle,
             request_id=request_id,
             account_id=key.account_id,
             key_id=key.key_id,
@@ -283,10 +334,43 @@ class Pipeline:
             cluster=endpoint.cluster if endpoint else "",
             endpoint=endpoint.url if endpoint else "",
         )
+        try:
+            await settle()
+        except QuotaUnavailable:
+            log.warning("settlement of %s deferred: Redis unreachable", request_id)
+            task = asyncio.ensure_future(self._settle_later(request_id, settle))
+            self.deferred.add(task)
+            task.add_done_callback(self.deferred.discard)
+            return
+        except Exception:
+            log.exception("settlement of %s failed; its lease will expire it", request_id)
+            return
         if usage.prompt_tokens:
             self.metrics.tokens.labels(model.name, "prompt").inc(usage.prompt_tokens)
         if usage.completion_tokens:
             self.metrics.tokens.labels(model.name, "completion").inc(usage.completion_tokens)
+
+
+    async def _settle_later(
+        self, request_id: str, settle: Callable[[], Awaitable[int | None]]
+    ) -> None:
+        delay = 0.1
+        deadline = time.monotonic() + self.settings.lease_seconds * 10
+        while time.monotonic() < deadline:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+            try:
+                await settle()
+            except QuotaUnavailable:
+                continue
+            log.warning("deferred settlement of %s done", request_id)
+            return
+        log.error("gave up settling %s; its lease will expire it", request_id)
+
+
+def _silent(exc: BaseException) -> bool:
+    """The first-byte timeout (TimeoutError, an OSError), not aiohttp's connect timeout."""
+    return isinstance(exc, TimeoutError) and not isinstance(exc, aiohttp.ClientError)
 
 
 async def _wait_disconnect(receive: Receive, task: asyncio.Task[object] | None) -> None:

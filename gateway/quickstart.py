@@ -1,13 +1,16 @@
 """``tokengate quickstart``: the whole gateway on embedded defaults, in one command.
 
 It starts its own redis-server (AOF, fsync always) unless ``REDIS_URL`` is set, one vLLM
-simulator per cluster of models.yaml (each serving the models deployed there), the gateway,
-and a demo account funded with a starter grant; then prints how to call it.
+simulator per cluster of models.yaml (each serving the models deployed there), the billing
+worker, the gateway, and a demo account created in the ledger (SQLite in the data directory
+unless ``DATABASE_URL`` is set) and funded by buying the starter package; then prints how
+to call it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import subprocess
@@ -20,15 +23,19 @@ import uvloop
 import yaml
 from pydantic import SecretStr
 
-from gateway.accounts import AccountRegistry, KeyLimits
+from billing.db import migrate
+from billing.errors import Conflict
+from billing.packages import NewPackage
+from billing.service import Billing
+from gateway.accounts import KeyLimits
 from gateway.app import create_app
 from gateway.catalog import parse_catalog
 from gateway.embedded import free_port, start_redis, start_simulators, stop
-from gateway.quota.store import QuotaStore
 from gateway.settings import Settings
 from gateway.state import connect_redis
 
 STARTER_CREDITS = 1_000_000
+STARTER = NewPackage(id="starter", name="Starter", credits=STARTER_CREDITS, valid_days=365)
 
 
 def simulated_config(config_text: str, ports: dict[str, int]) -> tuple[str, list[tuple[int, list[str]]]]:
@@ -44,17 +51,29 @@ def simulated_config(config_text: str, ports: dict[str, int]) -> tuple[str, list
     return yaml.safe_dump(doc, sort_keys=False), servers
 
 
-async def _demo_key(redis_url: str) -> tuple[str, str]:
+async def _demo_key(redis_url: str, database_url: str) -> tuple[str, str]:
+    """A demo account in the ledger, funded by buying the starter package, and its key."""
     redis = connect_redis(redis_url)
+    billing = Billing.build(database_url, redis)
     try:
-        quota = QuotaStore(redis)
-        accounts = AccountRegistry(redis, quota)
-        account = await accounts.create_account("demo")
-        await quota.credit(account["id"], STARTER_CREDITS)
-        key = await accounts.create_key(account["id"], "quickstart", KeyLimits())
+        await migrate.upgrade(billing.engine)
+        with contextlib.suppress(Conflict):  # an operator changed it: buy it as it is
+            await billing.packages.create_package(STARTER)
+        account = await billing.accounts.create_account("demo")
+        await billing.packages.purchase(account["id"], "starter", f"quickstart-{account['id']}")
+        key = await billing.accounts.create_key(account["id"], "quickstart", KeyLimits())
         return account["id"], key["key"]
     finally:
+        await billing.close()
         await redis.aclose()
+
+
+def start_billing_worker(redis_url: str, database_url: str, log: Path) -> subprocess.Popen[bytes]:
+    """``tokengate billing worker`` as a child: it records usage in the ledger."""
+    env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": database_url}
+    args = [sys.executable, "-m", "gateway.cli", "billing", "worker"]
+    with log.open("ab") as out:
+        return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 def _banner(base: str, admin_key: str, key: str, model: str) -> str:
@@ -111,7 +130,9 @@ def run(config_path: str, host: str, port: int, data_dir: str) -> int:
             config_path=str(generated),
             database_url=os.environ.get("DATABASE_URL", f"sqlite:///{data / 'ledger.db'}"),
         )
-        _, key = asyncio.run(_demo_key(redis_url))
+        _, key = asyncio.run(_demo_key(redis_url, settings.database_url))
+        worker = start_billing_worker(redis_url, settings.database_url, data / "billing-worker.log")
+        children.insert(0, worker)  # stopped first, before the Redis it reads
         port = free_port(port)
         first_model = next(m["name"] for m in doc["models"] if m.get("kind", "chat") == "chat")
         banner = _banner(f"http://{_display_host(host)}:{port}/v1", admin_key, key, first_model)

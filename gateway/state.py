@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
@@ -23,7 +24,9 @@ from gateway.pipeline import Pipeline
 from gateway.quota.scripts import RedisClient
 from gateway.quota.store import QuotaStore
 from gateway.relay.upstream import UpstreamClient
-from gateway.routing.picker import Router
+from gateway.routing.monitor import EndpointMonitor
+from gateway.routing.observe import RoutingCollector
+from gateway.routing.router import Router
 from gateway.settings import Settings
 from gateway.tokenizers import load_tokenizer
 
@@ -68,10 +71,15 @@ class GatewayState:
         metrics = GatewayMetrics()
         upstream = UpstreamClient(settings)
         await upstream.start()
-        pipeline = Pipeline(settings, catalog, authenticator, quota, Router(), upstream, metrics)
+        router = Router(catalog)
+        metrics.watch(RoutingCollector(router))
+        pipeline = Pipeline(settings, catalog, authenticator, quota, router, upstream, metrics)
         state = cls(settings, redis, quota, authenticator, AccountRegistry(redis, quota),
                     pipeline, metrics, upstream)
         state.tasks.append(asyncio.create_task(state._reap_forever()))
+        state.tasks.append(asyncio.create_task(EndpointMonitor(router, upstream).run()))
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not main thread
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, state._reload_on_signal)
         return state
 
     def reload_catalog(self) -> Catalog:
@@ -80,9 +88,21 @@ class GatewayState:
         for model in catalog.models.values():
             load_tokenizer(model.tokenizer)
         self.pipeline.catalog = catalog
+        self.pipeline.router.sync(catalog)  # endpoint state survives for URLs that remain
         return catalog
 
+    def _reload_on_signal(self) -> None:
+        """SIGHUP: reload models.yaml; a bad file is logged and the old catalog kept."""
+        try:
+            catalog = self.reload_catalog()
+        except Exception as exc:  # a bad file must not take the gateway down
+            log.error("SIGHUP: models.yaml not reloaded: %s", exc)
+            return
+        log.warning("SIGHUP: models.yaml reloaded (%d models)", len(catalog.models))
+
     async def close(self) -> None:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:

@@ -8,14 +8,16 @@ rebuilds the event with :meth:`UsageEvent.from_fields` and inserts it idempotent
 
 The stream entry's field names are this dataclass's field names, and the values are
 strings: integers in decimal, ``stream`` as ``"1"``/``"0"``, times as Redis ``TIME`` in
-milliseconds. ``gateway/quota/lua/settle_v1.lua`` writes the same fields; change both
+milliseconds, ``grants`` as the charge by grant (``"g1:30,g2:5"``, drawing order; empty for
+a charge of 0). ``gateway/quota/lua/settle_v2.lua`` writes the same fields (plus ``epoch``,
+the balance life it was charged to, which only the gateway's journal reads); change both
 together. Times leave the system as ISO 8601 UTC (:func:`ms_to_iso`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -44,6 +46,8 @@ _INT_FIELDS = (
     "started_at_ms",
     "finished_at_ms",
 )
+_OPTIONAL = frozenset({"grants"})  # absent from events written before grants existed
+_NOT_IN_RECORD = frozenset({"started_at_ms", "finished_at_ms", "grants"})
 
 
 def ms_to_iso(ms: int) -> str:
@@ -61,6 +65,22 @@ def iso_to_ms(text: str) -> int:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return (moment - _EPOCH) // _MS
+
+
+def parse_allocation(text: str) -> list[tuple[str, int]]:
+    """``'g1:30,g2:5'`` -> ``[('g1', 30), ('g2', 5)]``: credits by grant, in drawing order."""
+    parts: list[tuple[str, int]] = []
+    for item in filter(None, text.split(",")):
+        grant, sep, amount = item.rpartition(":")
+        if not sep or not grant or not amount.isdigit():
+            raise ValueError(f"not a grant allocation: {text!r}")
+        parts.append((grant, int(amount)))
+    return parts
+
+
+def format_allocation(parts: Sequence[tuple[str, int]]) -> str:
+    """The inverse of :func:`parse_allocation`; parts of 0 are left out."""
+    return ",".join(f"{grant}:{amount}" for grant, amount in parts if amount > 0)
 
 
 def _text(value: bytes | str) -> str:
@@ -86,6 +106,7 @@ class UsageEvent:
     stream: bool
     started_at_ms: int
     finished_at_ms: int
+    grants: str = ""  # which grants paid the charge: 'g1:30,g2:5'
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -96,6 +117,10 @@ class UsageEvent:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
 
+    def allocation(self) -> list[tuple[str, int]]:
+        """The charge by grant, in drawing order: ``[('g1', 30), ('g2', 5)]``."""
+        return parse_allocation(self.grants)
+
     @property
     def started_at(self) -> str:
         return ms_to_iso(self.started_at_ms)
@@ -105,7 +130,7 @@ class UsageEvent:
         return ms_to_iso(self.finished_at_ms)
 
     def to_fields(self) -> dict[str, str]:
-        """The Redis Stream entry (all values strings), as ``settle_v1.lua`` writes it."""
+        """The Redis Stream entry (all values strings), as ``settle_v2.lua`` writes it."""
         fields: dict[str, str] = {}
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
@@ -122,6 +147,8 @@ class UsageEvent:
         values: dict[str, object] = {}
         for field in dataclasses.fields(cls):
             if field.name not in text:
+                if field.name in _OPTIONAL:
+                    continue
                 raise ValueError(f"usage event lacks field {field.name!r}")
             raw = text[field.name]
             if field.name == "stream":
@@ -138,7 +165,7 @@ class UsageEvent:
         """The usage record as the API and the CSV export show it (ISO 8601 times)."""
         record: dict[str, str | int | bool] = {}
         for field in dataclasses.fields(self):
-            if field.name not in ("started_at_ms", "finished_at_ms"):
+            if field.name not in _NOT_IN_RECORD:
                 record[field.name] = getattr(self, field.name)
         record["started_at"] = self.started_at
         record["finished_at"] = self.finished_at

@@ -1,30 +1,12 @@
-"""Self-service for API keys: ``GET /v1/me`` shows the key's own account and balance only."""
+"""Self-service for API keys: ``GET /v1/me`` and ``GET /v1/me/usage``, the key's own account
+only. The routes live with the ledger they read (``billing/me.py``); this is their mount.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from fastapi import APIRouter
 
-from fastapi import APIRouter, Request
+from billing.me import router as billing_me
 
-from gateway.errors import AuthenticationFailed
-from gateway.state import GatewayState
-
-router = APIRouter(prefix="/v1/me")
-
-
-@router.get("")
-async def me(request: Request) -> dict[str, Any]:
-    state: GatewayState = request.app.state.gateway
-    token = request.headers.get("authorization", "").partition(" ")[2].strip() or None
-    ref = await state.authenticator.authenticate(token)
-    key = await state.accounts.get_key(ref.key_id)
-    account = await state.accounts.get_account(ref.account_id)
-    if key is None or account is None or key["disabled"]:
-        raise AuthenticationFailed("invalid API key", code="invalid_api_key")
-    fields = ("id", "name", "prefix", "models", "rpm", "tpm", "max_concurrency")
-    return {
-        "account": {"id": account["id"], "name": account["name"]},
-        "key": {f: key[f] for f in fields},
-        "balance": await state.quota.balance(ref.account_id),
-        "grants": [],
-    }
+router = APIRouter()
+router.include_router(billing_me, prefix="/v1/me")

@@ -88,7 +88,9 @@ class OpenAIHandler:
         outcome = Outcome(Usage(), status="upstream_error", counted_by="gateway")
         try:
             body = pipeline.upstream_body(request, model, admission)
-            endpoint, response = await pipeline.open_upstream(model, "/v1/" + ROUTE_PATHS[kind], body)
+            affinity = pipeline.router.affinity_key(request.body)
+            endpoint, response = await pipeline.open_upstream(model, "/v1/" + ROUTE_PATHS[kind], body,
+                                                              affinity)
             ok = False
             try:
                 if request.stream and response.status == 200:
@@ -101,7 +103,9 @@ class OpenAIHandler:
                         send, request_id, response, model, admission.header_pairs(),
                         admission.prompt_tokens,
                     )
-                ok = outcome.status in ("ok", "client_gone")
+                # Only a stream the upstream broke off counts against the endpoint; an
+                # error it answered (4xx) or a client that left says nothing of its health.
+                ok = outcome.status != "partial"
             finally:
                 pipeline.router.finished(endpoint, ok=ok)
                 outcome.endpoint = endpoint

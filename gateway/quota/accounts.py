@@ -9,6 +9,7 @@ break the no-overdraft invariant (a purchase) still go through a script.
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -17,6 +18,8 @@ from redis.typing import EncodableT, FieldT
 
 from gateway import keyspace
 from gateway.errors import BalanceUnknown, QuotaUnavailable
+from gateway.quota.grants import BalanceView
+from gateway.quota.keys import grants_key
 from gateway.quota.reservation import Reservation
 from gateway.quota.scripts import RedisClient, Scripts
 
@@ -32,7 +35,6 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     TimeoutError,  # our own per-call deadline
     OSError,
 )
-BALANCE_FIELDS = ("purchased", "reserved", "spent", "expired")
 
 
 def _unknown(account_id: str) -> BalanceUnknown:
@@ -47,6 +49,19 @@ def _check_ids(*ids: str) -> None:
     """'|' separates fields of lease members and reservation records (see keyspace)."""
     if any("|" in i or not i for i in ids):
         raise ValueError(f"account and key ids must be non-empty and contain no '|': {ids!r}")
+
+
+def _check_models(models: Sequence[str] | None) -> str:
+    if models is None:
+        return ""
+    if not models or any(not m or "," in m or "|" in m for m in models):
+        raise ValueError("a model list holds names without ',' or '|' (None: every model)")
+    return ",".join(models)
+
+
+def new_epoch() -> str:
+    """The identity of one life of a balance in Redis: a rebuild after data loss starts another."""
+    return secrets.token_hex(8)
 
 
 class AccountStore:
@@ -98,6 +113,25 @@ class AccountStore:
         async with self._redis():
             await self.client.hset(keyspace.key_record_key(account_id, key_id), mapping=record)
 
+    async def key_record_exists(self, account_id: str, key_id: str) -> bool:
+        async with self._redis():
+            return bool(await self.client.exists(keyspace.key_record_key(account_id, key_id)))
+
+    async def set_key_hash(self, key_hash: str, account_id: str, key_id: str) -> None:
+        """Let the key whose SHA-256 is ``key_hash`` authenticate (see gateway.auth)."""
+        _check_ids(account_id, key_id)
+        async with self._redis():
+            await self.client.set(keyspace.key_hash_key(key_hash), f"{key_id} {account_id}")
+
+    async def get_key_hash(self, key_hash: str) -> str | None:
+        async with self._redis():
+            value = await self.client.get(keyspace.key_hash_key(key_hash))
+        return value.decode() if isinstance(value, bytes) else value
+
+    async def delete_key_hash(self, key_hash: str) -> None:
+        async with self._redis():
+            await self.client.delete(keyspace.key_hash_key(key_hash))
+
     async def delete_key_record(self, account_id: str, key_id: str) -> None:
         """The key stops being admitted at once; requests in flight still settle."""
         async with self._redis():
@@ -105,34 +139,51 @@ class AccountStore:
             await self.client.delete(keyspace.rate_key(account_id, key_id))
 
     async def init_balance(self, account_id: str) -> None:
-        """Create a zero balance if there is none; an existing one is left as it is."""
+        """Create an empty balance if there is none; an existing one is left as it is."""
         _check_ids(account_id)
-        key = keyspace.balance_key(account_id)
         async with self._redis():
-            for field in BALANCE_FIELDS:
-                await self.client.hsetnx(key, field, "0")
+            await self.client.hsetnx(keyspace.balance_key(account_id), "epoch", new_epoch())
 
-    async def credit(self, account_id: str, credits: int) -> int:
-        """Add purchased credits; the new ``purchased``. BalanceUnknown if it is missing."""
+    async def credit(
+        self,
+        account_id: str,
+        credits: int,
+        *,
+        grant_id: str | None = None,
+        expires_ms: int = 0,
+        models: Sequence[str] | None = None,
+    ) -> int:
+        """Add a grant of credits; the new ``purchased``. BalanceUnknown if it is missing.
+
+        A grant id already present changes nothing (a retried purchase never credits
+        twice). Without a grant id, a new never-expiring grant valid for every model.
+        """
         if isinstance(credits, bool) or not isinstance(credits, int) or credits <= 0:
             raise ValueError(f"credits must be a positive integer, not {credits!r}")
+        grant_id = grant_id or "gr_" + secrets.token_hex(8)
+        if any(c in grant_id for c in ":,|") or expires_ms < 0:
+            raise ValueError(f"bad grant {grant_id!r} (expires {expires_ms})")
+        args: list[str | int] = [grant_id, credits, expires_ms, _check_models(models)]
         async with self._redis():
-            total = await self.scripts.credit(
-                keys=[keyspace.balance_key(account_id)], args=[credits]
+            reply = await self.scripts.credit(
+                keys=[keyspace.balance_key(account_id), grants_key(account_id)], args=args
             )
-        if total is None:
+        if reply is None:
             raise _unknown(account_id)
-        return int(total)
+        return int(reply[1])
+
+    async def view(self, account_id: str) -> BalanceView:
+        """The account's grants and their figures by Redis time; BalanceUnknown if missing."""
+        keys = [keyspace.balance_key(account_id), grants_key(account_id)]
+        async with self._redis():
+            reply = await self.scripts.balance(keys=keys, args=[])
+        if reply is None:
+            raise _unknown(account_id)
+        return BalanceView.from_reply(reply)
 
     async def balance(self, account_id: str) -> dict[str, int]:
         """purchased, reserved, spent, expired and available; BalanceUnknown if missing."""
-        async with self._redis():
-            values = await self.client.hmget(keyspace.balance_key(account_id), BALANCE_FIELDS)
-        if all(v is None for v in values):
-            raise _unknown(account_id)
-        bal = {f: int(v or 0) for f, v in zip(BALANCE_FIELDS, values, strict=True)}
-        bal["available"] = bal["purchased"] - bal["reserved"] - bal["spent"] - bal["expired"]
-        return bal
+        return (await self.view(account_id)).totals()
 
     async def reservations(self, account_id: str) -> dict[str, Reservation]:
         """The account's requests in flight, by request id."""

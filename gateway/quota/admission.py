@@ -1,6 +1,6 @@
 """What admission answers: an :class:`Admission`, or the domain error of a refusal.
 
-``admit_v1.lua`` replies with a flat list whose first element names the outcome; this
+``admit_v2.lua`` replies with a flat list whose first element names the outcome; this
 module turns it into the object the gateway uses (the granted ``max_tokens`` to send
 upstream, the reservation, the ``x-ratelimit-*`` headers) or raises the error from
 ``gateway.errors`` with the message and headers an OpenAI client expects.
@@ -96,6 +96,8 @@ class Admission:
     lease_deadline_ms: int  # Redis time; renew with QuotaStore.checkpoint before it
     replayed: bool  # the id was already admitted: this is that reservation, not a new one
     rate: RateInfo
+    epoch: str = ""  # the balance's epoch: a different one at settlement means Redis lost data
+    allocation: str = ""  # the reserve by grant, 'g1:30,g2:5'
 
     @property
     def clamped(self) -> bool:
@@ -118,6 +120,8 @@ def admission_from_reply(
     if kind in ("ok", "dup"):
         granted, reserve, started, deadline = (int(v) for v in reply[1:5])
         return Admission(
+            epoch=_text(reply[5]),
+            allocation=_text(reply[6]),
             request_id=request_id,
             max_tokens=granted,
             requested_max_tokens=requested,
@@ -126,7 +130,7 @@ def admission_from_reply(
             started_ms=started,
             lease_deadline_ms=deadline,
             replayed=kind == "dup",
-            rate=RateInfo.from_reply(reply[5:]),
+            rate=RateInfo.from_reply(reply[7:]),
         )
     raise _refusal(kind, reply, prompt_tokens)
 
@@ -147,17 +151,20 @@ def _refusal(kind: str, reply: Reply, prompt_tokens: int) -> Exception:
             headers={"Retry-After": "5"},
         )
     if kind == "balance":
-        available, needed, reserved = (int(v) for v in reply[1:4])
+        available, needed, reserved, elsewhere = (int(v) for v in reply[1:5])
         held = f" ({reserved} more held by requests in flight)" if reserved > 0 else ""
+        other = (
+            f"; {elsewhere} more credits are valid for other models only" if elsewhere > 0 else ""
+        )
         return BalanceExhausted(
             f"balance exhausted: {max(available, 0)} credits available{held}, this request "
             f"needs at least {needed} (its {prompt_tokens} prompt tokens and one completion "
-            "token)",
+            f"token){other}",
             code="insufficient_quota",
         )
     if kind == "rate":
         return _rate_limited(_text(reply[1]), reply)
-    raise ValueError(f"admit_v1 answered {kind!r}")
+    raise ValueError(f"admit_v2 answered {kind!r}")
 
 
 def _rate_limited(which: str, reply: Reply) -> RateLimited:

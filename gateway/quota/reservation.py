@@ -1,16 +1,19 @@
 """The reservation record a request holds in Redis between admission and settlement.
 
-``admit_v1.lua`` writes it into the account's reservations HASH (request id -> record),
-``checkpoint_v1.lua`` updates it, ``settle_v1.lua`` consumes and deletes it; its absence
-is what makes a second settlement a no-op. The layout (see ``lua/lib_v1.lua``) is ten
-integers, the key id and then the model, joined by ``|``; the model comes last so that it
-may itself contain ``|``. Python reads it for the reaper (which needs the key id to name
-the keys that settlement touches) and for inspection.
+``admit_v2.lua`` writes it into the account's reservations HASH (request id -> record),
+``checkpoint_v2.lua`` updates it, ``settle_v2.lua`` consumes and deletes it; its absence
+is what makes a second settlement a no-op. The layout (see ``lua/lib_v2.lua``) is ten
+integers, the key id, the allocation of the reserve over grants (``g1:30,g2:5``) and then
+the model, joined by ``|``; the model comes last so that it may itself contain ``|``.
+Python reads it for the reaper (which needs the key id to name the keys that settlement
+touches), for reconcile (what is reserved on which grant) and for inspection.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from gateway.quota.grants import parse_allocation
 
 _INTS = 10
 
@@ -28,13 +31,14 @@ class Reservation:
     tpm_tokens: int  # tokens counted against the key's TPM window at admission
     tpm_minute: int  # the window minute they were counted in
     key_id: str
+    allocation: tuple[tuple[str, int], ...]  # the reserve by grant, in drawing order
     model: str
 
     @classmethod
     def decode(cls, raw: bytes | str) -> Reservation:
         text = raw.decode() if isinstance(raw, bytes) else raw
-        parts = text.split("|", _INTS + 1)
-        if len(parts) != _INTS + 2:
+        parts = text.split("|", _INTS + 2)
+        if len(parts) != _INTS + 3:
             raise ValueError(f"not a reservation record: {text!r}")
         n = [int(p) for p in parts[:_INTS]]
         return cls(
@@ -49,5 +53,6 @@ class Reservation:
             tpm_tokens=n[8],
             tpm_minute=n[9],
             key_id=parts[_INTS],
-            model=parts[_INTS + 1],
+            allocation=tuple(parse_allocation(parts[_INTS + 1])),
+            model=parts[_INTS + 2],
         )

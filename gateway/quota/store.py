@@ -4,37 +4,76 @@ Every change to an account's credits or a key's limits is one atomic script run 
 (``lua/*.lua``), never read-then-write from Python, so concurrent gateways cannot
 overdraw a balance. The lifecycle of a request:
 
-    admit       -> Admission (reserves credits, counts rate limits, takes a lease)
+    admit       -> Admission (reserves credits from the account's grants that are live and
+                   valid for the model, soonest expiry first; counts rate limits; takes a lease)
     checkpoint  -> renews the lease and records the tokens delivered so far
-    settle      -> charges min(actual cost, reserve), releases the rest, appends the
-                   UsageEvent to the shard's stream; a second settle is a no-op
+    settle      -> charges min(actual cost, reserve) to the grants reserved from, releases
+                   the rest, appends the UsageEvent to the shard's stream; a second settle
+                   is a no-op
     reap        -> settles the requests whose lease passed (their gateway died) as
-                   ``expired``: charged the last checkpoint, or nothing without one
+                   ``expired``: charged the last checkpoint, or nothing without one; and
+                   confirms the settlement journal (see ``journal.py``)
 
 All money is integer credits. ``spent`` accumulates every charge, the charges of expired
 requests included, so the sum of the charges of an account's usage events equals its
-``spent``; ``expired`` in the balance belongs to billing (credits of lapsed packages) and
-is only read here. Redis unreachable means :class:`QuotaUnavailable`: the gateway fails
-closed rather than serve unmetered.
+``spent``; ``expired`` is what lapsed grants left unused. Redis unreachable means
+:class:`QuotaUnavailable`: the gateway fails closed rather than serve unmetered.
+
+The store remembers each admission it made until it settles it, so that a reservation lost
+with Redis data (its balance came back with another epoch, or not at all) is still charged
+when the request ends: the request was served, so it must be metered.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from gateway import keyspace
 from gateway.errors import BadRequest
 from gateway.quota.accounts import AccountStore
 from gateway.quota.admission import Admission, admission_from_reply
+from gateway.quota.journal import SettlementJournal
+from gateway.quota.keys import grants_key
 from gateway.quota.reservation import Reservation
+from gateway.quota.scripts import RedisClient
 from gateway.usage import COUNTED_BY, STATUS_EXPIRED, STATUSES, UsageEvent
 
 __all__ = ["Admission", "QuotaStore"]
 
 
+HELD_LIMIT = 100_000  # admissions remembered; the oldest are forgotten past this
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """What settlement needs of an admission if Redis lost its reservation."""
+
+    epoch: str
+    reserve: int
+    input_pm: int
+    output_pm: int
+    started_ms: int
+    allocation: str
+    model: str
+
+    def packed(self) -> str:
+        """One argument for settle_v2.lua (the model last: it may contain '|')."""
+        return (f"{self.epoch}|{self.reserve}|{self.input_pm}|{self.output_pm}|"
+                f"{self.started_ms}|{self.allocation}|{self.model}")  # fmt: skip
+
+
 class QuotaStore(AccountStore):
     """Credits, reservations and rate limits in Redis (standalone or Cluster)."""
+
+    def __init__(
+        self, client: RedisClient, *, lease_ms: int = 30_000, timeout_s: float | None = 2.0
+    ) -> None:
+        super().__init__(client, lease_ms=lease_ms, timeout_s=timeout_s)
+        self._held: OrderedDict[str, _Held] = OrderedDict()
+        self.journal = SettlementJournal()
 
     async def admit(
         self,
@@ -72,6 +111,7 @@ class QuotaStore(AccountStore):
             keyspace.rate_key(account_id, key_id),
             keyspace.inflight_key(account_id, key_id),
             keyspace.leases_key(keyspace.shard_of(account_id)),
+            grants_key(account_id),
         ]
         args: list[str | int] = [
             request_id, account_id, key_id, model, prompt_tokens,
@@ -80,9 +120,16 @@ class QuotaStore(AccountStore):
         ]  # fmt: skip
         async with self._redis():
             reply = await self.scripts.admit(keys=keys, args=args)
-        return admission_from_reply(
+        admission = admission_from_reply(
             reply, request_id=request_id, requested=max_tokens, prompt_tokens=prompt_tokens
         )
+        self._held[request_id] = _Held(
+            admission.epoch, admission.reserve, input_pm, output_pm, admission.started_ms,
+            admission.allocation, model,
+        )  # fmt: skip
+        if len(self._held) > HELD_LIMIT:
+            self._held.popitem(last=False)
+        return admission
 
     async def checkpoint(
         self,
@@ -162,11 +209,19 @@ class QuotaStore(AccountStore):
             raise ValueError(f"unknown counted_by {counted_by!r}")
         if min(prompt_tokens, completion_tokens, cached_tokens) < 0:
             raise ValueError("token counts must not be negative")
-        args = [
+        args: list[Any] = [
             "settle", prompt_tokens, completion_tokens, cached_tokens, status, counted_by,
             "1" if stream else "0", cluster, endpoint,
         ]  # fmt: skip
-        reply = await self._settle(request_id, account_id, key_id, args)
+        held = self._held.pop(request_id, None)  # one settle only may use it
+        try:
+            reply = await self._settle(
+                request_id, account_id, key_id, [*args, held.packed() if held else ""]
+            )
+        except BaseException:
+            if held is not None:
+                self._held[request_id] = held
+            raise
         return _event_of(reply)
 
     async def reap(self, shard: int, limit: int = 100) -> list[UsageEvent]:
@@ -177,6 +232,7 @@ class QuotaStore(AccountStore):
         """
         leases = keyspace.leases_key(shard)
         async with self._redis():
+            await self.journal.confirm(self.client, self.scripts, shard)
             members = await self.scripts.expired_leases(keys=[leases], args=[limit])
         events: list[UsageEvent] = []
         for member in members:
@@ -189,6 +245,7 @@ class QuotaStore(AccountStore):
                     continue
             key_id = Reservation.decode(raw).key_id
             event = _event_of(await self._settle(request_id, account_id, key_id, ["expire"]))
+            self._held.pop(request_id, None)
             if event is not None:
                 events.append(event)
         return events
@@ -204,11 +261,18 @@ class QuotaStore(AccountStore):
             keyspace.inflight_key(account_id, key_id),
             keyspace.leases_key(shard),
             keyspace.usage_stream_key(shard),
+            grants_key(account_id),
         ]
-        args = [request_id, account_id, key_id, *args, *[""] * (9 - len(args))]
+        args = [request_id, account_id, key_id, *args, *[""] * (10 - len(args))]
         async with self._redis():
             reply: Sequence[Any] = await self.scripts.settle(keys=keys, args=args)
+        if reply[0] in (b"ok", "ok"):
+            self.journal.record(_text(reply[1]), account_id, reply[2:])
         return reply
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _event_of(reply: Sequence[Any]) -> UsageEvent | None:

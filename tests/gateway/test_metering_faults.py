@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from tests.gateway.conftest import (
     stop_process,
     wait_for_event,
 )
-from tests.redis_servers import RedisServer
+from tests.redis_servers import RedisServer, redis_server
 
 MESSAGES = [{"role": "user", "content": "Tell a long story."}]
 
@@ -87,3 +88,38 @@ def test_redis_down_fails_closed(lonely_gateway: Gateway, private_redis: RedisSe
         c.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES, max_tokens=2)
     assert refused.value.status_code in (401, 503)
     assert lonely_gateway.process.poll() is None
+
+
+def test_settlement_waits_for_redis_and_loses_nothing(gateway: Gateway, sims: Sims,
+                                                      tmp_path: Path) -> None:
+    """Redis dies mid-stream: the client still gets its whole answer; the settlement waits
+    and lands once Redis is back (AOF kept the reservation), counted by the upstream."""
+    with redis_server("--appendonly", "yes", "--appendfsync", "always") as durable:
+        gw = start_gateway(gateway.config, durable.url, tmp_path / "gw.log")
+        try:
+            account, key = gw.new_account(credits=10_000)
+            for i in (0, 1):
+                sims.set_fault(i, mode="drip", drip_ms=100)
+            result: dict[str, str] = {}
+
+            def stream() -> None:
+                c = openai_client(gw.v1, key, timeout=30)
+                chunks = list(c.chat.completions.create(
+                    model=CHAT_MODEL, messages=MESSAGES, max_tokens=20, stream=True,
+                    extra_headers={"x-request-id": "redis-died-1"}))
+                result["text"] = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+
+            thread = threading.Thread(target=stream)
+            thread.start()
+            time.sleep(0.6)
+            durable.stop()
+            thread.join(30)
+            assert len(result.get("text", "")) > 20  # the whole answer reached the client
+            durable.restart()
+            event = wait_for_event(durable.url, "redis-died-1", timeout=15)
+            assert (event.status, event.counted_by) == ("ok", "upstream")
+            assert event.completion_tokens >= 16
+            balance = gw.balance(account)
+            assert balance["reserved"] == 0 and balance["spent"] == event.charge > 0
+        finally:
+            stop_process(gw.process)

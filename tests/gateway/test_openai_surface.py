@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import openai
 import pytest
 
@@ -73,6 +74,9 @@ def test_request_id_echoed_or_generated(gateway: Gateway, api_key: str) -> None:
     assert raw.headers["x-request-id"] == "abc-123"
     raw = c.models.with_raw_response.list()
     assert raw.headers["x-request-id"].startswith("req_")
+    me = httpx.get(gateway.v1 + "/me", headers={"Authorization": f"Bearer {api_key}", "x-request-id": "me-1"})
+    assert me.headers["x-request-id"] == "me-1"
+    assert httpx.get(gateway.base + "/healthz").headers["x-request-id"]
 
 
 async def test_async_client_chat_and_stream(gateway: Gateway, api_key: str) -> None:

@@ -51,7 +51,7 @@ class InFlight:
     ck_prompt: int | None = None
 
     def expiry_charge(self) -> int:
-        """The charge the store promises for an expired lease (see settle_v1.lua)."""
+        """The charge the store promises for an expired lease (see settle_v2.lua)."""
         if self.ck_prompt is not None:
             prompt = self.ck_prompt
         else:

@@ -1,4 +1,4 @@
--- checkpoint_v1: record what a live request has delivered so far and renew its lease, so
+-- checkpoint_v2: record what a live request has delivered so far and renew its lease, so
 -- that if this gateway dies the expiry charges what was delivered, and only then.
 -- KEYS: 1 reservations, 2 shard leases, 3 key inflight
 -- ARGV: 1 request_id, 2 account_id, 3 key_id, 4 completion tokens so far,

@@ -1,13 +1,18 @@
--- admit_v1: a key's checks, rate limits and the credit reservation of one request, atomically.
--- KEYS: 1 key record, 2 balance, 3 reservations, 4 rate window, 5 key inflight, 6 shard leases
+-- admit_v2: a key's checks, rate limits and the credit reservation of one request, atomically.
+-- The reservation is drawn from the account's grants that are live (by Redis time) and valid
+-- for the model, soonest expiry first, so no grant is ever overdrawn.
+-- KEYS: 1 key record, 2 balance, 3 reservations, 4 rate window, 5 key inflight, 6 shard leases,
+--       7 grants
 -- ARGV: 1 request_id, 2 account_id, 3 key_id, 4 model, 5 prompt tokens (upper bound),
 --       6 requested max_tokens (-1: absent), 7 max_tokens ceiling (0: the request produces
 --       no completion, as embeddings; only its prompt is reserved), 8 input_pm, 9 output_pm,
 --       10 lease_ms
 -- Replies (RATE = rpm limit (-1: none), remaining, reset ms, tpm limit (-1: none), remaining,
 -- reset ms):
---   {'ok'|'dup', granted max_tokens, reserve, started ms, lease deadline ms, RATE}
---   {'auth'} | {'model'} | {'unknown'} | {'balance', available, needed, reserved}
+--   {'ok'|'dup', granted max_tokens, reserve, started ms, lease deadline ms, balance epoch,
+--    allocation of the reserve over grants, RATE}
+--   {'auth'} | {'model'} | {'unknown'}
+--   {'balance', available for the model, needed, reserved, available for other models only}
 --   {'rate', 'requests'|'tokens'|'concurrency', retry ms, limit, counted, RATE}
 local WIN = 60000
 local rid, account, key_id, model = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -16,7 +21,13 @@ local in_pm, out_pm, lease_ms = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(A
 local now = now_ms()
 
 local kr = redis.call('HMGET', KEYS[1], 'disabled', 'models', 'rpm', 'tpm', 'max_concurrency')
-if not kr[1] or kr[1] == '1' then return {'auth'} end
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if not kr[1] then
+  -- Neither the key nor the balance: Redis lost data; refuse as unknown until rebuilt.
+  if not epoch then return {'unknown'} end
+  return {'auth'}
+end
+if kr[1] == '1' then return {'auth'} end
 local allowed = kr[2] or ''
 if allowed ~= '' and (string.find(model, ',', 1, true)
     or not string.find(',' .. allowed .. ',', ',' .. model .. ',', 1, true)) then
@@ -69,14 +80,26 @@ local existing = redis.call('HGET', KEYS[3], rid)
 if existing then
   local r = decode_record(existing)
   local deadline = tonumber(redis.call('ZSCORE', KEYS[6], account .. '|' .. rid)) or now
-  return {'dup', r.granted, r.reserve, r.started, deadline, unpack(rate_info())}
+  return {'dup', r.granted, r.reserve, r.started, deadline, epoch or '', r.alloc,
+          unpack(rate_info())}
 end
 
-local bal = redis.call('HMGET', KEYS[2], 'purchased', 'reserved', 'spent', 'expired')
-if not (bal[1] or bal[2] or bal[3] or bal[4]) then return {'unknown'} end
-local reserved = tonumber(bal[2]) or 0
-local available = (tonumber(bal[1]) or 0) - reserved - (tonumber(bal[3]) or 0)
-  - (tonumber(bal[4]) or 0)
+if not epoch then return {'unknown'} end
+local grants, by_id = load_grants(KEYS[7])
+local usable, available, reserved, elsewhere = {}, 0, 0, 0
+for i = 1, #grants do
+  local g = grants[i]
+  local free = g.credits - g.reserved - g.spent
+  reserved = reserved + g.reserved
+  if free > 0 and grant_live(g, now) then
+    if grant_allows(g, model) then
+      usable[#usable + 1] = {g.id, free}
+      available = available + free
+    else
+      elsewhere = elsewhere + free
+    end
+  end
+end
 
 local wish = ceiling
 if requested >= 0 and requested < ceiling then wish = requested end
@@ -108,9 +131,18 @@ local granted = math.min(wish, afford)
 if ceiling == 0 and left >= 0 then
   granted = 0
 elseif granted < 1 then
-  return {'balance', available, cost(prompt, 1, in_pm, out_pm), reserved}
+  return {'balance', available, cost(prompt, 1, in_pm, out_pm), reserved, elsewhere}
 end
 local reserve = cost(prompt, granted, in_pm, out_pm)
+local alloc = take(usable, reserve)
+for i = 1, #alloc do
+  if alloc[i][2] > 0 then
+    local g = by_id[alloc[i][1]]
+    g.reserved = g.reserved + alloc[i][2]
+    redis.call('HSET', KEYS[7], g.id, encode_grant(g))
+  end
+end
+alloc = encode_alloc(alloc)
 
 local tpm_tokens = 0
 if tpm then tpm_tokens = prompt + granted end
@@ -124,8 +156,7 @@ local deadline = now + lease_ms
 redis.call('HSET', KEYS[3], rid, encode_record({
   reserve = reserve, prompt = prompt, granted = granted, in_pm = in_pm, out_pm = out_pm,
   started = now, ck_completion = 0, ck_prompt = -1, tpm_tokens = tpm_tokens,
-  tpm_minute = minute, key_id = key_id, model = model}))
+  tpm_minute = minute, key_id = key_id, alloc = alloc, model = model}))
 redis.call('ZADD', KEYS[6], fmt(deadline), account .. '|' .. rid)
 redis.call('ZADD', KEYS[5], fmt(deadline), rid)
-redis.call('HINCRBY', KEYS[2], 'reserved', fmt(reserve))
-return {'ok', granted, reserve, now, deadline, unpack(rate_info())}
+return {'ok', granted, reserve, now, deadline, epoch, alloc, unpack(rate_info())}

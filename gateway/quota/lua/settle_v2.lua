@@ -1,18 +1,40 @@
--- settle_v1: charge a request's tokens (never more than its reserve), release the rest of
--- the reservation and append its usage event, atomically. Idempotent by request id.
--- KEYS: 1 balance, 2 reservations, 3 rate window, 4 key inflight, 5 shard leases, 6 usage stream
+-- settle_v2: charge a request's tokens (never more than its reserve) to the grants it
+-- reserved from, release the rest and append its usage event, atomically. Idempotent by
+-- request id.
+-- KEYS: 1 balance, 2 reservations, 3 rate window, 4 key inflight, 5 shard leases,
+--       6 usage stream, 7 grants
 -- ARGV: 1 request_id, 2 account_id, 3 key_id, 4 mode 'settle'|'expire', 5 prompt tokens,
 --       6 completion tokens, 7 cached tokens, 8 status, 9 counted_by, 10 stream '1'|'0',
 --       11 cluster, 12 endpoint   ('expire' ignores 5-12: the reservation decides)
+--       13 only from the gateway that admitted the request ('' otherwise): what it remembers
+--          of the admission, 'epoch|reserve|input_pm|output_pm|started ms|allocation|model'
 -- Replies: {'dup'}: no reservation (already settled or expired), nothing changed
 --          {'live', deadline ms}: 'expire', but a live gateway renewed the lease; nothing changed
 --          {'ok', stream entry id, field, value, ...}: the usage event as appended
+--
+-- A reservation that is gone although the balance epoch differs from the admission's (or the
+-- balance is gone) was lost with Redis data, not settled: the request was served, so it is
+-- charged from what its gateway remembers (13) and its event appended; the grants are
+-- charged only if a rebuilt balance exists (a rebuild never saw that reservation).
 local rid, account, key_id, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
 local raw = redis.call('HGET', KEYS[2], rid)
-if not raw then return {'dup'} end
-local r = decode_record(raw)
-if r.key_id ~= key_id then
-  return redis.error_reply('ERR tokengate: request ' .. rid .. ' was admitted for another key')
+local lost = false
+local r
+if raw then
+  r = decode_record(raw)
+  if r.key_id ~= key_id then
+    return redis.error_reply('ERR tokengate: request ' .. rid .. ' was admitted for another key')
+  end
+elseif mode == 'settle' and ARGV[13] ~= '' then
+  local e, rs, i, o, st, al, m = string.match(ARGV[13],
+    '^([^|]*)|(%d+)|(%d+)|(%d+)|(%d+)|([^|]*)|(.*)$')
+  if epoch == e then return {'dup'} end  -- same life of the balance: it was settled
+  lost = true
+  r = {reserve = tonumber(rs), in_pm = tonumber(i), out_pm = tonumber(o), started = tonumber(st),
+       alloc = al, model = m, tpm_tokens = 0, tpm_minute = 0}
+else
+  return {'dup'}
 end
 local now = now_ms()
 local member = account .. '|' .. rid
@@ -35,11 +57,13 @@ if mode == 'expire' then
   status, counted_by, stream, cluster, endpoint = 'expired', 'gateway', '0', '', ''
 end
 local charge = math.min(cost(prompt, completion, r.in_pm, r.out_pm), r.reserve)
+local reserved = decode_alloc(r.alloc)
+local charged = take(reserved, charge)
 
--- A missing balance (Redis lost data) stays missing: HINCRBY would invent one.
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HINCRBY', KEYS[1], 'reserved', fmt(-r.reserve))
-  redis.call('HINCRBY', KEYS[1], 'spent', fmt(charge))
+-- A missing balance (Redis lost data) stays missing: writing grants would invent one.
+if epoch then
+  local _, by_id = load_grants(KEYS[7])
+  charge_grants(KEYS[7], by_id, reserved, charged, not lost)
 end
 redis.call('HDEL', KEYS[2], rid)
 redis.call('ZREM', KEYS[5], member)
@@ -57,11 +81,14 @@ if give > 0 then
   end
 end
 
+-- gateway/usage.py reads these fields; 'grants' says which grants paid the charge and
+-- 'epoch' which balance it was charged to ('' = none: the balance was missing).
 local event = {
   'request_id', rid, 'account_id', account, 'key_id', key_id, 'model', r.model,
   'cluster', cluster, 'endpoint', endpoint, 'prompt_tokens', fmt(prompt),
   'completion_tokens', fmt(completion), 'cached_tokens', fmt(cached), 'charge', fmt(charge),
   'status', status, 'counted_by', counted_by, 'stream', stream,
-  'started_at_ms', fmt(r.started), 'finished_at_ms', fmt(now)}
+  'started_at_ms', fmt(r.started), 'finished_at_ms', fmt(now),
+  'grants', encode_alloc(charged), 'epoch', epoch or ''}
 local id = redis.call('XADD', KEYS[6], '*', unpack(event))
 return {'ok', id, unpack(event)}

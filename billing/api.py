@@ -1,0 +1,186 @@
+"""The admin routes that touch the ledger (gateway/api/admin.py mounts them under /admin,
+behind the admin credential). Thin: parse, call billing, map the answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from billing.balances import account_balance
+from billing.packages import NewPackage
+from billing.service import Billing
+from billing.usage_query import UsageQuery, export_csv, usage_page
+from gateway.accounts import KeyLimits
+from gateway.errors import BadRequest, NotFound
+from gateway.usage import iso_to_ms
+
+Name = Field(min_length=1, max_length=200)
+Ident = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+Models = Field(default=None, min_length=1)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NewAccount(_Body):
+    name: str = Name
+
+
+class NewKey(_Body):
+    name: str = Field(default="default", min_length=1, max_length=200)
+    models: list[Annotated[str, Field(min_length=1, pattern=r"^[^,|]+$")]] | None = Models
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    max_concurrency: int | None = Field(default=None, ge=1)
+
+
+class KeyChanges(_Body):
+    models: list[Annotated[str, Field(min_length=1, pattern=r"^[^,|]+$")]] | None = Models
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    max_concurrency: int | None = Field(default=None, ge=1)
+    disabled: bool | None = None
+
+
+class PackageBody(_Body):
+    id: str | None = Ident
+    name: str = Name
+    credits: int = Field(ge=1, le=2**50)
+    valid_days: int = Field(ge=1, le=36_500)
+    models: list[Annotated[str, Field(min_length=1, pattern=r"^[^,|]+$")]] | None = Models
+    list_price: int | None = Field(default=None, ge=0)
+
+
+class PurchaseBody(_Body):
+    package_id: str = Field(min_length=1, max_length=64)
+    order_id: str = Field(min_length=1, max_length=200)
+
+
+def billing_of(request: Request) -> Billing:
+    billing: Billing = request.app.state.billing
+    return billing
+
+
+BillingDep = Annotated[Billing, Depends(billing_of)]
+router = APIRouter()
+
+
+@router.post("/accounts", status_code=201)
+async def create_account(body: NewAccount, billing: BillingDep) -> dict[str, Any]:
+    return await billing.accounts.create_account(body.name)
+
+
+@router.get("/accounts/{account_id}")
+async def get_account(account_id: str, billing: BillingDep) -> dict[str, Any]:
+    account = await billing.accounts.get_account(account_id)
+    if account is None:
+        raise NotFound(f"no account {account_id!r}")
+    view = await account_balance(
+        billing.engine, billing.store, account_id, ledger_fallback=True, clock=billing.clock
+    )
+    return {**account, **view}
+
+
+@router.post("/accounts/{account_id}/keys", status_code=201)
+async def create_key(account_id: str, body: NewKey, billing: BillingDep) -> dict[str, Any]:
+    limits = KeyLimits(body.models, body.rpm, body.tpm, body.max_concurrency)
+    return await billing.accounts.create_key(account_id, body.name, limits)
+
+
+@router.patch("/keys/{key_id}")
+async def update_key(key_id: str, body: KeyChanges, request: Request, billing: BillingDep) -> dict[str, Any]:
+    changes = body.model_dump(exclude_unset=True)
+    if changes.get("disabled", False) is None:
+        raise BadRequest("disabled must be true or false", param="disabled")
+    key = await billing.accounts.update_key(key_id, changes)
+    if key is None:
+        raise NotFound(f"no key {key_id!r}")
+    request.app.state.gateway.authenticator.forget(key_id)
+    return key
+
+
+@router.delete("/keys/{key_id}", status_code=204)
+async def delete_key(key_id: str, request: Request, billing: BillingDep) -> Response:
+    if not await billing.accounts.revoke_key(key_id):
+        raise NotFound(f"no key {key_id!r}")
+    request.app.state.gateway.authenticator.forget(key_id)
+    return Response(status_code=204)
+
+
+@router.post("/packages", status_code=201)
+async def create_package(body: PackageBody, billing: BillingDep) -> JSONResponse:
+    package, created = await billing.packages.create_package(NewPackage(**body.model_dump()))
+    return JSONResponse(package, status_code=201 if created else 200)
+
+
+@router.get("/packages")
+async def list_packages(billing: BillingDep) -> dict[str, Any]:
+    return {"data": await billing.packages.list_packages()}
+
+
+@router.post("/accounts/{account_id}/purchases", status_code=201)
+async def purchase(account_id: str, body: PurchaseBody, billing: BillingDep) -> JSONResponse:
+    grant, created = await billing.packages.purchase(account_id, body.package_id, body.order_id)
+    return JSONResponse(grant, status_code=201 if created else 200)
+
+
+def usage_query(
+    account_id: str | None,
+    start: str | None,
+    end: str | None,
+    group_by: str | None,
+    limit: int,
+    cursor: str | None,
+) -> UsageQuery:
+    """The query of a usage route (``from``/``to``: ISO 8601 times or dates, ``to`` excluded)."""
+    try:
+        from_ms = iso_to_ms(start) if start else None
+        to_ms = iso_to_ms(end) if end else None
+    except ValueError:
+        raise BadRequest("from and to are ISO 8601 dates or times", param="from") from None
+    groups = tuple(g.strip() for g in (group_by or "").split(",") if g.strip())
+    return UsageQuery(account_id, from_ms, to_ms, groups, limit, cursor)
+
+
+FromQ = Annotated[str | None, Query(alias="from")]
+ToQ = Annotated[str | None, Query(alias="to")]
+LimitQ = Annotated[int, Query(ge=1, le=1000)]
+
+
+@router.get("/accounts/{account_id}/usage")
+async def account_usage(
+    account_id: str,
+    billing: BillingDep,
+    start: FromQ = None,
+    end: ToQ = None,
+    group_by: str | None = None,
+    limit: LimitQ = 100,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    if await billing.accounts.get_account(account_id) is None:
+        raise NotFound(f"no account {account_id!r}")
+    query = usage_query(account_id, start, end, group_by, limit, cursor)
+    return await usage_page(billing.engine, query)
+
+
+@router.get("/usage/export")
+async def export_usage(
+    billing: BillingDep,
+    format: str = "csv",
+    account_id: str | None = None,
+    start: FromQ = None,
+    end: ToQ = None,
+) -> StreamingResponse:
+    if format != "csv":
+        raise BadRequest("the export format is csv", param="format")
+    query = usage_query(account_id, start, end, None, 100, None)
+    rows: AsyncIterator[bytes] = export_csv(billing.engine, query)
+    return StreamingResponse(
+        rows, media_type="text/csv", headers={"Content-Disposition": 'attachment; filename="usage.csv"'}
+    )

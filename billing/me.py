@@ -1,0 +1,72 @@
+"""Self-service with an API key (gateway/api/me.py mounts it at /v1/me): the key's own
+account only. No route takes an account id: the account is the key's, always.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+
+from billing.api import FromQ, LimitQ, ToQ, usage_query
+from billing.balances import account_balance
+from billing.service import Billing
+from billing.usage_query import usage_page
+from gateway.auth import KeyRef
+from gateway.errors import AuthenticationFailed
+
+KEY_FIELDS = ("id", "name", "prefix", "models", "rpm", "tpm", "max_concurrency")
+
+
+def _billing(request: Request) -> Billing:
+    billing: Billing = request.app.state.billing
+    return billing
+
+
+BillingDep = Annotated[Billing, Depends(_billing)]
+
+
+async def caller(request: Request, billing: BillingDep) -> tuple[KeyRef, dict[str, Any]]:
+    """The key presented (``Authorization: Bearer tg-...``) and its record, if it is live."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    ref: KeyRef = await request.app.state.gateway.authenticator.authenticate(
+        token.strip() if scheme.lower() == "bearer" else None
+    )
+    key = await billing.accounts.get_key(ref.key_id)  # the ledger: not revoked, not disabled
+    if key is None or key["disabled"] or key["account_id"] != ref.account_id:
+        raise AuthenticationFailed("invalid API key", code="invalid_api_key")
+    return ref, key
+
+
+CallerDep = Annotated[tuple[KeyRef, dict[str, Any]], Depends(caller)]
+router = APIRouter()
+
+
+@router.get("")
+async def me(who: CallerDep, billing: BillingDep) -> dict[str, Any]:
+    ref, key = who
+    account = await billing.accounts.get_account(ref.account_id)
+    if account is None:
+        raise AuthenticationFailed("invalid API key", code="invalid_api_key")
+    view = await account_balance(billing.engine, billing.store, ref.account_id, clock=billing.clock)
+    return {
+        "account": {"id": account["id"], "name": account["name"]},
+        "key": {f: key[f] for f in KEY_FIELDS},
+        "balance": view["balance"],
+        "grants": view["grants"],
+    }
+
+
+@router.get("/usage")
+async def my_usage(
+    who: CallerDep,
+    billing: BillingDep,
+    start: FromQ = None,
+    end: ToQ = None,
+    group_by: str | None = None,
+    limit: LimitQ = 100,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    query = usage_query(who[0].account_id, start, end, group_by, limit, cursor)
+    return await usage_page(billing.engine, query)

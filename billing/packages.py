@@ -1,0 +1,183 @@
+"""The package catalog and purchases: a purchase is a grant in SQL, then credits in Redis.
+
+``purchase`` is idempotent on ``order_id``: the same order again answers the same grant
+(and applies it to Redis again, which is a no-op once done: ``credit_v2.lua`` adds a grant
+id once); the same order with another account or package is a Conflict. The grant is
+committed in SQL before Redis is credited, so a crash in between leaves a grant that Redis
+lacks, which the next purchase retry or ``reconcile`` applies, never twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import exc, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from billing.clock import DAY_MS, Clock, ms_to_iso, wall_ms
+from billing.db.engine import transaction
+from billing.db.schema import accounts, grants, packages
+from billing.errors import Conflict
+from billing.ledger import post, purchase_legs
+from gateway.errors import BalanceUnknown, NotFound, QuotaUnavailable
+from gateway.quota.accounts import AccountStore
+
+log = logging.getLogger("tokengate.billing")
+
+
+@dataclass(frozen=True, slots=True)
+class NewPackage:
+    name: str
+    credits: int
+    valid_days: int
+    models: list[str] | None = None
+    list_price: int | None = None
+    id: str | None = None
+
+
+def package_of(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "name": row.name,
+        "credits": row.credits,
+        "valid_days": row.valid_days,
+        "models": row.models,
+        "list_price": row.list_price,
+        "created_at": ms_to_iso(row.created_at_ms),
+    }
+
+
+def grant_of(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "account_id": row.account_id,
+        "package_id": row.package_id,
+        "order_id": row.order_id,
+        "credits": row.credits,
+        "remaining": row.remaining,
+        "models": row.models,
+        "list_price": row.list_price,
+        "valid_from": ms_to_iso(row.valid_from_ms),
+        "valid_until": ms_to_iso(row.valid_until_ms),
+    }
+
+
+class PackageService:
+    def __init__(self, engine: AsyncEngine, store: AccountStore, clock: Clock = wall_ms) -> None:
+        self.engine = engine
+        self.store = store
+        self.clock = clock
+
+    async def create_package(self, new: NewPackage) -> tuple[dict[str, Any], bool]:
+        """(the package, created); the same id again with the same content is not a change."""
+        row = {
+            "id": new.id or "pkg_" + secrets.token_hex(6),
+            "name": new.name,
+            "credits": new.credits,
+            "valid_days": new.valid_days,
+            "models": new.models,
+            "list_price": new.list_price,
+            "created_at_ms": self.clock(),
+        }
+        try:
+            async with transaction(self.engine) as conn:
+                await conn.execute(packages.insert(), row)
+            return package_of(_Row(row)), True
+        except exc.IntegrityError:
+            async with transaction(self.engine) as conn:
+                found = (await conn.execute(select(packages).where(packages.c.id == row["id"]))).first()
+            same = found is not None and all(
+                getattr(found, k) == row[k] for k in ("name", "credits", "valid_days", "models", "list_price")
+            )
+            if not same:
+                raise Conflict(f"package {row['id']!r} exists with other content") from None
+            return package_of(found), False
+
+    async def list_packages(self) -> list[dict[str, Any]]:
+        async with transaction(self.engine) as conn:
+            rows = await conn.execute(select(packages).order_by(packages.c.created_at_ms, packages.c.id))
+        return [package_of(r) for r in rows]
+
+    async def purchase(self, account_id: str, package_id: str, order_id: str) -> tuple[dict[str, Any], bool]:
+        """(the grant, created): record the purchase in SQL, then credit Redis."""
+        row, created = await self.record_purchase(account_id, package_id, order_id)
+        await self.apply(row)
+        return grant_of(row), created
+
+    async def record_purchase(self, account_id: str, package_id: str, order_id: str) -> tuple[Any, bool]:
+        """The SQL half of a purchase: the grant and its ledger entry, once per order id."""
+        try:
+            async with transaction(self.engine) as conn:
+                existing = await _grant_for_order(conn, order_id)
+                if existing is not None:
+                    return _same_order(existing, account_id, package_id), False
+                package = await _package(conn, account_id, package_id)
+                now = self.clock()
+                row = {
+                    "id": "gr_" + secrets.token_hex(8),
+                    "account_id": account_id,
+                    "package_id": package_id,
+                    "order_id": order_id,
+                    "credits": package.credits,
+                    "remaining": package.credits,
+                    "models": package.models,
+                    "valid_from_ms": now,
+                    "valid_until_ms": now + package.valid_days * DAY_MS,
+                    "list_price": package.list_price,
+                }
+                await conn.execute(grants.insert(), row)
+                legs = purchase_legs(account_id, row["id"], package.credits)
+                await post(conn, [(f"purchase:{order_id}", "purchase", account_id, legs)], now)
+                return _Row(row), True
+        except exc.IntegrityError:  # the same order, committed by a concurrent request
+            async with transaction(self.engine) as conn:
+                existing = await _grant_for_order(conn, order_id)
+            if existing is None:
+                raise
+            return _same_order(existing, account_id, package_id), False
+
+    async def apply(self, grant: Any) -> bool:
+        """Credit a grant to the Redis balance (once per grant id); False if not possible now."""
+        try:
+            await self.store.credit(
+                grant.account_id,
+                int(grant.credits),
+                grant_id=grant.id,
+                expires_ms=int(grant.valid_until_ms),
+                models=grant.models,
+            )
+            return True
+        except (BalanceUnknown, QuotaUnavailable) as error:
+            log.warning(
+                "grant %s not in Redis yet (%s): reconcile applies it", grant.id, error.__class__.__name__
+            )
+            return False
+
+
+class _Row:
+    """A dict seen with attribute access, like a result row."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)
+
+
+async def _grant_for_order(conn: AsyncConnection, order_id: str) -> Any:
+    return (await conn.execute(select(grants).where(grants.c.order_id == order_id))).first()
+
+
+def _same_order(existing: Any, account_id: str, package_id: str) -> Any:
+    if (existing.account_id, existing.package_id) != (account_id, package_id):
+        raise Conflict(f"order {existing.order_id!r} was placed for another account or package")
+    return existing
+
+
+async def _package(conn: AsyncConnection, account_id: str, package_id: str) -> Any:
+    if (await conn.execute(select(accounts.c.id).where(accounts.c.id == account_id))).first() is None:
+        raise NotFound(f"no account {account_id!r}")
+    package = (await conn.execute(select(packages).where(packages.c.id == package_id))).first()
+    if package is None:
+        raise NotFound(f"no package {package_id!r}")
+    return package

@@ -1,0 +1,59 @@
+"""Billing's parts for one process, built from the settings once and closed at the end."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from billing.accounts import AccountService
+from billing.clock import Clock, wall_ms
+from billing.db import migrate
+from billing.db.engine import create_engine, is_sqlite
+from billing.packages import PackageService
+from gateway.accounts import AccountRegistry
+from gateway.quota.accounts import AccountStore
+from gateway.quota.scripts import RedisClient
+
+log = logging.getLogger("tokengate.billing")
+
+
+@dataclass
+class Billing:
+    engine: AsyncEngine
+    store: AccountStore
+    accounts: AccountService
+    packages: PackageService
+    clock: Clock
+
+    @classmethod
+    def build(cls, database_url: str, redis: RedisClient, clock: Clock = wall_ms) -> Billing:
+        engine = create_engine(database_url)
+        store = AccountStore(redis)
+        return cls(
+            engine=engine,
+            store=store,
+            accounts=AccountService(engine, AccountRegistry(redis, store), clock),
+            packages=PackageService(engine, store, clock),
+            clock=clock,
+        )
+
+    async def prepare(self) -> None:
+        """Migrate an embedded SQLite ledger; check that PostgreSQL is migrated (never waits).
+
+        A database that cannot be reached is logged, not fatal: the gateway serves from
+        Redis without it, and the control plane answers 503 until it is back.
+        """
+        try:
+            async with asyncio.timeout(30):
+                if is_sqlite(self.engine):
+                    await migrate.upgrade(self.engine)
+                elif await migrate.current(self.engine) != migrate.head():
+                    log.error("the ledger is not migrated: run `tokengate billing migrate`")
+        except Exception as error:
+            log.error("the ledger database is unavailable at start (%s)", error.__class__.__name__)
+
+    async def close(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,94 @@
+"""Prefix affinity: requests that share a long prompt prefix go to the same endpoint.
+
+vLLM reuses its KV cache for a prompt prefix it has already computed, so a conversation
+(or a long shared system prompt) is cheapest on the endpoint that served it before. The
+affinity key hashes the first ``limit`` characters of the prompt (roles and text of the
+messages, or the completions prompt), read straight from the parsed body: no
+re-serialisation, no tokenizer. Prompts that agree on those characters agree on the key.
+
+Weighted rendezvous hashing (highest random weight) maps a key to one endpoint of the
+candidates left after filtering: when an endpoint leaves, only its keys move, and every
+gateway process computes the same target (crc32 and integer mixing: no salted hash).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+from gateway.routing.registry import EndpointState
+
+_M64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+_TO_UNIT = 1.0 / (1 << 52)  # the top 52 bits + 1/2 map into (0, 1) exactly
+
+
+def prefix_key(body: dict[str, Any], limit: int) -> int:
+    """A non-zero 64-bit key of the prompt's first ``limit`` characters; 0 when there is none."""
+    if limit <= 0:
+        return 0
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        return _messages_key(messages, limit)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and prompt:
+        prompt = prompt[0] if not isinstance(prompt[0], int) else prompt
+    if isinstance(prompt, str):
+        return _mix(zlib.crc32(prompt[:limit].encode()) + 1) if prompt else 0
+    if isinstance(prompt, list):  # token ids: a few characters each
+        return _mix(zlib.crc32(repr(prompt[: limit // 4]).encode()) + 1)
+    return 0
+
+
+def _messages_key(messages: list[Any], limit: int) -> int:
+    crc = 0
+    left = limit
+    for message in messages:
+        if left <= 0 or not isinstance(message, dict):
+            break
+        role = message.get("role")
+        if isinstance(role, str):
+            crc = zlib.crc32(role.encode(), crc)
+        content = message.get("content")
+        if isinstance(content, str):
+            crc = zlib.crc32(content[:left].encode(), crc)
+            left -= len(content)
+        elif isinstance(content, list):
+            for part in content:
+                text = part.get("text") if isinstance(part, dict) else None
+                if isinstance(text, str) and left > 0:
+                    crc = zlib.crc32(text[:left].encode(), crc)
+                    left -= len(text)
+    return _mix(crc + 1) if left < limit else 0
+
+
+def _mix(x: int) -> int:
+    """splitmix64's finaliser: a bijection of 64-bit integers that moves every bit."""
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
+def rendezvous(pool: Sequence[EndpointState], key: int, uniform: bool = False) -> EndpointState:
+    """The endpoint with the highest (weighted) random score for ``key``; pool not empty.
+
+    ``key`` is already mixed (``prefix_key``), so one multiply and shift per endpoint
+    makes a well-spread score (~0.2 µs). With equal weights the raw score decides;
+    otherwise weight / -ln(u), u uniform in (0, 1), keeps each endpoint's share by weight.
+    """
+    best = pool[0]
+    top = -1
+    best_score = -1.0
+    for state in pool:
+        value = ((key ^ state.seed) * _GOLDEN) & _M64
+        value ^= value >> 29
+        if uniform:
+            if value > top:
+                best, top = state, value
+            continue
+        score = state.endpoint.weight / -math.log(((value >> 12) + 0.5) * _TO_UNIT)
+        if score > best_score:
+            best, best_score = state, score
+    return best

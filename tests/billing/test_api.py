@@ -1,0 +1,220 @@
+"""The admin and self-service routes of DESIGN.md through a real gateway (and worker), on
+each ledger backend: the contract, packages and purchases, balances with their grants,
+usage pages and the CSV export, and tenant isolation."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from .procs import ADMIN_KEY, Gateway, start_gateway, start_sim, start_worker, stop, write_config
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def gateway(ledger_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    from tests.redis_servers import redis_server
+
+    tmp = tmp_path_factory.mktemp("api")
+    with redis_server() as server:
+        sim, port = start_sim(tmp / "sim.log")
+        gw = start_gateway(
+            write_config(tmp / "models.yaml", port), server.url, ledger_url, tmp / "gateway.log"
+        )
+        worker = start_worker(server.url, ledger_url, tmp / "worker.log")
+        try:
+            yield gw
+        finally:
+            for process in (worker, gw.process, sim):
+                stop(process)
+
+
+def customer(gw: Gateway, credits: int = 100_000, models: list[str] | None = None) -> dict[str, Any]:
+    """A new account, a package it bought, and a key: everything through the admin API."""
+    with gw.admin() as admin:
+        account = admin.post("/admin/accounts", json={"name": "Team A"})
+        assert account.status_code == 201
+        acct = account.json()
+        package = admin.post(
+            "/admin/packages", json={"name": "S", "credits": credits, "valid_days": 30, "models": models}
+        )
+        assert package.status_code == 201
+        grant = admin.post(
+            f"/admin/accounts/{acct['id']}/purchases",
+            json={"package_id": package.json()["id"], "order_id": "o-" + acct["id"]},
+        )
+        assert grant.status_code == 201
+        key = admin.post(f"/admin/accounts/{acct['id']}/keys", json={"name": "ci"})
+        assert key.status_code == 201
+    return {"account": acct, "package": package.json(), "grant": grant.json(), "key": key.json()}
+
+
+def wait_usage(gw: Gateway, key: str, count: int) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 30
+    while True:
+        with gw.client(key) as client:
+            data: list[dict[str, Any]] = client.get("/v1/me/usage", params={"limit": 1000}).json()["data"]
+        if len(data) >= count or time.monotonic() > deadline:
+            return data
+        time.sleep(0.1)
+
+
+def test_accounts_keys_and_their_contract(gateway: Gateway) -> None:
+    with gateway.admin() as admin:
+        made = admin.post("/admin/accounts", json={"name": "Acme"})
+        assert made.status_code == 201 and set(made.json()) == {"id", "name", "created_at"}
+        account = made.json()["id"]
+        assert admin.post("/admin/accounts", json={"name": "x", "plan": "gold"}).status_code == 422
+        assert admin.get("/admin/accounts/acct_nope").status_code == 404
+        assert admin.post("/admin/accounts/acct_nope/keys", json={"name": "k"}).status_code == 404
+        key = admin.post(
+            f"/admin/accounts/{account}/keys", json={"name": "k", "models": ["chat-model"], "rpm": 100}
+        ).json()
+        assert key["key"].startswith("tg-") and key["key"].startswith(key["prefix"])
+        changed = admin.patch(f"/admin/keys/{key['id']}", json={"tpm": 5000, "disabled": False})
+        assert changed.status_code == 200 and "key" not in changed.json()
+        assert (changed.json()["tpm"], changed.json()["rpm"]) == (5000, 100)
+        assert admin.patch("/admin/keys/key_nope", json={"rpm": 1}).status_code == 404
+        view = admin.get(f"/admin/accounts/{account}").json()
+        assert (
+            view["balance"] == {"purchased": 0, "reserved": 0, "spent": 0, "expired": 0, "available": 0}
+            and view["grants"] == []
+        )
+        assert admin.delete(f"/admin/keys/{key['id']}").status_code == 204
+        assert admin.delete("/admin/keys/key_nope").status_code == 404
+    assert gateway.chat(key["key"]).status_code == 401  # revoked: at once
+    with httpx.Client(base_url=gateway.base) as anonymous:
+        assert anonymous.post("/admin/accounts", json={"name": "x"}).status_code == 401
+
+
+def test_packages_and_purchases(gateway: Gateway) -> None:
+    c = customer(gateway, credits=5000)
+    account, package = c["account"]["id"], c["package"]
+    with gateway.admin() as admin:
+        assert package["id"] in {p["id"] for p in admin.get("/admin/packages").json()["data"]}
+        pid = "pro-" + account[-6:]
+        body = {"id": pid, "name": "Pro", "credits": 10, "valid_days": 1, "list_price": 900}
+        assert admin.post("/admin/packages", json=body).status_code == 201
+        assert admin.post("/admin/packages", json=body).status_code == 200
+        assert admin.post("/admin/packages", json={**body, "credits": 11}).status_code == 409
+        assert admin.post("/admin/packages", json={**body, "credits": 0}).status_code == 422
+        order = {"package_id": pid, "order_id": "order-" + account}
+        first = admin.post(f"/admin/accounts/{account}/purchases", json=order)
+        again = admin.post(f"/admin/accounts/{account}/purchases", json=order)
+        assert (first.status_code, again.status_code) == (201, 200)
+        assert again.json() == first.json() and first.json()["list_price"] == 900
+        other = {**order, "package_id": package["id"]}
+        assert admin.post(f"/admin/accounts/{account}/purchases", json=other).status_code == 409
+        assert (
+            admin.post(
+                f"/admin/accounts/{account}/purchases", json={**order, "order_id": "x", "package_id": "nope"}
+            ).status_code
+            == 404
+        )
+        view = admin.get(f"/admin/accounts/{account}").json()
+    assert view["balance"]["purchased"] == 5010
+    assert sorted(g["credits"] for g in view["grants"]) == [10, 5000]
+    assert [g["package_id"] for g in view["grants"]] == [pid, package["id"]]  # expiring first
+
+
+def test_me_shows_the_balance_and_grants_conserved(gateway: Gateway) -> None:
+    c = customer(gateway, credits=10_000)
+    key = c["key"]["key"]
+    for _ in range(3):
+        assert gateway.chat(key).status_code == 200
+    with gateway.client(key) as client:
+        me = client.get("/v1/me").json()
+    assert me["account"] == {"id": c["account"]["id"], "name": "Team A"}
+    assert me["key"]["prefix"] == c["key"]["prefix"] and "key" not in me["key"]
+    bal = me["balance"]
+    assert bal["purchased"] == 10_000 and bal["spent"] > 0
+    assert bal["purchased"] == bal["available"] + bal["reserved"] + bal["spent"] + bal["expired"]
+    [grant] = me["grants"]
+    assert {"id", "package_id", "credits", "remaining", "valid_from", "valid_until"} <= set(grant)
+    assert grant["id"] == c["grant"]["id"] and grant["remaining"] == 10_000 - bal["spent"]
+
+
+def test_usage_pages_groups_and_export(gateway: Gateway) -> None:
+    c = customer(gateway)
+    key, account = c["key"]["key"], c["account"]["id"]
+    ids = [gateway.chat(key).headers["x-request-id"] for _ in range(5)]
+    records = wait_usage(gateway, key, 5)
+    assert [r["request_id"] for r in records] == ids[::-1]  # newest first
+    with gateway.admin() as admin:
+        seen, cursor = [], None
+        while True:
+            params: dict[str, Any] = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+            page = admin.get(f"/admin/accounts/{account}/usage", params=params).json()
+            seen += [r["request_id"] for r in page["data"]]
+            cursor = page.get("next_cursor")
+            if not cursor:
+                break
+        assert seen == ids[::-1]
+        grouped = admin.get(f"/admin/accounts/{account}/usage", params={"group_by": "day,model,key"}).json()[
+            "data"
+        ]
+        [row] = grouped
+        assert row["model"] == "chat-model" and row["key"] == c["key"]["id"] and row["requests"] == 5
+        assert row["charge"] == sum(r["charge"] for r in records)
+        future = admin.get(f"/admin/accounts/{account}/usage", params={"from": "2999-01-01"})
+        assert future.json()["data"] == []
+        assert admin.get(f"/admin/accounts/{account}/usage", params={"group_by": "week"}).status_code == 400
+        export = admin.get("/admin/usage/export", params={"format": "csv", "account_id": account})
+    assert export.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(export.text)))
+    assert [r["request_id"] for r in rows] == ids[::-1]
+    assert {r["account_id"] for r in rows} == {account} and int(rows[0]["charge"]) == records[0]["charge"]
+
+
+def test_a_key_sees_its_own_account_only(gateway: Gateway) -> None:
+    a, b = customer(gateway), customer(gateway)
+    for who in (a, b):
+        assert gateway.chat(who["key"]["key"]).status_code == 200
+    a_key, b_account = a["key"]["key"], b["account"]["id"]
+    wait_usage(gateway, a_key, 1)
+    with gateway.client(a_key) as client:
+        assert client.get("/v1/me").json()["account"]["id"] == a["account"]["id"]
+        for params in ({}, {"account_id": b_account}, {"group_by": "key"}):
+            data = client.get("/v1/me/usage", params=params).json()["data"]
+            assert data and all(
+                r.get("account_id", a["account"]["id"]) == a["account"]["id"]
+                and r.get("key", a["key"]["id"]) == a["key"]["id"]
+                for r in data
+            )
+        for path in (
+            f"/admin/accounts/{b_account}",
+            f"/admin/accounts/{b_account}/usage",
+            "/admin/usage/export",
+            "/admin/packages",
+        ):
+            assert client.get(path).status_code == 401
+    with httpx.Client(base_url=gateway.base, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as admin:
+        assert admin.get("/v1/me").status_code == 401  # the admin key is not an API key
+    with httpx.Client(base_url=gateway.base) as anonymous:
+        assert anonymous.get("/v1/me/usage").status_code == 401
+
+
+def test_the_admin_view_falls_back_to_the_ledger(gateway: Gateway) -> None:
+    """With its balance gone from Redis, the admin still sees the ledger's figures; the key
+    is refused (fail closed) until reconcile."""
+    import redis as sync_redis
+
+    from gateway import keyspace
+
+    c = customer(gateway, credits=777)
+    account = c["account"]["id"]
+    with sync_redis.Redis.from_url(gateway.redis_url) as client:
+        client.delete(keyspace.balance_key(account))
+    assert gateway.chat(c["key"]["key"]).status_code == 503
+    with gateway.admin() as admin:
+        view = admin.get(f"/admin/accounts/{account}").json()
+    assert view["balance_source"] == "ledger" and view["balance"]["available"] == 777
+    with gateway.client(c["key"]["key"]) as client:
+        assert client.get("/v1/me").status_code == 503

@@ -1,0 +1,139 @@
+"""Grants in Redis (standalone and Cluster): the order credits are drawn in, model-restricted
+and expiring grants, no overdraft per grant, and what happens when Redis loses data."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway import keyspace
+from gateway.errors import BalanceExhausted, BalanceUnknown
+from gateway.quota import QuotaStore
+from gateway.quota.accounts import new_epoch
+from gateway.quota.keys import BILLING_GROUP, grants_key
+from gateway.quota.scripts import RedisClient
+
+from .helpers import admit, new_id, settle, usage_events
+
+
+async def redis_ms(client: RedisClient) -> int:
+    seconds, micros = await client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+async def account_with(store: QuotaStore, *grants: tuple[str, int, int, list[str] | None]) -> tuple[str, str]:
+    """A fresh account with grants (id, credits, expires ms (0: never), models) and a key."""
+    account, key = new_id("acct"), new_id("key")
+    await store.init_balance(account)
+    for grant_id, credits, expires, models in grants:
+        await store.credit(account, credits, grant_id=grant_id, expires_ms=expires, models=models)
+    await store.set_key_record(account, key)
+    return account, key
+
+
+async def test_credits_are_drawn_soonest_expiry_first(store: QuotaStore, client: RedisClient) -> None:
+    now = await redis_ms(client)
+    account, key = await account_with(
+        store, ("never", 100, 0, None), ("late", 40, now + 90_000, None), ("soon", 30, now + 60_000, None)
+    )
+    adm = await admit(store, account, key, request_id="r1", prompt=10, max_tokens=20)  # 50
+    assert adm.allocation == "soon:30,late:20"
+    await settle(store, account, key, "r1", prompt=10, completion=12)  # 34
+    [event] = await usage_events(client, account)
+    assert event.allocation() == [("soon", 30), ("late", 4)]
+    view = await store.view(account)
+    assert [(g.id, g.spent, g.available) for g in view.grants] == [
+        ("soon", 30, 0),
+        ("late", 4, 36),
+        ("never", 0, 100),
+    ]
+
+
+async def test_a_grant_is_credited_once(store: QuotaStore) -> None:
+    account, _ = await account_with(store, ("g", 70, 0, None))
+    assert await store.credit(account, 70, grant_id="g") == 70
+    assert await store.credit(account, 5, grant_id="h") == 75
+    with pytest.raises(ValueError):
+        await store.credit(account, 5, grant_id="a:b")
+
+
+async def test_model_restricted_grants_and_no_overdraft_per_grant(store: QuotaStore) -> None:
+    account, key = await account_with(store, ("only-x", 500, 0, ["x"]), ("any", 45, 0, None))
+    results = await asyncio.gather(
+        *(admit(store, account, key, model="y", prompt=5, max_tokens=5) for _ in range(10)),
+        return_exceptions=True,
+    )
+    assert sum(1 for r in results if not isinstance(r, BaseException)) == 3  # 15 credits each
+    with pytest.raises(BalanceExhausted, match="500 more credits are valid for other models only"):
+        await admit(store, account, key, model="y", prompt=1, max_tokens=1)
+    adm = await admit(store, account, key, model="x", prompt=5, max_tokens=5)
+    assert adm.allocation == "only-x:15"
+    view = await store.view(account)
+    assert all(g.reserved + g.spent <= g.credits for g in view.grants)
+    assert {g.id: g.reserved for g in view.grants} == {"only-x": 15, "any": 45}
+
+
+async def test_an_expired_grant_stops_counting_at_its_expiry(store: QuotaStore, client: RedisClient) -> None:
+    expires = await redis_ms(client) + 300
+    account, key = await account_with(store, ("brief", 100, expires, None))
+    await admit(store, account, key, request_id="held", prompt=10, max_tokens=5)  # 20 held
+    assert (await store.balance(account))["available"] == 80
+    await asyncio.sleep(max(0, expires - await redis_ms(client)) / 1000 + 0.05)
+    bal = await store.balance(account)
+    assert bal == {"purchased": 100, "reserved": 20, "spent": 0, "expired": 80, "available": 0}
+    with pytest.raises(BalanceExhausted):
+        await admit(store, account, key, prompt=1, max_tokens=1)
+    assert await settle(store, account, key, "held", prompt=10, completion=2) == 14
+    bal = await store.balance(account)
+    assert bal == {"purchased": 100, "reserved": 0, "spent": 14, "expired": 86, "available": 0}
+
+
+async def test_a_reservation_lost_with_redis_data_is_still_charged(
+    store: QuotaStore, client: RedisClient
+) -> None:
+    account, key = await account_with(store, ("g", 1000, 0, None))
+    await admit(store, account, key, request_id="r1", prompt=10, max_tokens=50)
+    await admit(store, account, key, request_id="r2", prompt=10, max_tokens=50)
+    for name in (keyspace.balance_key(account), grants_key(account), keyspace.reservations_key(account)):
+        await client.delete(name)  # Redis lost the account
+    with pytest.raises(BalanceUnknown):
+        await admit(store, account, key, prompt=1, max_tokens=1)
+    assert await settle(store, account, key, "r1", prompt=10, completion=20) == 50  # served: metered
+    assert not await client.exists(keyspace.balance_key(account))  # and no balance invented
+    # rebuilt (another epoch) before r2 ends: its charge goes to the rebuilt grant
+    await client.hset(keyspace.balance_key(account), "epoch", new_epoch())
+    await client.hset(grants_key(account), "g", "1000|0|50|0|")
+    assert await settle(store, account, key, "r2", prompt=10, completion=5) == 20
+    assert await settle(store, account, key, "r2", prompt=10, completion=5) is None  # once
+    assert (await store.balance(account))["spent"] == 70
+    assert [e.charge for e in await usage_events(client, account)] == [50, 20]
+
+
+async def test_an_expired_lease_is_not_mistaken_for_lost_data(store: QuotaStore) -> None:
+    account, key = await account_with(store, ("g", 1000, 0, None))
+    await admit(store, account, key, request_id="slow", prompt=10, max_tokens=10, lease_ms=10)
+    await asyncio.sleep(0.05)
+    await store.reap(keyspace.shard_of(account), limit=10_000)  # settled as expired (charge 0)
+    assert await settle(store, account, key, "slow", prompt=10, completion=10) is None
+    assert (await store.balance(account))["spent"] == 0
+
+
+async def test_usage_redis_lost_is_replayed_by_the_gateway(store: QuotaStore, client: RedisClient) -> None:
+    account, key = await account_with(store, ("g", 1000, 0, None))
+    shard = keyspace.shard_of(account)
+    stream = keyspace.usage_stream_key(shard)
+    await admit(store, account, key, request_id="r1", prompt=10, max_tokens=5)
+    await settle(store, account, key, "r1", prompt=10, completion=5)
+    await store.reap(shard)
+    assert len(store.journal) >= 1
+    await client.delete(stream)  # lost before any billing worker read it
+    await store.reap(shard)
+    [event] = await usage_events(client, account)
+    assert (event.request_id, event.charge) == ("r1", 20)
+    assert store.journal.replayed == 1 and (await store.balance(account))["spent"] == 20
+    await client.xgroup_create(stream, BILLING_GROUP, id="0")
+    for _name, entries in await client.xreadgroup(BILLING_GROUP, "c", {stream: ">"}):
+        await client.xack(stream, BILLING_GROUP, *[eid for eid, _ in entries])
+    await store.reap(shard)
+    assert len(store.journal) == 0  # acknowledged: forgotten
