@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 from gateway.asgi import Scope, header
 from gateway.errors import AuthenticationFailed, QuotaUnavailable
 from gateway.keyspace import key_hash_key
-from gateway.quota.scripts import RedisClient
+from gateway.redisio import FastRedis
 
 KEY_PREFIX = "tg-"
 NEGATIVE_CACHE_SECONDS = 1.0
@@ -59,7 +59,7 @@ def is_admin(token: str | None, admin_key: str | None) -> bool:
 class Authenticator:
     """Resolves ``Authorization: Bearer tg-...`` to a KeyRef with one cached Redis lookup."""
 
-    def __init__(self, redis: RedisClient, ttl_seconds: float) -> None:
+    def __init__(self, redis: FastRedis, ttl_seconds: float) -> None:
         self._redis = redis
         self._ttl = ttl_seconds
         self._cache: dict[str, tuple[float, KeyRef | None]] = {}
@@ -92,7 +92,8 @@ class Authenticator:
 
     async def _lookup(self, digest: str) -> KeyRef | None:
         try:
-            value = await self._redis.get(key_hash_key(digest))
+            name = key_hash_key(digest)
+            value = await self._redis.execute_keyed(name, "GET", name)
         except (RedisError, OSError) as exc:
             raise QuotaUnavailable(
                 "the quota store is unreachable; refusing to serve unmetered",

@@ -32,6 +32,7 @@ def _serve(args: argparse.Namespace) -> int:
         http="httptools",
         log_level=args.log_level,
         access_log=False,
+        proxy_headers=False,  # the gateway never uses the client address: skip the rewrite
     )
     return 0
 

@@ -153,7 +153,8 @@ def _display_host(host: str) -> str:
 
 async def _serve(settings: Settings, host: str, port: int, banner: str) -> None:
     config = uvicorn.Config(create_app(settings), host=host, port=port, loop="uvloop",
-                            http="httptools", log_level="warning", access_log=False)
+                            http="httptools", log_level="warning", access_log=False,
+                            proxy_headers=False)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started and not task.done():

@@ -23,6 +23,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline
 from gateway.quota.scripts import RedisClient
 from gateway.quota.store import QuotaStore
+from gateway.redisio import fast_redis
 from gateway.relay.upstream import UpstreamClient
 from gateway.routing.monitor import EndpointMonitor
 from gateway.routing.observe import RoutingCollector
@@ -66,8 +67,9 @@ class GatewayState:
             load_tokenizer(model.tokenizer)  # fail at start, not on the first request
         redis = connect_redis(settings.redis_url)
         await check_durability(redis)
-        quota = QuotaStore(redis)
-        authenticator = Authenticator(redis, settings.auth_cache_seconds)
+        fast = fast_redis(settings.redis_url)  # the request path's pipelined connection
+        quota = QuotaStore(redis, fast=fast, lease_ms=int(settings.lease_seconds * 1000))
+        authenticator = Authenticator(fast, settings.auth_cache_seconds)
         metrics = GatewayMetrics()
         upstream = UpstreamClient(settings)
         await upstream.start()
@@ -110,6 +112,8 @@ class GatewayState:
                 await task
         await self.upstream.close()
         await self.redis.aclose()
+        if self.quota.fast is not None:
+            await self.quota.fast.aclose()
 
     async def _reap_forever(self) -> None:
         """Settle reservations whose gateway died (lease past its deadline) as 'expired'."""

@@ -22,6 +22,7 @@ from gateway.quota.grants import BalanceView
 from gateway.quota.keys import grants_key
 from gateway.quota.reservation import Reservation
 from gateway.quota.scripts import RedisClient, Scripts
+from gateway.redisio import FastRedis
 
 # Errors that mean "Redis cannot answer now", as opposed to a bug in a command.
 UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -68,12 +69,18 @@ class AccountStore:
     """Balances and key records; the base of QuotaStore."""
 
     def __init__(
-        self, client: RedisClient, *, lease_ms: int = 30_000, timeout_s: float | None = 2.0
+        self,
+        client: RedisClient,
+        *,
+        lease_ms: int = 30_000,
+        timeout_s: float | None = 2.0,
+        fast: FastRedis | None = None,
     ) -> None:
         self.client = client
+        self.fast = fast
         self.lease_ms = lease_ms
         self.timeout_s = timeout_s  # an answer later than this is no answer: fail closed
-        self.scripts = Scripts.register(client)
+        self.scripts = Scripts.register(client, fast)
 
     @asynccontextmanager
     async def _redis(self) -> AsyncIterator[None]:
@@ -81,6 +88,23 @@ class AccountStore:
         try:
             async with asyncio.timeout(self.timeout_s):
                 yield
+        except UNAVAILABLE as exc:
+            raise QuotaUnavailable(
+                "quota service unavailable; retry shortly",
+                code="quota_unavailable",
+                headers={"Retry-After": "1"},
+            ) from exc
+
+    @asynccontextmanager
+    async def _hot(self) -> AsyncIterator[None]:
+        """As ``_redis`` for the request path's scripts. The pipelined client enforces its
+        own deadline (a watchdog per connection), so no timer is armed per call."""
+        if self.fast is None:
+            async with self._redis():
+                yield
+            return
+        try:
+            yield
         except UNAVAILABLE as exc:
             raise QuotaUnavailable(
                 "quota service unavailable; retry shortly",

@@ -39,6 +39,7 @@ from gateway.quota.journal import SettlementJournal
 from gateway.quota.keys import grants_key
 from gateway.quota.reservation import Reservation
 from gateway.quota.scripts import RedisClient
+from gateway.redisio import FastRedis
 from gateway.usage import COUNTED_BY, STATUS_EXPIRED, STATUSES, UsageEvent
 
 __all__ = ["Admission", "QuotaStore"]
@@ -69,9 +70,14 @@ class QuotaStore(AccountStore):
     """Credits, reservations and rate limits in Redis (standalone or Cluster)."""
 
     def __init__(
-        self, client: RedisClient, *, lease_ms: int = 30_000, timeout_s: float | None = 2.0
+        self,
+        client: RedisClient,
+        *,
+        lease_ms: int = 30_000,
+        timeout_s: float | None = 2.0,
+        fast: FastRedis | None = None,
     ) -> None:
-        super().__init__(client, lease_ms=lease_ms, timeout_s=timeout_s)
+        super().__init__(client, lease_ms=lease_ms, timeout_s=timeout_s, fast=fast)
         self._held: OrderedDict[str, _Held] = OrderedDict()
         self.journal = SettlementJournal()
 
@@ -118,7 +124,7 @@ class QuotaStore(AccountStore):
             -1 if max_tokens is None else max_tokens, max_tokens_ceiling,
             input_pm, output_pm, self.lease_ms if lease_ms is None else lease_ms,
         ]  # fmt: skip
-        async with self._redis():
+        async with self._hot():
             reply = await self.scripts.admit(keys=keys, args=args)
         admission = admission_from_reply(
             reply, request_id=request_id, requested=max_tokens, prompt_tokens=prompt_tokens
@@ -156,7 +162,7 @@ class QuotaStore(AccountStore):
             -1 if prompt_tokens is None else prompt_tokens,
             self.lease_ms if lease_ms is None else lease_ms,
         ]  # fmt: skip
-        async with self._redis():
+        async with self._hot():
             deadline = await self.scripts.checkpoint(keys=keys, args=args)
         return int(deadline) > 0
 
@@ -264,7 +270,7 @@ class QuotaStore(AccountStore):
             grants_key(account_id),
         ]
         args = [request_id, account_id, key_id, *args, *[""] * (10 - len(args))]
-        async with self._redis():
+        async with self._hot():
             reply: Sequence[Any] = await self.scripts.settle(keys=keys, args=args)
         if reply[0] in (b"ok", "ok"):
             self.journal.record(_text(reply[1]), account_id, reply[2:])

@@ -181,6 +181,7 @@ def start_gateway(config: Path, redis_url: str, log: Path, **env: str) -> Gatewa
         "TOKENGATE_FIRST_BYTE_TIMEOUT": "3",
         "TOKENGATE_IDLE_TIMEOUT": "3",
         "TOKENGATE_MAX_BODY_BYTES": "65536",
+        "DATABASE_URL": f"sqlite:///{log.parent / 'ledger.db'}",
         **env,
     }
     args = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config),
