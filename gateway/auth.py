@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from redis.exceptions import RedisError
 
 from gateway.asgi import Scope, header
-from gateway.errors import AuthenticationFailed, QuotaUnavailable
-from gateway.keyspace import key_hash_key
+from gateway.errors import AuthenticationFailed, BalanceUnknown, QuotaUnavailable
+from gateway.keyspace import PROVISIONED_KEY, key_hash_key
 from gateway.redisio import FastRedis
 
 KEY_PREFIX = "tg-"
@@ -90,17 +90,28 @@ class Authenticator:
             if ref is not None and ref.key_id == key_id:
                 del self._cache[digest]
 
+    async def _check_provisioned(self) -> None:
+        """An unknown key in a Redis that lost its data is refused as 503, not 401."""
+        if not await self._redis.execute_keyed(PROVISIONED_KEY, "EXISTS", PROVISIONED_KEY):
+            raise BalanceUnknown(
+                "the quota store holds no keys (Redis lost its data?); refusing until an "
+                "operator runs `tokengate billing reconcile`",
+                code="quota_not_provisioned",
+                headers={"Retry-After": "5"},
+            )
+
     async def _lookup(self, digest: str) -> KeyRef | None:
         try:
             name = key_hash_key(digest)
             value = await self._redis.execute_keyed(name, "GET", name)
+            if value is None:
+                await self._check_provisioned()
+                return None
         except (RedisError, OSError) as exc:
             raise QuotaUnavailable(
                 "the quota store is unreachable; refusing to serve unmetered",
                 code="quota_unavailable",
                 headers={"Retry-After": "2"},
             ) from exc
-        if value is None:
-            return None
         key_id, _, account_id = (value.decode() if isinstance(value, bytes) else value).partition(" ")
         return KeyRef(key_id=key_id, account_id=account_id)

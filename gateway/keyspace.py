@@ -66,5 +66,10 @@ def key_hash_key(key_hash: str) -> str:
     return f"{PREFIX}:keyhash:{key_hash}"
 
 
+# Written with every API key pushed to Redis (admin API, reconcile). A key lookup that
+# misses while this is absent means Redis lost its data, not that the key is unknown.
+PROVISIONED_KEY = f"{PREFIX}:provisioned"
+
+
 def all_usage_streams() -> list[str]:
     return [usage_stream_key(s) for s in range(USAGE_SHARDS)]

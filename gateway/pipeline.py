@@ -255,6 +255,8 @@ class Pipeline:
                     out = meter.feed(data)
                     if out:
                         await send({"type": "http.response.body", "body": out, "more_body": True})
+                    if meter.done:  # [DONE] relayed: the stream is complete, whatever follows
+                        break
                     if meter.completion_so_far() > admission.max_tokens:
                         failure = UpstreamError("stream cut: the upstream exceeded the reserved tokens")
                         break
@@ -269,14 +271,17 @@ class Pipeline:
             if not watcher.done() or watcher.cancelled():
                 raise
             _uncancel()
-            status = "client_gone"
+            status = "ok" if meter.done else "client_gone"
         except TimeoutError:
             failure = UpstreamTimeout("upstream went silent mid-stream", code="upstream_timeout")
         except (aiohttp.ClientError, OSError) as exc:
             failure = UpstreamError(f"upstream connection lost mid-stream: {exc.__class__.__name__}")
         finally:
             watcher.cancel()
-            response.close()
+            if meter.done:
+                response.release()  # back to the pool when the upstream's body has ended
+            else:
+                response.close()  # aborts the upstream request: vLLM stops generating
         if status == "ok" and failure is None and not meter.done and meter.error is None:
             failure = UpstreamError("upstream closed the stream before it was complete")
         if failure is not None:

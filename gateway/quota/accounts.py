@@ -146,6 +146,7 @@ class AccountStore:
         _check_ids(account_id, key_id)
         async with self._redis():
             await self.client.set(keyspace.key_hash_key(key_hash), f"{key_id} {account_id}")
+            await self.client.set(keyspace.PROVISIONED_KEY, "1")
 
     async def get_key_hash(self, key_hash: str) -> str | None:
         async with self._redis():

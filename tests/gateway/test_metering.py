@@ -228,3 +228,15 @@ def test_clamps_max_tokens_to_what_the_balance_pays(gateway: Gateway) -> None:
     with pytest.raises(openai.APIStatusError) as caught:
         client(gateway.v1, key).chat.completions.create(model=FLAT_MODEL, messages=MESSAGES)
     assert caught.value.status_code == 402
+
+
+def test_streams_read_to_done_settle_ok_with_upstream_usage(gateway: Gateway) -> None:
+    """The client closes as soon as it reads [DONE]; that is a complete stream, not a
+    disconnect: settled ok with the upstream's own usage."""
+    _, key = gateway.new_account()
+    c = client(gateway.v1, key)
+    for i in range(20):
+        list(c.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES, max_tokens=4,
+                                       stream=True, extra_headers={"x-request-id": f"done-{i}"}))
+    events = [wait_for_event(gateway.redis_url, f"done-{i}") for i in range(20)]
+    assert {(e.status, e.counted_by) for e in events} == {("ok", "upstream")}

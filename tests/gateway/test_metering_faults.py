@@ -86,7 +86,11 @@ def test_redis_down_fails_closed(lonely_gateway: Gateway, private_redis: RedisSe
     private_redis.restart()  # back, but empty: nothing may be served for free
     with pytest.raises(openai.APIStatusError) as refused:
         c.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES, max_tokens=2)
-    assert refused.value.status_code in (401, 503)
+    assert refused.value.status_code == 503  # not 401: the key is fine, Redis lost its data
+    unknown = httpx.post(lonely_gateway.v1 + "/chat/completions", timeout=10,
+                         headers={"Authorization": "Bearer tg-a-key-this-gateway-never-cached"},
+                         json={"model": CHAT_MODEL, "messages": MESSAGES})
+    assert unknown.status_code == 503 and "reconcile" in unknown.json()["error"]["message"]
     assert lonely_gateway.process.poll() is None
 
 

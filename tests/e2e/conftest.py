@@ -1,0 +1,451 @@
+"""Real processes for the e2e tier: two vLLM servers (CPU build) as two clusters, a real
+redis-server, and the gateway (``tokengate serve``), all on loopback.
+
+vLLM runs from its own virtualenv (scripts/e2e/venv), never from the gateway's: the tests
+find its interpreter in ``TOKENGATE_E2E_PYTHON``, which ``scripts/e2e/test`` sets. The tiny
+model is built from nothing by scripts/e2e/build_tiny_model.py once per session, and its
+directory is also the gateway's estimating tokenizer (``tokenizer: hf:<dir>``).
+
+Both vLLM servers start in parallel, once per session. A test that kills one
+(test_zz_failover.py) runs last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import redis
+
+from gateway import keyspace
+from gateway.embedded import free_port
+from gateway.quota.store import QuotaStore
+from gateway.state import connect_redis
+from gateway.usage import UsageEvent
+
+try:  # tests/ is a package, or the repository root is on sys.path
+    from tests.redis_servers import RedisServer
+except ModuleNotFoundError:  # pytest put tests/ itself on sys.path
+    from redis_servers import RedisServer  # type: ignore[no-redef]
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILDER = ROOT / "scripts" / "e2e" / "build_tiny_model.py"
+
+PYTHON_ENV = "TOKENGATE_E2E_PYTHON"  # the e2e venv's python (vLLM); set by scripts/e2e/test
+REQUIRED_ENV = "TOKENGATE_E2E_REQUIRED"  # "1": a missing vLLM environment fails, not skips
+START_TIMEOUT = float(os.environ.get("TOKENGATE_E2E_START_TIMEOUT", "600"))
+
+ADMIN_KEY = "tg-admin-e2e-secret"
+SERVED = "tiny-llama"  # what both vLLM servers serve
+HF_MODEL = "tiny-hf"  # public name estimated with the model's own tokenizer (hf:<dir>)
+TIKTOKEN_MODEL = "tiny-tiktoken"  # the same upstream, estimated with tiktoken:cl100k_base
+CONTEXT = 2048
+CLUSTERS = ("east", "west")
+PRICES = {HF_MODEL: (1, 2), TIKTOKEN_MODEL: (1, 1)}  # (input, output) credits per token
+
+# What the session measured, printed at its end (pytest_terminal_summary).
+TIMINGS: dict[str, float] = {}
+
+
+# --- vLLM ---------------------------------------------------------------------------------
+
+
+@dataclass
+class VLLMServer:
+    cluster: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+    started_at: float = field(default_factory=time.monotonic)
+    clients: list[openai.OpenAI] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self) -> openai.OpenAI:
+        """The official client straight to this vLLM server (no gateway); closed at the end."""
+        client = openai.OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        self.clients.append(client)
+        return client
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def metrics(self) -> dict[str, float]:
+        """vLLM's Prometheus counters and gauges, summed over label sets, by metric name."""
+        text = httpx.get(self.url + "/metrics", timeout=10).raise_for_status().text
+        values: dict[str, float] = {}
+        for line in text.splitlines():
+            if not line.startswith("vllm:"):
+                continue
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            values[name] = values.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+        return values
+
+    def running(self) -> int:
+        return int(self.metrics().get("vllm:num_requests_running", 0))
+
+    def kill(self) -> None:
+        """SIGKILL the server and its engine processes (a crash)."""
+        _signal_group(self.process, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        for client in self.clients:
+            client.close()
+        if self.process.poll() is None:
+            _signal_group(self.process, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                _signal_group(self.process, signal.SIGKILL)
+                self.process.wait(timeout=20)
+        else:  # the API server is gone; make sure no engine process of its group lingers
+            _signal_group(self.process, signal.SIGKILL)
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)  # vLLM was started in a session (group) of its own
+
+
+try:
+    import ctypes
+
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+except (ImportError, OSError):  # not Linux/glibc: no parent-death signal
+    _LIBC = None
+_PR_SET_PDEATHSIG = 1
+
+
+def _detach() -> None:
+    """In the child: a process group of its own (killed as a whole), and SIGTERM when the
+    test process dies, so a killed pytest leaves no vLLM server behind."""
+    os.setsid()
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def vllm_env(python: Path) -> dict[str, str]:
+    """vLLM's environment: offline, no usage reporting, a small KV cache, one thread."""
+    venv = python.parent.parent
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+        "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB
+        # Two servers share the machine's cores: no pinning, one OpenMP thread each.
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+        "OMP_NUM_THREADS": "1",
+        # vLLM's own caches beside its venv, not in the user's ~/.cache/vllm.
+        "VLLM_CACHE_ROOT": str(venv / "vllm-cache"),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def start_vllm(python: Path, model_dir: Path, cluster: str, log_dir: Path) -> VLLMServer:
+    port = free_port()
+    args = [
+        str(python), "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(model_dir), "--served-model-name", SERVED,
+        "--dtype", "float32", "--max-model-len", str(CONTEXT),
+        "--host", "127.0.0.1", "--port", str(port),
+        # No torch.compile warm-up: the same start time (~25 s) without a compile cache.
+        "--enforce-eager",
+        # usage.prompt_tokens_details.cached_tokens, which the gateway records.
+        "--enable-prompt-tokens-details",
+        "--disable-uvicorn-access-log",
+    ]
+    log = log_dir / f"vllm-{cluster}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            args, env=vllm_env(python), cwd=log_dir, stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, preexec_fn=_detach,
+        )
+    return VLLMServer(cluster, port, process, log)
+
+
+def wait_ready(servers: Iterable[VLLMServer], timeout: float) -> None:
+    pending = list(servers)
+    deadline = time.monotonic() + timeout
+    while pending:
+        for server in list(pending):
+            if not server.alive():
+                raise RuntimeError(f"vLLM ({server.cluster}) exited:\n{server.log_tail()}")
+            try:
+                ok = httpx.get(server.url + "/v1/models", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            if ok:
+                TIMINGS[f"vLLM {server.cluster} ready (s)"] = time.monotonic() - server.started_at
+                pending.remove(server)
+        if pending and time.monotonic() > deadline:
+            tails = "\n\n".join(f"--- {s.cluster}:\n{s.log_tail()}" for s in pending)
+            raise RuntimeError(f"vLLM not ready after {timeout:g}s:\n{tails}")
+        time.sleep(0.5)
+
+
+# --- the gateway --------------------------------------------------------------------------
+
+
+def write_catalog(path: Path, servers: list[VLLMServer], model_dir: Path) -> Path:
+    clusters = "\n".join(
+        f"  - name: {s.cluster}\n    region: {s.cluster}-region\n"
+        f"    endpoints: [{{url: \"{s.url}\"}}]"
+        for s in servers
+    )
+    models = []
+    for name, tokenizer in ((HF_MODEL, f"hf:{model_dir}"), (TIKTOKEN_MODEL, "tiktoken:cl100k_base")):
+        price_in, price_out = PRICES[name]
+        models.append(
+            f"  - name: {name}\n    served_name: {SERVED}\n    tokenizer: {json.dumps(tokenizer)}\n"
+            f"    context_window: {CONTEXT}\n    price: {{input: {price_in}, output: {price_out}}}\n"
+            f"    deployments: [{', '.join(s.cluster for s in servers)}]"
+        )
+    path.write_text(f"clusters:\n{clusters}\nmodels:\n" + "\n".join(models) + "\n", encoding="utf-8")
+    return path
+
+
+@dataclass
+class Gateway:
+    base: str
+    process: subprocess.Popen[bytes]
+    redis_url: str
+    log: Path
+    clients: list[openai.OpenAI] = field(default_factory=list)
+
+    @property
+    def v1(self) -> str:
+        return self.base + "/v1"
+
+    def client(self, key: str) -> openai.OpenAI:
+        """The official client through the gateway (no retries); closed at the end."""
+        client = openai.OpenAI(base_url=self.v1, api_key=key, max_retries=0, timeout=120)
+        self.clients.append(client)
+        return client
+
+    def new_key(self, credits: int = 10_000_000) -> tuple[str, str]:
+        """(key, account id): a fresh account funded with ``credits`` and one key of it."""
+        headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        with httpx.Client(base_url=self.base, headers=headers, timeout=10) as admin:
+            account = admin.post("/admin/accounts", json={"name": "e2e"}).raise_for_status().json()
+            key = admin.post(f"/admin/accounts/{account['id']}/keys", json={"name": "e2e"})
+            secret: str = key.raise_for_status().json()["key"]
+        _run_async(_credit(self.redis_url, account["id"], credits))
+        return secret, account["id"]
+
+    def me(self, key: str) -> dict[str, object]:
+        reply = httpx.get(self.v1 + "/me", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+        data: dict[str, object] = reply.raise_for_status().json()
+        return data
+
+    def metrics_text(self) -> str:
+        return httpx.get(self.base + "/metrics", timeout=10).raise_for_status().text
+
+
+async def _credit(redis_url: str, account_id: str, credits: int) -> None:
+    client = connect_redis(redis_url)
+    try:
+        await QuotaStore(client).credit(account_id, credits)
+    finally:
+        await client.aclose()
+
+
+def _run_async(coro: object) -> None:
+    """asyncio.run in a thread of its own, so it also works under a running event loop."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            asyncio.run(coro)  # type: ignore[arg-type]
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
+def start_gateway(config: Path, redis_url: str, log: Path) -> Gateway:
+    port = free_port()
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "TOKENGATE_ADMIN_KEY": ADMIN_KEY,
+        "TOKENGATE_FIRST_BYTE_TIMEOUT": "60",
+        "TOKENGATE_IDLE_TIMEOUT": "30",
+        # On a busy shared machine a new upstream connection can take seconds (uvloop
+        # resolves even "127.0.0.1" in its thread pool). A dead server refuses at once.
+        "TOKENGATE_CONNECT_TIMEOUT": "20",
+        "HF_HUB_OFFLINE": "1",
+    }
+    args = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config),
+            "--port", str(port), "--log-level", "info"]
+    with log.open("ab") as out:
+        process = subprocess.Popen(args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("gateway exited:\n" + log.read_text())
+        try:
+            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                return Gateway(base, process, redis_url, log)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    process.wait()
+    raise RuntimeError("gateway not ready:\n" + log.read_text())
+
+
+# --- usage events (what the billing ledger will consume) ----------------------------------
+
+
+class UsageStreams:
+    """Reads the usage events the gateway appended to the Redis streams."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.redis_url = redis_url
+
+    def all(self) -> dict[str, UsageEvent]:
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            found: dict[str, UsageEvent] = {}
+            for stream in keyspace.all_usage_streams():
+                for _id, fields in client.xrange(stream):
+                    event = UsageEvent.from_fields(fields)
+                    assert event.request_id not in found, f"two usage events for {event.request_id}"
+                    found[event.request_id] = event
+            return found
+        finally:
+            client.close()
+
+    def wait(self, request_ids: Iterable[str], timeout: float = 30) -> dict[str, UsageEvent]:
+        """The events of these request ids, waiting for settlement (after the last byte)."""
+        wanted = set(request_ids)
+        deadline = time.monotonic() + timeout
+        while True:
+            events = self.all()
+            if wanted <= events.keys():
+                return {rid: events[rid] for rid in wanted}
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no usage event for {sorted(wanted - events.keys())}")
+            time.sleep(0.05)
+
+    def one(self, request_id: str, timeout: float = 30) -> UsageEvent:
+        return self.wait([request_id], timeout)[request_id]
+
+
+# --- fixtures -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def e2e_python() -> Path:
+    value = os.environ.get(PYTHON_ENV)
+    if not value:
+        message = f"{PYTHON_ENV} is not set: run the e2e tier with scripts/e2e/test"
+        if os.environ.get(REQUIRED_ENV) == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    python = Path(value)
+    if not python.is_file():
+        pytest.fail(f"{PYTHON_ENV}={value} is not a file")
+    return python
+
+
+@pytest.fixture(scope="session")
+def tiny_model(e2e_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model, built from nothing (tokenizer trained here, random weights)."""
+    out = tmp_path_factory.mktemp("tiny-model") / "model"
+    started = time.monotonic()
+    done = subprocess.run(
+        [str(e2e_python), str(BUILDER), str(out)], env=vllm_env(e2e_python),
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"building the tiny model failed:\n{done.stdout}\n{done.stderr}")
+    TIMINGS["tiny model built (s)"] = time.monotonic() - started
+    return out
+
+
+@pytest.fixture(scope="session")
+def vllm_servers(
+    e2e_python: Path, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[VLLMServer]]:
+    """Two vLLM servers, one per cluster, started in parallel."""
+    log_dir = tmp_path_factory.mktemp("vllm")
+    servers: list[VLLMServer] = []
+    try:
+        for cluster in CLUSTERS:
+            servers.append(start_vllm(e2e_python, tiny_model, cluster, log_dir))
+        wait_ready(servers, START_TIMEOUT)
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    vllm_servers: list[VLLMServer],
+    tiny_model: Path,
+    redis_standalone: RedisServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Gateway]:
+    tmp = tmp_path_factory.mktemp("gateway")
+    config = write_catalog(tmp / "models.yaml", vllm_servers, tiny_model)
+    gw = start_gateway(config, redis_standalone.url, tmp / "gateway.log")
+    try:
+        yield gw
+    finally:
+        for client in gw.clients:
+            client.close()
+        gw.process.terminate()
+        try:
+            gw.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            gw.process.kill()
+            gw.process.wait()
+
+
+@pytest.fixture(scope="session")
+def usage(gateway: Gateway) -> UsageStreams:
+    return UsageStreams(gateway.redis_url)
+
+
+@pytest.fixture()
+def key(gateway: Gateway) -> str:
+    return gateway.new_key()[0]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if TIMINGS:
+        terminalreporter.write_sep("-", "e2e timings")
+        for name, seconds in TIMINGS.items():
+            terminalreporter.write_line(f"{name}: {seconds:.1f}")
