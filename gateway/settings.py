@@ -29,7 +29,9 @@ class Settings(BaseSettings):
     idle_timeout: float = Field(default=60.0, validation_alias="TOKENGATE_IDLE_TIMEOUT")
     upstream_attempts: int = Field(default=2, ge=1, le=5, validation_alias="TOKENGATE_UPSTREAM_ATTEMPTS")
 
-    # Metering.
+    # Metering. A Redis that does not answer within redis_timeout is treated as down
+    # (fail closed: 503); generous, so that a briefly starved host is not an outage.
+    redis_timeout: float = Field(default=5.0, gt=0, validation_alias="TOKENGATE_REDIS_TIMEOUT")
     lease_seconds: float = Field(default=30.0, gt=0, validation_alias="TOKENGATE_LEASE_SECONDS")
     reaper_interval: float = Field(default=5.0, gt=0, validation_alias="TOKENGATE_REAPER_INTERVAL")
     auth_cache_seconds: float = Field(default=10.0, ge=0, validation_alias="TOKENGATE_AUTH_CACHE_SECONDS")

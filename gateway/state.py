@@ -67,8 +67,9 @@ class GatewayState:
             load_tokenizer(model.tokenizer)  # fail at start, not on the first request
         redis = connect_redis(settings.redis_url)
         await check_durability(redis)
-        fast = fast_redis(settings.redis_url)  # the request path's pipelined connection
-        quota = QuotaStore(redis, fast=fast, lease_ms=int(settings.lease_seconds * 1000))
+        fast = fast_redis(settings.redis_url, settings.redis_timeout)  # the request path's
+        quota = QuotaStore(redis, fast=fast, lease_ms=int(settings.lease_seconds * 1000),
+                           timeout_s=settings.redis_timeout)
         authenticator = Authenticator(fast, settings.auth_cache_seconds)
         metrics = GatewayMetrics()
         upstream = UpstreamClient(settings)

@@ -165,12 +165,24 @@ class PipelinedConnection:
         self._arm_watchdog(loop)
         return protocol
 
-    def _arm_watchdog(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Disconnect when the oldest command waits longer than ``timeout`` (a hung Redis)."""
+    def _arm_watchdog(
+        self, loop: asyncio.AbstractEventLoop, suspect: asyncio.Future[Any] | None = None
+    ) -> None:
+        """Disconnect when the oldest command waits longer than ``timeout`` (a hung Redis).
+
+        A late command is only a suspect at first: after a stall of the event loop itself
+        its answer may be sitting unread in the socket (libuv runs timers before polling),
+        so the verdict waits one more pass of the loop, which reads the socket first.
+        """
         protocol = self._protocol
         if protocol is None:
             return
-        if protocol.waiting and time.monotonic() - protocol.waiting[0][1] > self.timeout:
+        oldest = protocol.waiting[0] if protocol.waiting else None
+        late = oldest is not None and time.monotonic() - oldest[1] > self.timeout
+        if late and oldest is not None and oldest[0] is not suspect:
+            self._watchdog = loop.call_later(0.01, self._arm_watchdog, loop, oldest[0])
+            return
+        if late:
             for future, _ in protocol.waiting:
                 if not future.done():
                     future.set_exception(RedisTimeoutError("Redis did not answer in time"))

@@ -30,7 +30,13 @@ import aiohttp
 from loadtest.loadgen import LoadResult, LoadSpec, run_load, sample
 
 from .procs import Child, sigterm_exits
-from .stack import funded_key, start_redis, start_simulator, start_tokengate
+from .stack import (
+    funded_key,
+    start_billing_worker,
+    start_redis,
+    start_simulator,
+    start_tokengate,
+)
 from .targets import MAX_TOKENS, MODEL
 
 MAX_MINUTES = 600.0
@@ -108,6 +114,7 @@ async def soak(minutes: float, rate: float, share: float, interval: float,
         gateway = start_tokengate(workdir, sim_url, redis_url)
         children.append(gateway.child)
         key = await funded_key(gateway, redis_url)
+        children.append(start_billing_worker(workdir, redis_url))
         pid = gateway.child.pid
         print(f"soak: tokengate pid {pid}, {rate:g} req/s ({share:.0%} streamed), "
               f"{minutes:g} min, a sample every {interval:g} s", flush=True)

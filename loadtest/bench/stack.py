@@ -112,18 +112,6 @@ def _admin_post(base: str, admin_key: str, path: str, body: dict[str, Any]) -> d
     return answer
 
 
-async def fund(redis_url: str, account_id: str, credits: int) -> None:
-    """Credit the account directly in Redis, as the test suite does (no purchase needed)."""
-    from gateway.quota.store import QuotaStore
-    from gateway.state import connect_redis
-
-    client = connect_redis(redis_url)
-    try:
-        await QuotaStore(client).credit(account_id, credits)
-    finally:
-        await client.aclose()
-
-
 @dataclass
 class Gateway:
     child: Child
@@ -157,11 +145,22 @@ async def funded_key(gateway: Gateway, redis_url: str) -> str:
 
 
 async def _funded_key(gateway: Gateway, redis_url: str) -> str:
-    account = _admin_post(gateway.base, gateway.admin_key, "/admin/accounts", {"name": "bench"})
-    key = _admin_post(gateway.base, gateway.admin_key, f"/admin/accounts/{account['id']}/keys",
-                      {"name": "bench"})
-    await fund(redis_url, account["id"], CREDITS)
+    """A fresh account that bought a package as a customer would (ledger, then Redis)."""
+    base, admin = gateway.base, gateway.admin_key
+    account = _admin_post(base, admin, "/admin/accounts", {"name": "bench"})
+    key = _admin_post(base, admin, f"/admin/accounts/{account['id']}/keys", {"name": "bench"})
+    package = _admin_post(base, admin, "/admin/packages",
+                          {"name": "bench", "credits": CREDITS, "valid_days": 30})
+    _admin_post(base, admin, f"/admin/accounts/{account['id']}/purchases",
+                {"package_id": package["id"], "order_id": "bench-" + secrets.token_hex(6)})
     return str(key["key"])
+
+
+def start_billing_worker(workdir: Path, redis_url: str) -> Child:
+    """The billing worker, as in production: it drains the usage streams into the ledger."""
+    env = child_env(REDIS_URL=redis_url, DATABASE_URL=f"sqlite:///{workdir / 'ledger.db'}")
+    args = [sys.executable, "-m", "gateway.cli", "billing", "worker"]
+    return spawn("billing-worker", args, workdir / "billing-worker.log", env=env, cwd=workdir)
 
 
 async def tokengate_target(workdir: Path, sim_url: str, redis: Child, redis_url: str) -> Target:
@@ -169,12 +168,14 @@ async def tokengate_target(workdir: Path, sim_url: str, redis: Child, redis_url:
     gateway = start_tokengate(workdir, sim_url, redis_url)
     try:
         key = await funded_key(gateway, redis_url)
+        worker = start_billing_worker(workdir, redis_url)
     except BaseException:
         gateway.child.stop()
         raise
     return Target("tokengate", gateway.base + "/v1", key, gateway.child, _version(),
-                  "tokengate serve --workers 1, metering on; private redis-server, AOF off",
-                  aux=[redis])
+                  "tokengate serve --workers 1, metering on, billing worker running; "
+                  "private redis-server, AOF off",
+                  aux=[redis, worker])
 
 
 def _version() -> str:

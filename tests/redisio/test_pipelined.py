@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import subprocess
+import time
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -142,3 +143,18 @@ async def test_cluster_follows_ask_during_slot_migration(redis_cluster_servers: 
                 cli(port, "CLUSTER", "SETSLOT", str(slot), "NODE", source_id)
     finally:
         await cluster.aclose()
+
+
+async def test_a_stalled_event_loop_is_not_a_hung_redis(redis_standalone: RedisServer) -> None:
+    """The answer arrived while the loop was blocked: it must be read, not timed out."""
+    conn = PipelinedConnection.from_url(redis_standalone.url, timeout=0.2)
+    try:
+        await conn.execute("PING")
+        loop = asyncio.get_running_loop()
+        pending = asyncio.ensure_future(conn.execute("PING"))
+        # Right after the command is written, the loop is blocked past the deadline (the
+        # gateway busy elsewhere) while Redis's answer lands in the socket.
+        loop.call_soon(lambda: loop.call_soon(time.sleep, 0.6))
+        assert await pending == b"PONG"
+    finally:
+        await conn.aclose()
