@@ -2,7 +2,7 @@
 
     python -m loadtest.bench_http_clients [--streams N] [--concurrency C]
 
-Starts a vLLM simulator (64-token streams, no delays) and reads the same streams with
+Starts a vLLM simulator (64-token streams, 1 ms between tokens) and reads the same streams with
 each client, chunk by chunk as the relay does; reports this process's CPU per stream.
 """
 
@@ -85,7 +85,7 @@ def main() -> None:
     args = parser.parse_args()
     port = _free_port()
     sim = subprocess.Popen([sys.executable, "-m", "loadtest.vllm_sim", "--port", str(port),
-                            "--model", "m"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            "--model", "m", "--itl-ms", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
         while not _listening(port):
