@@ -85,7 +85,8 @@ def main() -> None:
     args = parser.parse_args()
     port = _free_port()
     sim = subprocess.Popen([sys.executable, "-m", "loadtest.vllm_sim", "--port", str(port),
-                            "--model", "m", "--itl-ms", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            "--model", "m", "--itl-ms", "1"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
         while not _listening(port):
