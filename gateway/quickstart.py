@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -104,7 +105,15 @@ Press Ctrl+C to stop.
 """
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def run(config_path: str, host: str, port: int, data_dir: str) -> int:
+    # uvicorn re-raises the SIGTERM it caught once it has shut down; with the default
+    # handler that would end the process before our children (Redis, simulators, the
+    # billing worker) are stopped, so turn it into SystemExit, which runs ``finally``.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     data = Path(data_dir).resolve()
     data.mkdir(parents=True, exist_ok=True)
     text = Path(config_path).read_text(encoding="utf-8")

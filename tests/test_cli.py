@@ -46,9 +46,25 @@ def test_quickstart_serves_the_printed_key(tmp_path: Path) -> None:
             reply = client.chat.completions.create(
                 model=models[0], messages=[{"role": "user", "content": "Hello!"}], max_tokens=8)
             assert reply.choices[0].message.content and reply.usage is not None
+        children = _children(process.pid)
+        assert len(children) >= 3  # Redis, the simulators, the billing worker
     finally:
         process.terminate()
         process.wait(timeout=20)
         if process.stdout:
             process.stdout.close()
-    assert not list((tmp_path / "data").glob("redis/*.pid"))
+    time.sleep(0.5)
+    assert [pid for pid in children if Path(f"/proc/{pid}").exists()] == []
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
