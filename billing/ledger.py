@@ -17,6 +17,7 @@ so the ledger and Redis always agree grant by grant.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -88,27 +89,8 @@ def _check(event: UsageEvent) -> list[tuple[str, int]]:
 
 
 def _usage_row(event: UsageEvent, now_ms: int) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        name: getattr(event, name)
-        for name in (
-            "request_id",
-            "account_id",
-            "key_id",
-            "model",
-            "cluster",
-            "endpoint",
-            "prompt_tokens",
-            "completion_tokens",
-            "cached_tokens",
-            "charge",
-            "status",
-            "counted_by",
-            "stream",
-            "started_at_ms",
-            "finished_at_ms",
-            "grants",
-        )
-    }
+    """The usage_records row: every field of the event (the shared contract), plus when."""
+    row: dict[str, Any] = {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
     row["recorded_at_ms"] = now_ms
     return row
 
