@@ -10,7 +10,7 @@ and tokenizers. The same OUT_DIR is the gateway's estimating tokenizer for the m
 (models.yaml ``tokenizer: hf:OUT_DIR``); the gateway reads only its ``tokenizer.json``.
 
 Shape: hidden 128, 2 layers, 2 heads of dimension 64 (vLLM's CPU attention kernel refuses a
-head dimension of 16), float32, context 2048. Its output is noise, but its token counts,
+head dimension of 16), float32, context 8192. Its output is noise, but its token counts,
 SSE, usage blocks and ``/metrics`` are vLLM's own, which is all the e2e tier needs.
 """
 
@@ -28,7 +28,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 SEED = 20240601
 VOCAB_SIZE = 2048
-CONTEXT = 2048
+CONTEXT = 8192
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|tool|>", "<|end|>"]

@@ -52,7 +52,7 @@ ADMIN_KEY = "tg-admin-e2e-secret"
 SERVED = "tiny-llama"  # what both vLLM servers serve
 HF_MODEL = "tiny-hf"  # public name estimated with the model's own tokenizer (hf:<dir>)
 TIKTOKEN_MODEL = "tiny-tiktoken"  # the same upstream, estimated with tiktoken:cl100k_base
-CONTEXT = 2048
+CONTEXT = 8192
 CLUSTERS = ("east", "west")
 PRICES = {HF_MODEL: (1, 2), TIKTOKEN_MODEL: (1, 1)}  # (input, output) credits per token
 

@@ -48,7 +48,7 @@ from tests.e2e.helpers import (
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 MESSAGES = [{"role": "user", "content": "Tell me about the Yangtze river at Wuhan."}]
-LONG = CONTEXT - 100  # a stream that lasts a second or more
+LONG = CONTEXT - 100  # a stream that lasts many seconds
 PROMPT = "Once upon a time, in the city of Wuhan, there lived a little gateway that"
 
 
@@ -286,17 +286,19 @@ def test_disconnect_mid_stream_is_billed_for_what_vllm_generated(
     assert received >= 9
 
     event = usage.one(request_id)
+    assert (event.status, event.counted_by) == ("client_gone", "gateway"), event
     server = server_of(event, vllm_servers)
-    wait_idle(vllm_servers)
+    wait_idle(vllm_servers, timeout=180)
     after = stable_counters(server)
     generated = after["vllm:generation_tokens_total"] - before[server.url]["vllm:generation_tokens_total"]
     prompt = after["vllm:prompt_tokens_total"] - before[server.url]["vllm:prompt_tokens_total"]
-    # vLLM stopped generating soon after the gateway hung up on it...
-    assert generated < LONG
-    # ...and the bill is vLLM's own running count as of the last chunk the gateway relayed:
-    # at least what the client read, at most what vLLM generated. The difference is what vLLM
-    # produced between the gateway's last read and its abort (never seen, never billed).
-    assert event.status == "client_gone" and event.counted_by == "gateway"
+    # vLLM stopped generating when the gateway hung up on it, short of max_tokens. (Its engine
+    # runs ahead of its API server, by hundreds of tokens on a busy machine: the stream is
+    # long enough, about 40 s, that it cannot finish first.)
+    assert generated < LONG, (event, generated)
+    # The bill is vLLM's own running count as of the last chunk the gateway relayed: at least
+    # what the client read, at most what vLLM generated. The difference is what vLLM produced
+    # between the gateway's last read and its abort (never seen, never billed).
     assert received <= event.completion_tokens <= generated, (received, event, generated)
     assert event.prompt_tokens == prompt == seen[-1]["usage"]["prompt_tokens"]
     assert event.charge == charge(HF_MODEL, event.prompt_tokens, event.completion_tokens)
@@ -370,8 +372,10 @@ def _mixed_request(gateway: Gateway, key: str, index: int) -> tuple[str, int]:
     elif kind == 4:
         list(client.completions.create(model=model, prompt=PROMPT + str(index), max_tokens=max_tokens,
                                        stream=True, **opts))
-    else:  # no max_tokens at all: the gateway grants what the context and balance allow
-        client.chat.completions.create(model=model, messages=MESSAGES, **opts)
+    else:  # no max_tokens at all: the gateway grants what the balance allows (a small one
+        # here: the context would allow 8,000 tokens, a minute of the tiny model's time)
+        small, _account = gateway.new_key(credits=400)
+        gateway.client(small).chat.completions.create(model=model, messages=MESSAGES, **opts)
     return request_id, 2 if kind == 2 else 1
 
 
@@ -440,8 +444,17 @@ def test_raw_sse_is_vllms_own(gateway: Gateway, vllm_servers: list[VLLMServer], 
     with httpx.stream("POST", vllm_servers[0].url + "/v1/completions", json={"model": SERVED, **body},
                       timeout=60) as response:
         direct = chunks(sse_events(response.read()))
-    assert len(through) == len(direct)
-    for ours, theirs in zip(through, direct, strict=True):
-        assert ours["model"] == HF_MODEL and theirs["model"] == SERVED
-        assert list(ours) == list(theirs)  # same fields, same order (usage placement included)
-        assert ours["usage"]["completion_tokens"] == theirs["usage"]["completion_tokens"]
+    # vLLM merges tokens into one chunk when its API server falls behind its engine, so the
+    # two streams may differ in chunk count; everything else is the same.
+    for stream in (through, direct):
+        *content, final = stream
+        assert content and all(c["choices"] for c in content) and final["choices"] == []
+        running = [c["usage"]["completion_tokens"] for c in content]
+        assert running == sorted(set(running)) and running[-1] == 6, running
+    assert all(c["model"] == HF_MODEL for c in through) and all(c["model"] == SERVED for c in direct)
+    # same fields in the same order (usage placement included), for token and usage chunks
+    assert {tuple(c) for c in through[:-1]} == {tuple(c) for c in direct[:-1]}
+    assert list(through[-1]) == list(direct[-1]) and through[-1]["usage"] == direct[-1]["usage"]
+    assert {tuple(c["choices"][0]) for c in through[:-1]} == {tuple(c["choices"][0]) for c in direct[:-1]}
+    assert "".join(c["choices"][0]["text"] for c in through[:-1]) == \
+        "".join(c["choices"][0]["text"] for c in direct[:-1])
