@@ -15,7 +15,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import aiohttp
 import orjson
 
 from gateway.asgi import SSE_HEADERS, Receive, Send, send_bytes
@@ -33,6 +32,7 @@ from gateway.errors import (
 from gateway.metrics import GatewayMetrics
 from gateway.openai_request import OpenAIRequest, count_prompt_tokens, prompt_count
 from gateway.quota.store import Admission, QuotaStore
+from gateway.relay.http1 import UpstreamConnectError, UpstreamResponse
 from gateway.relay.meter import ModelRenamer, StreamMeter, Usage, usage_of_response
 from gateway.relay.upstream import UpstreamClient
 from gateway.routing.router import Router
@@ -130,8 +130,8 @@ class Pipeline:
         return orjson.dumps(body)
 
     async def open_upstream(
-        self, model: Model, path: str, body: bytes, affinity: int = 0
-    ) -> tuple[Endpoint, aiohttp.ClientResponse]:
+        self, model: Model, path: str, body: bytes, affinity: int = 0, request_id: str = ""
+    ) -> tuple[Endpoint, UpstreamResponse]:
         """Connect to an endpoint, failing over to another one before the first byte.
 
         Every attempt sends the same body under the same request id and reservation. A
@@ -152,17 +152,16 @@ class Pipeline:
             tried.append(endpoint)
             router.started(endpoint)
             try:
-                async with asyncio.timeout(self.settings.first_byte_timeout):
-                    response = await self.upstream.post(endpoint, path, body)
-                    if response.status < 500 and response.status != 429:
-                        router.responded(endpoint)
-                        return endpoint, response
-                    detail = (await response.read())[:300].decode("utf-8", "replace")
-                    response.release()
+                response = await self.upstream.post(endpoint, path, body, request_id)
+                if response.status < 500 and response.status != 429:
+                    router.responded(endpoint)
+                    return endpoint, response
+                detail = (await response.read())[:300].decode("utf-8", "replace")
+                response.release()
             except asyncio.CancelledError:
                 router.finished(endpoint, ok=True)  # the request went away, not the endpoint
                 raise
-            except (aiohttp.ClientError, OSError) as exc:
+            except OSError as exc:
                 if _silent(exc):  # connected, then nothing: it may be at work, so no retry
                     self._failed(endpoint, "timeout")
                     raise UpstreamTimeout(
@@ -200,18 +199,23 @@ class Pipeline:
         self,
         send: Send,
         request_id: str,
-        response: aiohttp.ClientResponse,
+        response: UpstreamResponse,
         model: Model,
         headers: list[tuple[bytes, bytes]],
         estimate: int,
     ) -> Outcome:
         try:
-            async with asyncio.timeout(self.settings.first_byte_timeout):
-                body = await response.read()
+            body = await response.read()
         except TimeoutError:
+            response.close()
             raise UpstreamTimeout("upstream stopped answering", code="upstream_timeout") from None
-        except aiohttp.ClientError as exc:
+        except OSError as exc:
+            response.close()
             raise UpstreamError(f"upstream failed mid-response: {exc.__class__.__name__}") from None
+        except BaseException:
+            response.close()
+            raise
+        response.release()
         usage = usage_of_response(body)
         await send_bytes(send, response.status, ModelRenamer(model.name)(body),
                          request_id, [(b"content-type", b"application/json"), *headers])
@@ -227,7 +231,7 @@ class Pipeline:
         send: Send,
         receive: Receive,
         request_id: str,
-        response: aiohttp.ClientResponse,
+        response: UpstreamResponse,
         request: OpenAIRequest,
         model: Model,
         admission: Admission,
@@ -249,24 +253,23 @@ class Pipeline:
         next_checkpoint = loop.time() + checkpoint_every
         failure: GatewayError | None = None
         status = "ok"
+        reserved = admission.max_tokens
         try:
-            async with asyncio.timeout(self.settings.first_byte_timeout) as deadline:
-                async for data in response.content.iter_any():
-                    out = meter.feed(data)
-                    if out:
-                        await send({"type": "http.response.body", "body": out, "more_body": True})
-                    if meter.done:  # [DONE] relayed: the stream is complete, whatever follows
+            while data := await response.read_some():  # TimeoutError after the idle timeout
+                out = meter.feed(data)
+                if out:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+                if meter.done:  # [DONE] relayed: the stream is complete, whatever follows
+                    break
+                if meter.completion_so_far() > reserved:
+                    failure = UpstreamError("stream cut: the upstream exceeded the reserved tokens")
+                    break
+                now = loop.time()
+                if now >= next_checkpoint:
+                    next_checkpoint = now + checkpoint_every
+                    if not await self._checkpoint(key, request_id, meter):
+                        failure = UpstreamError("stream cut: its reservation expired")
                         break
-                    if meter.completion_so_far() > admission.max_tokens:
-                        failure = UpstreamError("stream cut: the upstream exceeded the reserved tokens")
-                        break
-                    now = loop.time()
-                    if now >= next_checkpoint:
-                        next_checkpoint = now + checkpoint_every
-                        if not await self._checkpoint(key, request_id, meter):
-                            failure = UpstreamError("stream cut: its reservation expired")
-                            break
-                    deadline.reschedule(now + self.settings.idle_timeout)
         except asyncio.CancelledError:
             if not watcher.done() or watcher.cancelled():
                 raise
@@ -274,7 +277,7 @@ class Pipeline:
             status = "ok" if meter.done else "client_gone"
         except TimeoutError:
             failure = UpstreamTimeout("upstream went silent mid-stream", code="upstream_timeout")
-        except (aiohttp.ClientError, OSError) as exc:
+        except OSError as exc:
             failure = UpstreamError(f"upstream connection lost mid-stream: {exc.__class__.__name__}")
         finally:
             watcher.cancel()
@@ -374,8 +377,8 @@ class Pipeline:
 
 
 def _silent(exc: BaseException) -> bool:
-    """The first-byte timeout (TimeoutError, an OSError), not aiohttp's connect timeout."""
-    return isinstance(exc, TimeoutError) and not isinstance(exc, aiohttp.ClientError)
+    """The first-byte timeout (TimeoutError, an OSError), not a connect timeout."""
+    return isinstance(exc, TimeoutError) and not isinstance(exc, UpstreamConnectError)
 
 
 async def _wait_disconnect(receive: Receive, task: asyncio.Task[object] | None) -> None:

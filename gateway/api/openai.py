@@ -90,7 +90,7 @@ class OpenAIHandler:
             body = pipeline.upstream_body(request, model, admission)
             affinity = pipeline.router.affinity_key(request.body)
             endpoint, response = await pipeline.open_upstream(model, "/v1/" + ROUTE_PATHS[kind], body,
-                                                              affinity)
+                                                              affinity, request_id)
             ok = False
             try:
                 if request.stream and response.status == 200:

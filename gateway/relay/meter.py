@@ -1,9 +1,14 @@
 """The one place that reads usage out of upstream responses (streamed or not).
 
-The relay passes upstream bytes through. Per SSE event we look only at the tail of the
-JSON: vLLM serialises compactly with ``usage`` as the last field, so ``,"usage":{...}}`` is
-found with one ``rfind`` and cut off with one slice when the client must not see it. Only an
-event whose usage is not in that shape is parsed and re-serialised.
+The relay passes upstream bytes through. Most reads of a stream are blocks of ordinary token
+chunks of choice 0, each with its running usage: such a block is handled whole, with a few
+C-level byte operations and no per-event Python (the running count is read from the block's
+last usage; the usage blocks are cut out with one regex when the client must not see them;
+the model name is replaced with one ``bytes.replace``). JSON strings escape their quotes, so
+``"usage":{`` or ``"model":"x"`` inside generated text never match. Any other block (the
+final usage chunk, ``[DONE]``, errors, ``n > 1``, a block without usage) goes event by event:
+per event we look at the tail of the JSON (vLLM serialises compactly with ``usage`` last), and
+only an event whose usage is not in that shape is parsed and re-serialised.
 
 We always ask vLLM for ``include_usage`` and ``continuous_usage_stats``: every chunk then
 carries the running count, so a stream cut anywhere is billed for what was delivered.
@@ -21,6 +26,12 @@ from gateway.tokenizers import Tokenizer
 _USAGE = b',"usage":'
 _DATA = b"data: "
 _DONE = b"[DONE]"
+_EVENT = b"data: {"
+_CHOICE0 = b'"choices":[{"index":0,'
+_HAS_USAGE = b',"usage":{"'
+_PROMPT = b'"prompt_tokens":'
+_COMPLETION = b'"completion_tokens":'
+_CACHED = b'"cached_tokens":'
 
 
 @dataclass(slots=True)
@@ -46,10 +57,10 @@ class ModelRenamer:
     value of the first ``"model":"..."`` (always before ``choices``) instead of a known name.
     """
 
-    __slots__ = ("_new",)
+    __slots__ = ("new",)
 
     def __init__(self, public: str) -> None:
-        self._new = b'"model":' + orjson.dumps(public)
+        self.new = b'"model":' + orjson.dumps(public)
 
     def __call__(self, payload: bytes) -> bytes:
         start = payload.find(b'"model":"')
@@ -60,7 +71,7 @@ class ModelRenamer:
             end = payload.find(b'"', end + 1)
         if end < 0:
             return payload
-        return payload[:start] + self._new + payload[end + 1 :]
+        return payload[:start] + self.new + payload[end + 1 :]
 
 
 class StreamMeter:
@@ -76,8 +87,12 @@ class StreamMeter:
         client_include_usage: bool,
         client_continuous_usage: bool,
         tokenizer: Tokenizer | None = None,
+        *,
+        whole_blocks: bool = True,
     ) -> None:
         self._rename = rename
+        self._whole_blocks = whole_blocks
+        self._upstream_model: bytes | None = None  # b'"model":"<as the upstream calls it>"'
         self._show_final = client_include_usage
         self._show_running = client_include_usage and client_continuous_usage
         self._tokenizer = tokenizer
@@ -96,8 +111,52 @@ class StreamMeter:
             self._pending = buffer
             return b""
         self._pending = buffer[end + 2 :]
-        out = [self._event(ev) for ev in buffer[:end].split(b"\n\n")]
-        return b"".join(out)
+        if self._upstream_model is None:
+            self._learn_model_name(buffer)
+        if self._whole_blocks and self._upstream_model is not None:
+            # The stream's end (final usage chunk, [DONE]) goes event by event, the rest whole.
+            split = end + 2
+            for marker in (b'"choices":[]', b"data: [DONE]"):
+                at = buffer.find(marker, 0, split)
+                if at >= 0:
+                    start = buffer.rfind(b"\n\n", 0, at)  # the end of the event before it
+                    split = start + 2 if start >= 0 else 0
+            if split > 0:
+                out = self._block(buffer[:split])
+                if out is not None:
+                    return out + self._events(buffer[split:end]) if split < end else out
+        return self._events(buffer[:end])
+
+    def _events(self, events: bytes) -> bytes:
+        return b"".join([self._event(ev) for ev in events.split(b"\n\n")])
+
+    def _block(self, block: bytes) -> bytes | None:
+        """A block of ordinary choice-0 token chunks, whole; None when it is anything else."""
+        # Each key below occurs at most once per chunk object, so equal counts mean every
+        # event is a data event of choice 0 with its usage, under the model name we know.
+        events = block.count(b"\n\n")
+        model = self._upstream_model
+        if (
+            not block.startswith(_EVENT)
+            or block.count(_CHOICE0) != events
+            or block.count(model) != events  # type: ignore[arg-type]
+        ):
+            return None
+        last = block.rfind(_HAS_USAGE)
+        if self._show_running:
+            if block.count(_HAS_USAGE) != events:
+                return None
+            out = block
+        else:
+            out = _without_usage(block, events)  # type: ignore[assignment]
+            if out is None:
+                return None
+        usage = Usage(_int_after(block, _PROMPT, last), _int_after(block, _COMPLETION, last),
+                      _int_after(block, _CACHED, last))
+        self.choices[0] = usage
+        self.running = usage
+        new = self._rename.new
+        return out if new == model else out.replace(model, new)  # type: ignore[arg-type]
 
     def _event(self, event: bytes) -> bytes:
         event = event.strip(b"\r\n")
@@ -112,6 +171,14 @@ class StreamMeter:
             return event + b"\n\n"
         payload = self._usage(payload)
         return b"data: " + self._rename(payload) + b"\n\n" if payload else b""
+
+    def _learn_model_name(self, events: bytes) -> None:
+        """The upstream's ``"model":"..."`` (from the first event that has one), which whole
+        blocks replace; names with escapes are left to the event-by-event path."""
+        start = events.find(b'"model":"')
+        end = events.find(b'"', start + 9)
+        if start >= 0 and end > 0 and b"\\" not in events[start:end]:
+            self._upstream_model = events[start : end + 1]
 
     def _usage(self, payload: bytes) -> bytes:
         """Record the event's usage; return it as the client should see it (b"" = drop)."""
@@ -194,3 +261,41 @@ def usage_of_response(body: bytes) -> Usage | None:
         return None
     usage = doc.get("usage") if isinstance(doc, dict) else None
     return Usage.from_json(usage) if isinstance(usage, dict) else None
+
+
+def _without_usage(block: bytes, events: int) -> bytes | None:
+    """The block with every ``,"usage":{...}`` cut out; None unless each event had one.
+
+    A usage object holds numbers, nulls and objects of numbers: one level of nesting.
+    """
+    find = block.find
+    parts = []
+    pos = 0
+    for _ in range(events):
+        at = find(_HAS_USAGE, pos)
+        if at < 0:
+            return None
+        end = find(b"}", at + 10)
+        opened = find(b"{", at + 11, end)
+        while opened >= 0:  # a nested object closed at ``end``: the usage closes later
+            after = find(b"}", end + 1)
+            opened = find(b"{", end + 1, after)
+            end = after
+        parts.append(block[pos:at])
+        pos = end + 1
+    if find(_HAS_USAGE, pos) >= 0:
+        return None
+    parts.append(block[pos:])
+    return b"".join(parts)
+
+
+def _int_after(block: bytes, name: bytes, start: int) -> int:
+    """The integer after ``name`` in the usage object that starts at ``start`` (0 if absent)."""
+    at = block.find(name, start)
+    if at < 0:
+        return 0
+    at += len(name)
+    end, size = at, len(block)
+    while end < size and 0x30 <= block[end] <= 0x39:
+        end += 1
+    return int(block[at:end]) if end > at else 0

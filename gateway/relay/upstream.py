@@ -1,10 +1,15 @@
-"""The pooled HTTP client that talks to vLLM servers (aiohttp: cheapest per streamed chunk)."""
+"""The HTTP clients that talk to vLLM servers.
+
+Requests on the relay path go through :mod:`gateway.relay.http1` (a lean HTTP/1.1 client
+with a keep-alive pool); the health and metrics probes, off that path, through aiohttp.
+"""
 
 from __future__ import annotations
 
 import aiohttp
 
 from gateway.catalog import Endpoint
+from gateway.relay.http1 import Http1Pool, UpstreamResponse
 from gateway.settings import Settings
 
 
@@ -14,6 +19,8 @@ class UpstreamClient:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._session: aiohttp.ClientSession | None = None
+        self._pool = Http1Pool(settings.connect_timeout)
+        self._auth: dict[str, bytes] = {}  # upstream API key -> its Authorization header line
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
@@ -25,6 +32,7 @@ class UpstreamClient:
         )
 
     async def close(self) -> None:
+        self._pool.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -35,11 +43,23 @@ class UpstreamClient:
             raise RuntimeError("UpstreamClient.start() was not awaited")
         return self._session
 
-    async def post(self, endpoint: Endpoint, path: str, body: bytes) -> aiohttp.ClientResponse:
-        headers = {"content-type": "application/json"}
-        if endpoint.api_key:
-            headers["authorization"] = f"Bearer {endpoint.api_key}"
-        return await self.session.post(endpoint.url + path, data=body, headers=headers)
+    async def post(self, endpoint: Endpoint, path: str, body: bytes, request_id: str) -> UpstreamResponse:
+        """POST a JSON body; returns when the status line is in (first-byte timeout).
+
+        The request id goes along as ``X-Request-Id``, so the upstream's logs (vLLM's, with
+        ``--enable-request-id-headers``) name the same request as the gateway's.
+        """
+        key = endpoint.api_key or ""
+        auth = self._auth.get(key)
+        if auth is None:
+            if any(c in key for c in "\r\n\0"):
+                raise ValueError(f"the API key of upstream {endpoint.url} contains a line break")
+            auth = self._auth[key] = f"Authorization: Bearer {key}\r\n".encode() if key else b""
+        settings = self._settings
+        return await self._pool.post(
+            endpoint.url, path, body, auth + b"X-Request-Id: " + request_id.encode() + b"\r\n",
+            first_byte_timeout=settings.first_byte_timeout, idle_timeout=settings.idle_timeout,
+        )
 
     async def get(self, url: str, timeout: float) -> aiohttp.ClientResponse:
         return await self.session.get(url, timeout=aiohttp.ClientTimeout(total=timeout))

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+
 import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.relay.meter import ModelRenamer, StreamMeter, usage_of_response
 
@@ -93,3 +97,80 @@ def test_usage_of_non_streamed_response() -> None:
     assert usage is not None
     assert (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens) == (3, 4, 2)
     assert usage_of_response(b"not json") is None
+
+
+# --- whole blocks: the fast path must say exactly what event-by-event says ----------------
+
+TRICKY_TEXT = st.sampled_from([
+    " a", "", "usage", ',"usage":{"prompt_tokens":1}', '"model":"org/M"', "data: {", "\n\n", "}}",
+    '"choices":[{"index":0,', '"completion_tokens":99', "长江", "\\", '"', "\r\n",
+])
+
+
+def _usage(prompt: int, completion: int, details: str) -> bytes:
+    body = f'"prompt_tokens":{prompt},"total_tokens":{prompt + completion},"completion_tokens":{completion}'
+    if details == "null":
+        body += ',"prompt_tokens_details":null'
+    elif details == "cached":
+        body += ',"prompt_tokens_details":{"cached_tokens":3},"completion_tokens_details":null'
+    return ("{" + body + "}").encode()
+
+
+def _chunk(model: bytes, index: int, text: str, usage: bytes | None, tail: bytes = b"") -> bytes:
+    usage_part = b',"usage":' + usage if usage is not None else b""
+    return (b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"' + model
+            + b'","choices":[{"index":' + str(index).encode() + b',"delta":{"content":' + orjson.dumps(text)
+            + b'},"logprobs":null,"finish_reason":null}]' + usage_part + tail + b"}\n\n")
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> bytes:
+    model = draw(st.sampled_from([b"org/M", b"bench-model", b"m"]))
+    n = draw(st.sampled_from([1, 1, 2]))
+    details = draw(st.sampled_from(["none", "null", "cached"]))
+    with_usage = draw(st.booleans())
+    prompt = draw(st.integers(1, 50))
+    parts = [_chunk(model, 0, "", _usage(prompt, 0, details) if with_usage else None,
+                    b',"prompt_token_ids":null,"prompt_text":null')]
+    counts = [0] * n
+    for _ in range(draw(st.integers(0, 12))):
+        index = draw(st.integers(0, n - 1))
+        counts[index] += draw(st.integers(1, 3))
+        usage = _usage(prompt, counts[index], details) if draw(st.integers(0, 9)) else b"null"
+        parts.append(_chunk(model, index, draw(TRICKY_TEXT), usage))
+    if draw(st.booleans()):
+        parts.append(b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"'
+                     + model + b'","choices":[],"usage":' + _usage(prompt, sum(counts), details)
+                     + b',"system_fingerprint":"vllm-0.32.0"}\n\n')
+        if draw(st.booleans()):
+            parts.append(DONE)
+    return b"".join(parts)
+
+
+@settings(max_examples=400, deadline=None)
+@given(stream=streams(), include=st.booleans(), continuous=st.booleans(),
+       cuts=st.lists(st.integers(1, 4000), max_size=6))
+def test_whole_blocks_equal_event_by_event(stream: bytes, include: bool, continuous: bool,
+                                           cuts: list[int]) -> None:
+    bounds = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
+    pieces = [stream[a:b] for a, b in itertools.pairwise(bounds)]
+    fast = StreamMeter(ModelRenamer("public/name"), include, continuous)
+    slow = StreamMeter(ModelRenamer("public/name"), include, continuous, whole_blocks=False)
+    for piece in pieces:
+        assert fast.feed(piece) == slow.feed(piece)
+        assert fast.running == slow.running and fast.choices == slow.choices
+        assert fast.completion_so_far() == slow.completion_so_far()
+    assert (fast.final, fast.done, fast.error) == (slow.final, slow.done, slow.error)
+    assert fast.delivered(5) == slow.delivered(5)
+
+
+def test_whole_blocks_take_the_fast_path() -> None:
+    """After the first event, a block of plain token chunks is handled whole."""
+    meter = StreamMeter(ModelRenamer("m"), False, False)
+    meter.feed(ROLE)
+    calls = []
+    original = meter._event
+    meter._event = lambda ev: calls.append(ev) or original(ev)  # type: ignore[method-assign]
+    out = meter.feed(token(1, " a") + token(2, ' "usage" '))
+    assert not calls and b"usage\\\"" in out and b'"usage":{' not in out and b'"model":"m"' in out
+    assert meter.running is not None and meter.running.completion_tokens == 2
