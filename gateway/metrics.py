@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.registry import Collector
 
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -22,6 +23,15 @@ class GatewayMetrics:
             "Time from request to the last byte of the response.",
             ["route"],
             buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.overhead = Histogram(
+            "tokengate_gateway_overhead_seconds",
+            "Time a request spent in the gateway itself: its whole duration minus the time "
+            "spent waiting on the upstream (connecting, then for each byte). Includes the "
+            "quota round trips to Redis and writing to the client.",
+            ["route"],
+            buckets=OVERHEAD_BUCKETS,
             registry=self.registry,
         )
         self.upstream_errors = Counter(

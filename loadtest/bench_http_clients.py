@@ -1,4 +1,5 @@
-"""Why the relay uses aiohttp: client CPU per streamed response, aiohttp vs httpx.
+"""Why the relay has its own HTTP/1.1 client: client CPU per streamed response, against
+aiohttp and httpx.
 
     python -m loadtest.bench_http_clients [--streams N] [--concurrency C]
 
@@ -68,6 +69,30 @@ async def _httpx(url: str, streams: int, concurrency: int) -> int:
     return chunks
 
 
+async def _http1(url: str, streams: int, concurrency: int) -> int:
+    from gateway.relay.http1 import Http1Pool
+
+    chunks = 0
+    pool = Http1Pool(connect_timeout=5)
+    root, path = url.split("/v1/", 1)
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def one() -> None:
+        nonlocal chunks
+        async with semaphore:
+            response = await pool.post(root, "/v1/" + path, BODY, b"",
+                                       first_byte_timeout=30, idle_timeout=30)
+            while await response.read_some():
+                chunks += 1
+            response.release()
+
+    try:
+        await asyncio.gather(*(one() for _ in range(streams)))
+    finally:
+        pool.close()
+    return chunks
+
+
 async def _measure(name: str, run: Callable[[str, int, int], Awaitable[int]], url: str,
                    streams: int, concurrency: int) -> None:
     await run(url, 50, concurrency)  # warm up: connections, code paths
@@ -96,7 +121,7 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}/v1/completions"
         import uvloop
 
-        for name, run in (("aiohttp", _aiohttp), ("httpx", _httpx)):
+        for name, run in (("http1", _http1), ("aiohttp", _aiohttp), ("httpx", _httpx)):
             uvloop.run(_measure(name, run, url, args.streams, args.concurrency))
     finally:
         sim.terminate()

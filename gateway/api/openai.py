@@ -47,6 +47,7 @@ class OpenAIHandler:
         route = path.removeprefix("/v1/")
         status = 200
         model_name = ""
+        waited = [0.0]  # seconds spent waiting on the upstream, set by infer()
         try:
             if path == "/v1/models" and scope["method"] == "GET":
                 await self.list_models(scope, send, request_id)
@@ -56,7 +57,7 @@ class OpenAIHandler:
                 raise NotFound(f"Unknown route {scope['method']} {scope['path']}", code="unknown_url")
             if scope["method"] != "POST":
                 raise BadRequest(f"{path} accepts POST only", code="method_not_allowed")
-            model_name = await self.infer(kind, scope, receive, send, request_id)
+            model_name = await self.infer(kind, scope, receive, send, request_id, waited)
         except GatewayError as error:
             status = error.status
             await send_error(send, error, request_id)
@@ -64,8 +65,10 @@ class OpenAIHandler:
             status = 499
         finally:
             metrics = self.pipeline.metrics
+            elapsed = time.perf_counter() - started
             metrics.requests.labels(route, model_name, str(status)).inc()
-            metrics.latency.labels(route).observe(time.perf_counter() - started)
+            metrics.latency.labels(route).observe(elapsed)
+            metrics.overhead.labels(route).observe(max(0.0, elapsed - waited[0]))
 
     async def list_models(self, scope: Scope, send: Send, request_id: str) -> None:
         await self.pipeline.auth.authenticate(bearer_token(scope))
@@ -77,8 +80,10 @@ class OpenAIHandler:
         ]
         await send_json(send, 200, {"object": "list", "data": data}, request_id)
 
-    async def infer(self, kind: Kind, scope: Scope, receive: Receive, send: Send, request_id: str) -> str:
-        """Authenticate, admit, relay, settle. Returns the model name for metrics."""
+    async def infer(self, kind: Kind, scope: Scope, receive: Receive, send: Send, request_id: str,
+                    waited: list[float]) -> str:
+        """Authenticate, admit, relay, settle. Returns the model name for metrics; ``waited[0]``
+        becomes the time spent waiting on the upstream that answered."""
         pipeline = self.pipeline
         key = await pipeline.auth.authenticate(bearer_token(scope))
         raw = await read_body(scope, receive, pipeline.settings.max_body_bytes)
@@ -109,6 +114,7 @@ class OpenAIHandler:
             finally:
                 pipeline.router.finished(endpoint, ok=ok)
                 outcome.endpoint = endpoint
+                waited[0] = response.waited
         finally:
             await settle_shielded(pipeline, key, model, request_id, request.stream, outcome)
         return model.name

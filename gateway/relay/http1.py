@@ -80,6 +80,7 @@ class _Connection(asyncio.Protocol):
         self.last_io = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.idle_since = 0.0
+        self.waited = 0.0  # seconds this request spent waiting on the upstream (connect included)
 
     # --- asyncio.Protocol ------------------------------------------------------------
 
@@ -144,13 +145,16 @@ class _Connection(asyncio.Protocol):
         """Until the parser has something new (or the deadline passes)."""
         if self.error is not None:
             raise self.error
-        self.waiter = self.loop.create_future()
+        loop = self.loop
+        self.waiter = loop.create_future()
         if self.timer is None:
-            self.timer = self.loop.call_at(self.last_io + self.deadline_s, self._on_timer)
+            self.timer = loop.call_at(self.last_io + self.deadline_s, self._on_timer)
+        started = loop.time()
         try:
             await self.waiter
         finally:
             self.waiter = None
+            self.waited += loop.time() - started
 
     def _on_timer(self) -> None:
         """Fail the waiter after ``deadline_s`` of silence; otherwise check again later."""
@@ -220,6 +224,11 @@ class UpstreamResponse:
         self.status = conn.status
         conn.deadline_s = idle_timeout
         conn.cancel_timer()  # the first-byte deadline's timer; the next wait arms the idle one
+
+    @property
+    def waited(self) -> float:
+        """Seconds spent waiting on the upstream so far: connecting, then for each byte."""
+        return self._conn.waited
 
     async def read_some(self) -> bytes:
         """The body bytes that arrived since the last call; ``b""`` once the body has ended.
@@ -292,10 +301,13 @@ class Http1Pool:
         origin = self.origin(url)
         request = _REQUEST % (origin.base_path.encode(), path.encode(), origin.host_header,
                               len(body), extra_headers) + body
+        loop = asyncio.get_running_loop()
         for attempt in (0, 1):
+            started = loop.time()
             conn, reused = await self._acquire(origin, fresh=attempt > 0)
             conn.deadline_s = first_byte_timeout
-            conn.last_io = conn.loop.time()
+            conn.last_io = now = loop.time()
+            conn.waited = now - started
             assert conn.transport is not None
             conn.transport.write(request)
             try:
