@@ -34,6 +34,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         help="claim entries another worker held unacked this long",
     )
     worker.add_argument("--max-deliveries", type=int, default=10)
+    worker.add_argument(
+        "--linger-ms",
+        type=int,
+        default=200,
+        help="after a partial batch, wait this long before reading again (batches the ledger writes)",
+    )
 
     reconcile = commands.add_parser("reconcile", help="compare Redis with the ledger and repair")
     reconcile.add_argument("--dry-run", action="store_true", help="report drift, change nothing")
@@ -62,6 +68,7 @@ async def _worker(args: argparse.Namespace, settings: Settings) -> int:
         block_ms=args.block_ms,
         claim_idle_ms=args.claim_idle_ms,
         max_deliveries=args.max_deliveries,
+        linger_s=args.linger_ms / 1000,
     )
     worker = BillingWorker(redis, billing.engine, consumer=args.consumer, options=options)
     loop = asyncio.get_running_loop()

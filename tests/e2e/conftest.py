@@ -1,5 +1,7 @@
 """Real processes for the e2e tier: two vLLM servers (CPU build) as two clusters, a real
-redis-server, and the gateway (``tokengate serve``), all on loopback.
+redis-server, the gateway (``tokengate serve``) with its SQLite ledger, and the billing
+worker (``tokengate billing worker``), all on loopback. Accounts are funded as customers
+are: a package bought through the admin API (ledger first, then Redis).
 
 vLLM runs from its own virtualenv (scripts/e2e/venv), never from the gateway's: the tests
 find its interpreter in ``TOKENGATE_E2E_PYTHON``, which ``scripts/e2e/test`` sets. The tiny
@@ -12,15 +14,15 @@ Both vLLM servers start in parallel, once per session. A test that kills one
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
-import threading
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +34,6 @@ import redis
 
 from gateway import keyspace
 from gateway.embedded import free_port
-from gateway.quota.store import QuotaStore
-from gateway.state import connect_redis
 from gateway.usage import UsageEvent
 
 try:  # tests/ is a package, or the repository root is on sys.path
@@ -234,6 +234,7 @@ class Gateway:
     base: str
     process: subprocess.Popen[bytes]
     redis_url: str
+    database_url: str
     log: Path
     clients: list[openai.OpenAI] = field(default_factory=list)
 
@@ -248,13 +249,18 @@ class Gateway:
         return client
 
     def new_key(self, credits: int = 10_000_000) -> tuple[str, str]:
-        """(key, account id): a fresh account funded with ``credits`` and one key of it."""
+        """(key, account id): a fresh account that bought a package of ``credits``, and a key."""
         headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
         with httpx.Client(base_url=self.base, headers=headers, timeout=10) as admin:
             account = admin.post("/admin/accounts", json={"name": "e2e"}).raise_for_status().json()
             key = admin.post(f"/admin/accounts/{account['id']}/keys", json={"name": "e2e"})
             secret: str = key.raise_for_status().json()["key"]
-        _run_async(_credit(self.redis_url, account["id"], credits))
+            package = admin.post("/admin/packages", json={
+                "name": f"e2e {credits}", "credits": credits, "valid_days": 30,
+            }).raise_for_status().json()
+            admin.post(f"/admin/accounts/{account['id']}/purchases", json={
+                "package_id": package["id"], "order_id": f"e2e-{uuid.uuid4().hex}",
+            }).raise_for_status()
         return secret, account["id"]
 
     def me(self, key: str) -> dict[str, object]:
@@ -266,36 +272,12 @@ class Gateway:
         return httpx.get(self.base + "/metrics", timeout=10).raise_for_status().text
 
 
-async def _credit(redis_url: str, account_id: str, credits: int) -> None:
-    client = connect_redis(redis_url)
-    try:
-        await QuotaStore(client).credit(account_id, credits)
-    finally:
-        await client.aclose()
-
-
-def _run_async(coro: object) -> None:
-    """asyncio.run in a thread of its own, so it also works under a running event loop."""
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            asyncio.run(coro)  # type: ignore[arg-type]
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-
-
-def start_gateway(config: Path, redis_url: str, log: Path) -> Gateway:
+def start_gateway(config: Path, redis_url: str, database_url: str, log: Path) -> Gateway:
     port = free_port()
     env = {
         **os.environ,
         "REDIS_URL": redis_url,
+        "DATABASE_URL": database_url,
         "TOKENGATE_ADMIN_KEY": ADMIN_KEY,
         "TOKENGATE_FIRST_BYTE_TIMEOUT": "60",
         "TOKENGATE_IDLE_TIMEOUT": "30",
@@ -315,13 +297,30 @@ def start_gateway(config: Path, redis_url: str, log: Path) -> Gateway:
             raise RuntimeError("gateway exited:\n" + log.read_text())
         try:
             if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                return Gateway(base, process, redis_url, log)
+                return Gateway(base, process, redis_url, database_url, log)
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
     process.kill()
     process.wait()
     raise RuntimeError("gateway not ready:\n" + log.read_text())
+
+
+def start_billing_worker(redis_url: str, database_url: str, log: Path) -> subprocess.Popen[bytes]:
+    """``tokengate billing worker``: the usage streams into the ledger, as in production."""
+    env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": database_url}
+    args = [sys.executable, "-m", "gateway.cli", "billing", "worker", "--linger-ms", "50"]
+    with log.open("ab") as out:
+        return subprocess.Popen(args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 # --- usage events (what the billing ledger will consume) ----------------------------------
@@ -360,6 +359,43 @@ class UsageStreams:
 
     def one(self, request_id: str, timeout: float = 30) -> UsageEvent:
         return self.wait([request_id], timeout)[request_id]
+
+
+class Ledger:
+    """Reads the SQLite ledger the billing worker writes (usage records and ledger legs)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _query(self, sql: str, args: list[str]) -> list[sqlite3.Row]:
+        with contextlib.closing(sqlite3.connect(self.path, timeout=10)) as db:
+            db.row_factory = sqlite3.Row
+            return db.execute(sql, args).fetchall()
+
+    def records(self, request_ids: Iterable[str], timeout: float = 60) -> dict[str, sqlite3.Row]:
+        """The usage records of these request ids, waiting for the worker to write them."""
+        wanted = sorted(set(request_ids))
+        marks = ",".join("?" * len(wanted))
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = self._query(f"SELECT * FROM usage_records WHERE request_id IN ({marks})", wanted)
+            found = {row["request_id"]: row for row in rows}
+            if len(found) == len(wanted):
+                return found
+            if time.monotonic() > deadline:
+                missing = sorted(set(wanted) - found.keys())
+                raise AssertionError(f"no usage record in the ledger for {missing}")
+            time.sleep(0.1)
+
+    def usage_debits(self, request_ids: Iterable[str]) -> int:
+        """What the ledger's usage legs charged for these requests, in credits."""
+        entries = [f"usage:{rid}" for rid in sorted(set(request_ids))]
+        marks = ",".join("?" * len(entries))
+        rows = self._query(
+            f"SELECT COALESCE(SUM(amount), 0) AS total FROM ledger_legs "
+            f"WHERE book = 'usage' AND entry_id IN ({marks})", entries,
+        )
+        return int(rows[0]["total"])
 
 
 # --- fixtures -----------------------------------------------------------------------------
@@ -412,31 +448,40 @@ def vllm_servers(
 
 
 @pytest.fixture(scope="session")
+def ledger_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("ledger") / "ledger.db"
+
+
+@pytest.fixture(scope="session")
 def gateway(
     vllm_servers: list[VLLMServer],
     tiny_model: Path,
     redis_standalone: RedisServer,
+    ledger_path: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("gateway")
     config = write_catalog(tmp / "models.yaml", vllm_servers, tiny_model)
-    gw = start_gateway(config, redis_standalone.url, tmp / "gateway.log")
+    database_url = f"sqlite:///{ledger_path}"
+    gw = start_gateway(config, redis_standalone.url, database_url, tmp / "gateway.log")
+    worker = start_billing_worker(redis_standalone.url, database_url, tmp / "billing-worker.log")
     try:
         yield gw
     finally:
         for client in gw.clients:
             client.close()
-        gw.process.terminate()
-        try:
-            gw.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            gw.process.kill()
-            gw.process.wait()
+        _stop(worker)
+        _stop(gw.process)
 
 
 @pytest.fixture(scope="session")
 def usage(gateway: Gateway) -> UsageStreams:
     return UsageStreams(gateway.redis_url)
+
+
+@pytest.fixture(scope="session")
+def ledger(gateway: Gateway, ledger_path: Path) -> Ledger:
+    return Ledger(ledger_path)
 
 
 @pytest.fixture()

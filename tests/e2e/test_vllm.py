@@ -27,6 +27,7 @@ from tests.e2e.conftest import (
     SERVED,
     TIKTOKEN_MODEL,
     Gateway,
+    Ledger,
     UsageStreams,
     VLLMServer,
 )
@@ -263,7 +264,7 @@ def test_estimate_uses_the_configured_tokenizer(gateway: Gateway, vllm_servers: 
 
 
 def test_disconnect_mid_stream_is_billed_for_what_vllm_generated(
-    gateway: Gateway, vllm_servers: list[VLLMServer], usage: UsageStreams
+    gateway: Gateway, vllm_servers: list[VLLMServer], usage: UsageStreams, ledger: Ledger
 ) -> None:
     key, _account = gateway.new_key()
     wait_idle(vllm_servers)
@@ -306,6 +307,10 @@ def test_disconnect_mid_stream_is_billed_for_what_vllm_generated(
           f"vLLM generated {generated} tokens")
     balance: dict[str, int] = gateway.me(key)["balance"]  # type: ignore[assignment]
     assert balance["reserved"] == 0 and balance["spent"] == event.charge
+    record = ledger.records([request_id])[request_id]
+    assert (record["status"], record["completion_tokens"], record["charge"]) == (
+        "client_gone", event.completion_tokens, event.charge)
+    assert ledger.usage_debits([request_id]) == event.charge
 
 
 # --- errors from vLLM ---------------------------------------------------------------------
@@ -380,8 +385,9 @@ def _mixed_request(gateway: Gateway, key: str, index: int) -> tuple[str, int]:
 
 
 def test_billed_tokens_equal_vllm_counters(gateway: Gateway, vllm_servers: list[VLLMServer],
-                                           usage: UsageStreams) -> None:
-    """Per server, the usage events' tokens equal the deltas of vLLM's own counters."""
+                                           usage: UsageStreams, ledger: Ledger) -> None:
+    """Per server, the usage events' tokens and the ledger's usage records equal the deltas
+    of vLLM's own counters; the ledger's usage legs charge what the events charged."""
     key, _account = gateway.new_key()
     wait_idle(vllm_servers)
     before = {s.url: stable_counters(s) for s in vllm_servers}
@@ -414,6 +420,20 @@ def test_billed_tokens_equal_vllm_counters(gateway: Gateway, vllm_servers: list[
         assert sums["completion"] == delta["vllm:generation_tokens_total"], (server.cluster, sums, delta)
         assert sums["prompt"] == delta["vllm:prompt_tokens_total"], (server.cluster, sums, delta)
         assert sums["cached"] == delta["vllm:prompt_tokens_cached_total"], (server.cluster, sums, delta)
+    records = ledger.records(sent)
+    in_ledger: dict[str, dict[str, int]] = {s.url: {"prompt": 0, "completion": 0} for s in vllm_servers}
+    for request_id, record in records.items():
+        event = events[request_id]
+        assert (record["prompt_tokens"], record["completion_tokens"], record["charge"], record["status"]) == (
+            event.prompt_tokens, event.completion_tokens, event.charge, event.status), (record, event)
+        sums = in_ledger[server_of(event, vllm_servers).url]
+        sums["prompt"] += record["prompt_tokens"] * sent[request_id]
+        sums["completion"] += record["completion_tokens"]
+    for server in vllm_servers:
+        delta = {name: after[server.url][name] - before[server.url][name] for name in after[server.url]}
+        assert in_ledger[server.url]["completion"] == delta["vllm:generation_tokens_total"], server.cluster
+        assert in_ledger[server.url]["prompt"] == delta["vllm:prompt_tokens_total"], server.cluster
+    assert ledger.usage_debits(sent) == sum(event.charge for event in events.values())
     total = sum(s["completion"] for s in billed.values())
     print(f"mixed batch: 36 requests, {total} completion tokens in {time.monotonic() - started:.1f}s; "
           f"per cluster: { {s.cluster: billed[s.url] for s in vllm_servers} }; "
