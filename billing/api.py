@@ -144,7 +144,7 @@ def usage_query(
         to_ms = iso_to_ms(end) if end else None
     except ValueError:
         raise BadRequest("from and to are ISO 8601 dates or times", param="from") from None
-    groups = tuple(g.strip() for g in (group_by or "").split(",") if g.strip())
+    groups = tuple(dict.fromkeys(g.strip() for g in (group_by or "").split(",") if g.strip()))  # once each
     return UsageQuery(account_id, from_ms, to_ms, groups, limit, cursor)
 
 

@@ -20,7 +20,13 @@ from gateway.state import connect_redis
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    billing = sub.add_parser("billing", help="the ledger: worker, reconcile, migrate")
+    billing = sub.add_parser(
+        "billing",
+        help="the ledger: worker, reconcile, migrate",
+        description="The billing ledger. Settings come from the environment: REDIS_URL (default "
+        "redis://127.0.0.1:6379/0) and DATABASE_URL (default sqlite:///.tokengate/ledger.db); "
+        "the quickstart prints the values of the instance it started.",
+    )
     commands = billing.add_subparsers(dest="billing_command", required=True)
 
     worker = commands.add_parser("worker", help="record the usage streams in the ledger")

@@ -152,6 +152,11 @@ async def _grouped(engine: AsyncEngine, q: UsageQuery) -> dict[str, Any]:
     return {"data": data, "next_cursor": next_cursor}
 
 
+def _csv_value(value: Any) -> Any:
+    """Booleans as JSON writes them (``true``/``false``), not as Python's ``True``."""
+    return ("true" if value else "false") if isinstance(value, bool) else value
+
+
 async def export_csv(engine: AsyncEngine, q: UsageQuery, batch: int = 1000) -> AsyncIterator[bytes]:
     """The records of ``q`` as CSV (a header line, then newest first), in batches."""
     out = io.StringIO()
@@ -161,7 +166,7 @@ async def export_csv(engine: AsyncEngine, q: UsageQuery, batch: int = 1000) -> A
     while True:
         page = await usage_page(engine, UsageQuery(q.account_id, q.from_ms, q.to_ms, (), batch, cursor))
         for item in page["data"]:
-            writer.writerow([item[name] for name in RECORD_FIELDS])
+            writer.writerow([_csv_value(item[name]) for name in RECORD_FIELDS])
         yield out.getvalue().encode()
         out.seek(0)
         out.truncate()

@@ -9,12 +9,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import orjson
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from starlette.exceptions import HTTPException
 
 from billing.service import Billing
 from gateway.api import admin, endpoints, health, me
-from gateway.api.openai import OpenAIHandler, request_id_of
+from gateway.api.openai import OpenAIHandler, client_request_id, echo_client_request_id, new_request_id
 from gateway.asgi import Message, Receive, Scope, Send
 from gateway.catalog import Catalog
 from gateway.errors import GatewayError
@@ -50,24 +53,25 @@ class GatewayApp:
         self.control.include_router(endpoints.router)
         self.control.include_router(me.router)
         self.control.add_exception_handler(GatewayError, _gateway_error)  # type: ignore[arg-type]
+        self.control.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+        self.control.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            self.handler is not None
-            and scope["type"] == "http"
-            and scope["path"].startswith("/v1/")
-            and not scope["path"].startswith("/v1/me")
-        ):
-            await self.handler(scope, receive, send)
-            return
         if scope["type"] != "http":
             await self.control(scope, receive, send)
             return
-        request_id = request_id_of(scope)
+        client_id = client_request_id(scope)
+        if client_id is not None:
+            send = echo_client_request_id(send, client_id)
+        path = scope["path"]
+        if self.handler is not None and path.startswith("/v1/") and not path.startswith("/v1/me"):
+            await self.handler(scope, receive, send)
+            return
+        request_id = new_request_id().encode()
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id)]
             await send(message)
 
         await self.control(scope, receive, send_with_id)
@@ -75,6 +79,37 @@ class GatewayApp:
 
 async def _gateway_error(request: Request, error: GatewayError) -> Response:
     return Response(error.body(), status_code=error.status, headers=error.headers,
+                    media_type="application/json")
+
+
+async def _validation_error(request: Request, error: RequestValidationError) -> Response:
+    """FastAPI's 422, in the same ``{"error": {...}}`` shape as every other error."""
+    problems = []
+    param = None
+    for item in error.errors():
+        where = ".".join(str(part) for part in item.get("loc", ()) if part not in ("body", "query", "path"))
+        param = param or where or None
+        problems.append(f"{where or 'body'}: {item.get('msg', 'invalid')}")
+    body = {"error": {"message": "; ".join(problems) or "invalid request", "type": "invalid_request_error",
+                      "code": "invalid_request", "param": param}}
+    return Response(orjson.dumps(body), status_code=422, media_type="application/json")
+
+
+_HTTP_ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+                     405: "invalid_request_error"}
+
+
+async def _http_error(request: Request, error: HTTPException) -> Response:
+    """Starlette's own errors (unknown route, wrong method) in OpenAI's shape."""
+    message = error.detail if isinstance(error.detail, str) else "request refused"
+    if error.status_code == 404:
+        message = f"Unknown route {request.method} {request.url.path}"
+    elif error.status_code == 405:
+        message = f"{request.url.path} does not accept {request.method}"
+    fallback = "invalid_request_error" if error.status_code < 500 else "api_error"
+    kind = _HTTP_ERROR_TYPES.get(error.status_code, fallback)
+    body = {"error": {"message": message, "type": kind, "code": None, "param": None}}
+    return Response(orjson.dumps(body), status_code=error.status_code, headers=error.headers,
                     media_type="application/json")
 
 

@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 
 from gateway.asgi import Scope, header
 from gateway.errors import AuthenticationFailed, BalanceUnknown, QuotaUnavailable
-from gateway.keyspace import PROVISIONED_KEY, key_hash_key
+from gateway.keyspace import PROVISIONED_KEY, key_hash_key, key_record_key
 from gateway.redisio import FastRedis
 
 KEY_PREFIX = "tg-"
@@ -82,6 +82,21 @@ class Authenticator:
             self._cache[digest] = (now + ttl, ref)
         if ref is None:
             raise AuthenticationFailed("invalid API key", code="invalid_api_key")
+        return ref
+
+    async def authenticate_enabled(self, token: str | None) -> KeyRef:
+        """As :meth:`authenticate`, and the key must not be disabled (for routes that, unlike
+        inference, do not pass the admission script, which checks that itself)."""
+        ref = await self.authenticate(token)
+        name = key_record_key(ref.account_id, ref.key_id)
+        try:
+            disabled = await self._redis.execute_keyed(name, "HGET", name, "disabled")
+        except (RedisError, OSError) as exc:
+            raise QuotaUnavailable(
+                "the quota store is unreachable", code="quota_unavailable", headers={"Retry-After": "2"}
+            ) from exc
+        if disabled in (b"1", "1"):
+            raise AuthenticationFailed("this API key is disabled", code="invalid_api_key")
         return ref
 
     def forget(self, key_id: str) -> None:

@@ -100,8 +100,11 @@ class CatalogSpec(_Strict):
     @model_validator(mode="after")
     def _references(self) -> CatalogSpec:
         clusters = [c.name for c in self.clusters]
-        _unique(clusters, "cluster")
-        _unique([m.name for m in self.models], "model")
+        _unique(clusters, "cluster name")
+        # One server, one place: its health, load and affinity are tracked by URL.
+        urls = [ep.url for c in self.clusters for ep in c.endpoints]
+        _unique(urls, "endpoint url", " (an endpoint belongs to one cluster)")
+        _unique([m.name for m in self.models], "model name")
         for model in self.models:
             for dep in model.deployments:
                 if dep not in clusters:
@@ -117,11 +120,11 @@ class CatalogSpec(_Strict):
         return self
 
 
-def _unique(names: list[str], what: str) -> None:
+def _unique(names: list[str], what: str, why: str = "") -> None:
     seen: set[str] = set()
     for name in names:
         if name in seen:
-            raise ValueError(f"duplicate {what} name {name!r}")
+            raise ValueError(f"duplicate {what} {name!r}{why}")
         seen.add(name)
 
 

@@ -55,9 +55,15 @@ def start_redis(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
     return process
 
 
-def start_simulators(servers: list[tuple[int, list[str]]], log: Path) -> subprocess.Popen[bytes]:
-    """One process serving a vLLM simulator per (port, served model names)."""
-    args = [sys.executable, "-m", "loadtest.vllm_sim"]
+def start_simulators(
+    servers: list[tuple[int, list[str]]], log: Path, max_model_len: int
+) -> subprocess.Popen[bytes]:
+    """One process serving a vLLM simulator per (port, served model names).
+
+    ``max_model_len`` must be at least the catalog's largest ``context_window``, as a real
+    vLLM's ``--max-model-len`` must: the gateway grants ``max_tokens`` up to the window.
+    """
+    args = [sys.executable, "-m", "loadtest.vllm_sim", "--max-model-len", str(max_model_len)]
     for port, names in servers:
         args += ["--port", str(port), "--model", ",".join(names)]
     with log.open("ab") as out:

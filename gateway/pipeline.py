@@ -41,6 +41,10 @@ from gateway.tokenizers import load_tokenizer
 
 log = logging.getLogger("tokengate.pipeline")
 
+# OpenAI's (and vLLM's) legacy completions API stops at 16 tokens when max_tokens is absent;
+# chat has no such default (the rest of the context window, or what the balance pays).
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+
 
 @dataclass(slots=True)
 class Outcome:
@@ -101,7 +105,10 @@ class Pipeline:
                     code="context_length_exceeded",
                 )
             ceiling = max(1, model.context_window - estimate) * choices
-            requested = request.max_tokens * choices if request.max_tokens is not None else None
+            max_tokens = request.max_tokens
+            if max_tokens is None and request.kind == "completions":
+                max_tokens = COMPLETIONS_DEFAULT_MAX_TOKENS
+            requested = max_tokens * choices if max_tokens is not None else None
         return await self.quota.admit(
             request_id=request_id,
             account_id=key.account_id,

@@ -77,13 +77,15 @@ def start_billing_worker(redis_url: str, database_url: str, log: Path) -> subpro
         return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
-def _banner(base: str, admin_key: str, key: str, model: str) -> str:
+def _banner(base: str, admin_key: str, key: str, model: str, redis_url: str, database_url: str) -> str:
     return f"""
 tokengate is running.
 
   base URL   {base}
   API key    {key}   (demo account, {STARTER_CREDITS:,} credits)
   admin key  {admin_key}
+  Redis      {redis_url}
+  ledger     {database_url}
 
 Python (pip install openai):
 
@@ -100,6 +102,10 @@ curl:
     -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
 
   curl {base}/me -H "Authorization: Bearer {key}"     # balance and usage
+
+Billing commands against this instance (another terminal):
+
+  REDIS_URL={redis_url} DATABASE_URL={database_url} tokengate billing reconcile --dry-run
 
 Press Ctrl+C to stop.
 """
@@ -131,7 +137,8 @@ def run(config_path: str, host: str, port: int, data_dir: str) -> int:
             redis_port = free_port(6390)
             children.append(start_redis(data / "redis", redis_port))
             redis_url = f"redis://127.0.0.1:{redis_port}/0"
-        children.append(start_simulators(servers, data / "simulators.log"))
+        window = max(int(m.get("context_window", 0)) for m in doc["models"])
+        children.append(start_simulators(servers, data / "simulators.log", window))
         admin_key = os.environ.get("TOKENGATE_ADMIN_KEY") or "tg-admin-" + secrets.token_urlsafe(24)
         settings = Settings(
             redis_url=redis_url,
@@ -144,7 +151,8 @@ def run(config_path: str, host: str, port: int, data_dir: str) -> int:
         children.insert(0, worker)  # stopped first, before the Redis it reads
         port = free_port(port)
         first_model = next(m["name"] for m in doc["models"] if m.get("kind", "chat") == "chat")
-        banner = _banner(f"http://{_display_host(host)}:{port}/v1", admin_key, key, first_model)
+        banner = _banner(f"http://{_display_host(host)}:{port}/v1", admin_key, key, first_model,
+                         redis_url, settings.database_url)
         uvloop.run(_serve(settings, host, port, banner))
         return 0
     except KeyboardInterrupt:

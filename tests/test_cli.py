@@ -11,6 +11,8 @@ from pathlib import Path
 
 import openai
 
+from gateway.catalog import load_catalog
+
 ROOT = Path(__file__).parents[1]
 
 
@@ -46,6 +48,13 @@ def test_quickstart_serves_the_printed_key(tmp_path: Path) -> None:
             reply = client.chat.completions.create(
                 model=models[0], messages=[{"role": "user", "content": "Hello!"}], max_tokens=8)
             assert reply.choices[0].message.content and reply.usage is not None
+            # The printed snippet sends no max_tokens: the gateway grants up to the model's
+            # context window, which the quickstart's simulators must accept.
+            catalog = load_catalog(ROOT / "models.yaml")
+            for model in [m for m in models if catalog.models[m].kind == "chat"]:
+                reply = client.chat.completions.create(
+                    model=model, messages=[{"role": "user", "content": "Hello!"}])
+                assert reply.choices[0].message.content
         children = _children(process.pid)
         assert len(children) >= 3  # Redis, the simulators, the billing worker
     finally:

@@ -13,8 +13,10 @@ from fastapi import APIRouter, Depends, Request
 
 from billing.api import router as billing_admin
 from gateway.auth import is_admin
-from gateway.errors import AuthenticationFailed
+from gateway.catalog import CatalogError
+from gateway.errors import AuthenticationFailed, BadRequest
 from gateway.state import GatewayState
+from gateway.tokenizers import TokenizerError
 
 
 def gateway_state(request: Request) -> GatewayState:
@@ -26,9 +28,11 @@ StateDep = Annotated[GatewayState, Depends(gateway_state)]
 
 
 def require_admin(request: Request, state: StateDep) -> None:
-    token = request.headers.get("authorization", "").partition(" ")[2].strip()
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        token = ""
     admin_key = state.settings.admin_key
-    if not is_admin(token, admin_key.get_secret_value() if admin_key else None):
+    if not is_admin(token.strip(), admin_key.get_secret_value() if admin_key else None):
         raise AuthenticationFailed("admin credential required", code="invalid_admin_key")
 
 
@@ -40,5 +44,10 @@ router.include_router(billing_admin)  # accounts, keys, packages, purchases, usa
 
 @router.post("/config/reload")
 async def reload_config(state: StateDep) -> dict[str, Any]:
-    catalog = state.reload_catalog()
+    """Swap in models.yaml as it is now; a bad file is refused (400) and the old one kept."""
+    try:
+        catalog = state.reload_catalog()
+    except (CatalogError, TokenizerError, OSError) as exc:
+        raise BadRequest(f"models.yaml not reloaded, the running catalog is kept: {exc}",
+                         code="invalid_config") from None
     return {"models": sorted(catalog.models), "clusters": list(catalog.clusters)}

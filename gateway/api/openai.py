@@ -11,7 +11,7 @@ import re
 import secrets
 import time
 
-from gateway.asgi import ClientGone, Receive, Scope, Send, header, read_body, send_error, send_json
+from gateway.asgi import ClientGone, Message, Receive, Scope, Send, header, read_body, send_error, send_json
 from gateway.auth import bearer_token
 from gateway.errors import BadRequest, GatewayError, NotFound
 from gateway.openai_request import Kind, parse_request
@@ -28,12 +28,32 @@ ROUTES: dict[str, Kind] = {
 }
 
 
-def request_id_of(scope: Scope) -> str:
-    """The client's x-request-id when it is sane, else a fresh one."""
-    given = header(scope, b"x-request-id")
-    if given and len(given) <= 128 and _REQUEST_ID_OK.fullmatch(given):
-        return given.decode()
+def new_request_id() -> str:
+    """The id of one request: its x-request-id, its reservation and its usage record."""
     return "req_" + secrets.token_hex(12)
+
+
+def client_request_id(scope: Scope) -> bytes | None:
+    """The client's own id for its request, if sane (``x-client-request-id``, as OpenAI
+    takes it, or ``x-request-id``). It is echoed back as ``x-client-request-id`` and never
+    becomes the request's id: a billing id the client could choose could be reused, which
+    would let one request ride on another's reservation or knock out its usage record."""
+    for name in (b"x-client-request-id", b"x-request-id"):
+        given = header(scope, name)
+        if given and len(given) <= 128 and _REQUEST_ID_OK.fullmatch(given):
+            return given
+    return None
+
+
+def echo_client_request_id(send: Send, client_id: bytes) -> Send:
+    """``send`` that adds ``x-client-request-id`` to the response headers."""
+
+    async def send_with_client_id(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", []), (b"x-client-request-id", client_id)]
+        await send(message)
+
+    return send_with_client_id
 
 
 class OpenAIHandler:
@@ -41,7 +61,7 @@ class OpenAIHandler:
         self.pipeline = pipeline
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request_id = request_id_of(scope)
+        request_id = new_request_id()
         path = scope["path"].rstrip("/")
         started = time.perf_counter()
         route = path.removeprefix("/v1/")
@@ -71,7 +91,7 @@ class OpenAIHandler:
             metrics.overhead.labels(route).observe(max(0.0, elapsed - waited[0]))
 
     async def list_models(self, scope: Scope, send: Send, request_id: str) -> None:
-        await self.pipeline.auth.authenticate(bearer_token(scope))
+        await self.pipeline.auth.authenticate_enabled(bearer_token(scope))
         catalog = self.pipeline.catalog
         data = [
             {"id": m.name, "object": "model", "created": 0, "owned_by": "tokengate",

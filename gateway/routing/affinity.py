@@ -2,9 +2,13 @@
 
 vLLM reuses its KV cache for a prompt prefix it has already computed, so a conversation
 (or a long shared system prompt) is cheapest on the endpoint that served it before. The
-affinity key hashes the first ``limit`` characters of the prompt (roles and text of the
-messages, or the completions prompt), read straight from the parsed body: no
-re-serialisation, no tokenizer. Prompts that agree on those characters agree on the key.
+affinity key hashes the first ``limit`` characters of the prompt's stable part, read
+straight from the parsed body (no re-serialisation, no tokenizer): for chat, the roles
+and text of the messages up to and including the first user message, which every later
+turn of the conversation repeats; for completions, the prompt. Prompts that agree on
+those characters agree on the key. A stable part shorter than ``min_chars`` has no key:
+it is too short for the prefix cache to matter, and such requests are better spread by
+load alone.
 
 Weighted rendezvous hashing (highest random weight) maps a key to one endpoint of the
 candidates left after filtering: when an endpoint leaves, only its keys move, and every
@@ -25,24 +29,28 @@ _GOLDEN = 0x9E3779B97F4A7C15
 _TO_UNIT = 1.0 / (1 << 52)  # the top 52 bits + 1/2 map into (0, 1) exactly
 
 
-def prefix_key(body: dict[str, Any], limit: int) -> int:
-    """A non-zero 64-bit key of the prompt's first ``limit`` characters; 0 when there is none."""
+def prefix_key(body: dict[str, Any], limit: int, min_chars: int = 0) -> int:
+    """A non-zero 64-bit key of the prompt's stable prefix; 0 when there is none."""
     if limit <= 0:
         return 0
     messages = body.get("messages")
     if isinstance(messages, list):
-        return _messages_key(messages, limit)
+        return _messages_key(messages, limit, min(min_chars, limit))
     prompt = body.get("prompt")
     if isinstance(prompt, list) and prompt:
         prompt = prompt[0] if not isinstance(prompt[0], int) else prompt
     if isinstance(prompt, str):
-        return _mix(zlib.crc32(prompt[:limit].encode()) + 1) if prompt else 0
+        if not prompt or len(prompt) < min(min_chars, limit):
+            return 0
+        return _mix(zlib.crc32(prompt[:limit].encode()) + 1)
     if isinstance(prompt, list):  # token ids: a few characters each
+        if len(prompt) * 4 < min(min_chars, limit):
+            return 0
         return _mix(zlib.crc32(repr(prompt[: limit // 4]).encode()) + 1)
     return 0
 
 
-def _messages_key(messages: list[Any], limit: int) -> int:
+def _messages_key(messages: list[Any], limit: int, min_chars: int) -> int:
     crc = 0
     left = limit
     for message in messages:
@@ -61,7 +69,10 @@ def _messages_key(messages: list[Any], limit: int) -> int:
                 if isinstance(text, str) and left > 0:
                     crc = zlib.crc32(text[:left].encode(), crc)
                     left -= len(text)
-    return _mix(crc + 1) if left < limit else 0
+        if role == "user":
+            break  # what follows changes from turn to turn of the conversation
+    used = limit - max(left, 0)
+    return _mix(crc + 1) if used > 0 and used >= min_chars else 0
 
 
 def _mix(x: int) -> int:

@@ -55,8 +55,13 @@ class RoutingConfig(BaseModel):
     inflight_scale: float = Field(default=16.0, gt=0)
     queue_scale: float = Field(default=2.0, gt=0)
 
-    # Prefix affinity: characters of the prompt that make the affinity key (0 = off).
+    # Prefix affinity: characters of the prompt that make the affinity key (0 = off); a
+    # prompt whose stable prefix is shorter than affinity_min_chars has no key (too short
+    # for vLLM's prefix cache to matter); a target holding more than affinity_load_factor
+    # times its share of the requests in flight (+1) is passed over.
     affinity_chars: int = Field(default=512, ge=0, le=1_000_000)
+    affinity_min_chars: int = Field(default=256, ge=0, le=1_000_000)
+    affinity_load_factor: float = Field(default=2.0, ge=1.0, le=100.0)
 
     filters: tuple[FilterName, ...] = DEFAULT_FILTERS
     scorers: dict[ScorerName, float] = Field(default_factory=lambda: dict(DEFAULT_SCORERS))

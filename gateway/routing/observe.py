@@ -100,12 +100,14 @@ class RoutingCollector(Collector):
                                     "Scraped vllm:kv_cache_usage_perc (fresh scrapes only).", labels=labels),
         }
         clusters: dict[str, list[int]] = {}
-        for state in router.states.values():
+        draining = router.registry.draining  # removed by a reload, still finishing streams
+        for state in [*router.states.values(), *draining.values()]:
             ep = state.endpoint
             values = [ep.cluster, ep.url]
-            up = health.available(state, now)
+            listed = draining.get(ep.url) is not state
+            up = listed and health.available(state, now)
             totals = clusters.setdefault(ep.cluster, [0, 0, 0])
-            totals[0] += 1
+            totals[0] += listed
             totals[1] += up
             totals[2] += state.in_flight
             families["up"].add_metric(values, float(up))

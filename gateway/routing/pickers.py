@@ -6,6 +6,11 @@ scored. It costs two score evaluations whatever the number of endpoints and, unl
 last scrape. With a prefix key, the first of the two is the key's rendezvous target, so
 a prefix sticks to its endpoint until another one scores better by more than the
 affinity weight. ``best`` scores every candidate (small pools, or tests).
+
+Affinity has a bounded load (as in consistent hashing with bounded loads): a target that
+holds more than ``affinity_load_factor`` times its share of the gateway's requests in
+flight (plus one) loses its affinity for this pick, so a prefix never piles onto an
+endpoint that answers slowly, whether or not that shows as a vLLM queue.
 """
 
 from __future__ import annotations
@@ -45,19 +50,32 @@ def weighted_choice(pool: Pool, skip: EndpointState | None, random: Random,
     return chosen
 
 
+def affine_target(pool: Pool, ctx: PickContext, load_factor: float) -> EndpointState | None:
+    """The key's rendezvous target, unless it is over its bounded load (then None)."""
+    target = rendezvous(pool, ctx.affinity, ctx.route.uniform)
+    in_flight = weight = 0
+    for state in pool:
+        in_flight += state.in_flight
+        weight += state.endpoint.weight
+    share = in_flight * target.endpoint.weight / weight
+    return target if target.in_flight <= load_factor * share + 1 else None
+
+
 class PowerOfTwo:
     name = "p2c"
 
-    def __init__(self, random: Random) -> None:
+    def __init__(self, random: Random, load_factor: float) -> None:
         self.random = random
+        self.load_factor = load_factor
 
     def __call__(self, pool: Pool, ctx: PickContext, score: ScoreFn) -> EndpointState:
         if len(pool) == 1:
             ctx.affine = pool[0] if ctx.affinity else None
             return pool[0]
         uniform = ctx.route.uniform
-        if ctx.affinity:
-            first = ctx.affine = rendezvous(pool, ctx.affinity, uniform)
+        target = affine_target(pool, ctx, self.load_factor) if ctx.affinity else None
+        if target is not None:
+            first = ctx.affine = target
         else:
             first = weighted_choice(pool, None, self.random, uniform)
         second = weighted_choice(pool, first, self.random, uniform)
@@ -67,12 +85,13 @@ class PowerOfTwo:
 class Best:
     name = "best"
 
-    def __init__(self, random: Random) -> None:
+    def __init__(self, random: Random, load_factor: float) -> None:
         self.random = random
+        self.load_factor = load_factor
 
     def __call__(self, pool: Pool, ctx: PickContext, score: ScoreFn) -> EndpointState:
         if ctx.affinity:
-            ctx.affine = rendezvous(pool, ctx.affinity, ctx.route.uniform)
+            ctx.affine = affine_target(pool, ctx, self.load_factor)
         start = int(self.random() * len(pool))  # ties go to a random one
         best, best_score = pool[start], -1.0
         for i in range(len(pool)):
@@ -84,8 +103,9 @@ class Best:
 
 
 def build_picker(config: RoutingConfig, random: Random) -> Picker:
-    return PowerOfTwo(random) if config.picker == "p2c" else Best(random)
+    kind = PowerOfTwo if config.picker == "p2c" else Best
+    return kind(random, config.affinity_load_factor)
 
 
 if TYPE_CHECKING:  # each picker fits the interface
-    _checks: tuple[Picker, ...] = (PowerOfTwo(lambda: 0.5), Best(lambda: 0.5))
+    _checks: tuple[Picker, ...] = (PowerOfTwo(lambda: 0.5, 1.25), Best(lambda: 0.5, 1.25))

@@ -66,7 +66,7 @@ class Router:
     # --- the hot path -----------------------------------------------------------------
 
     def affinity_key(self, body: dict[str, Any]) -> int:
-        return prefix_key(body, self.config.affinity_chars)
+        return prefix_key(body, self.config.affinity_chars, self.config.affinity_min_chars)
 
     def pick(self, model: Model, affinity: int = 0, tried: Sequence[Endpoint] = ()) -> Endpoint:
         """The endpoint for the next attempt; NoHealthyEndpoint when none is left to try."""

@@ -71,7 +71,13 @@ def test_accounts_keys_and_their_contract(gateway: Gateway) -> None:
         made = admin.post("/admin/accounts", json={"name": "Acme"})
         assert made.status_code == 201 and set(made.json()) == {"id", "name", "created_at"}
         account = made.json()["id"]
-        assert admin.post("/admin/accounts", json={"name": "x", "plan": "gold"}).status_code == 422
+        refused = admin.post("/admin/accounts", json={"name": "x", "plan": "gold"})
+        assert refused.status_code == 422  # in OpenAI's error shape, naming the field
+        error = refused.json()["error"]
+        assert error["type"] == "invalid_request_error" and error["param"] == "plan"
+        unknown_route = admin.get("/admin/nothing-here")
+        assert unknown_route.status_code == 404
+        assert "Unknown route" in unknown_route.json()["error"]["message"]
         assert admin.get("/admin/accounts/acct_nope").status_code == 404
         assert admin.post("/admin/accounts/acct_nope/keys", json={"name": "k"}).status_code == 404
         key = admin.post(
@@ -92,6 +98,18 @@ def test_accounts_keys_and_their_contract(gateway: Gateway) -> None:
     assert gateway.chat(key["key"]).status_code == 401  # revoked: at once
     with httpx.Client(base_url=gateway.base) as anonymous:
         assert anonymous.post("/admin/accounts", json={"name": "x"}).status_code == 401
+        basic = {"Authorization": f"Basic {ADMIN_KEY}"}  # the admin key, but not as a bearer token
+        assert anonymous.post("/admin/accounts", json={"name": "x"}, headers=basic).status_code == 401
+
+
+def test_a_disabled_key_lists_no_models(gateway: Gateway) -> None:
+    c = customer(gateway)
+    with gateway.client(c["key"]["key"]) as client:
+        assert client.get("/v1/models").status_code == 200
+        with gateway.admin() as admin:
+            admin.patch(f"/admin/keys/{c['key']['id']}", json={"disabled": True}).raise_for_status()
+        refused = client.get("/v1/models")
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
 
 
 def test_packages_and_purchases(gateway: Gateway) -> None:
@@ -166,11 +184,14 @@ def test_usage_pages_groups_and_export(gateway: Gateway) -> None:
         future = admin.get(f"/admin/accounts/{account}/usage", params={"from": "2999-01-01"})
         assert future.json()["data"] == []
         assert admin.get(f"/admin/accounts/{account}/usage", params={"group_by": "week"}).status_code == 400
+        twice = admin.get(f"/admin/accounts/{account}/usage", params={"group_by": "model,model"})
+        assert twice.status_code == 200 and twice.json()["data"][0]["requests"] == 5
         export = admin.get("/admin/usage/export", params={"format": "csv", "account_id": account})
     assert export.headers["content-type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(export.text)))
     assert [r["request_id"] for r in rows] == ids[::-1]
     assert {r["account_id"] for r in rows} == {account} and int(rows[0]["charge"]) == records[0]["charge"]
+    assert {r["stream"] for r in rows} == {"false"}  # as the JSON says it, not Python's False
 
 
 def test_a_key_sees_its_own_account_only(gateway: Gateway) -> None:

@@ -59,6 +59,26 @@ PRICES = {HF_MODEL: (1, 2), TIKTOKEN_MODEL: (1, 1)}  # (input, output) credits p
 # What the session measured, printed at its end (pytest_terminal_summary).
 TIMINGS: dict[str, float] = {}
 
+# The tests label each request with their own id, sent as x-client-request-id; the gateway
+# answers with its own x-request-id (the id of the usage record). Every response through the
+# gateway is remembered here, so a test can find its request's usage by its own label.
+GATEWAY_IDS: dict[str, str] = {}
+
+
+def remember(response: httpx.Response) -> None:
+    """Map the response's x-client-request-id to the gateway's x-request-id."""
+    label = response.headers.get("x-client-request-id")
+    if label:
+        GATEWAY_IDS[label] = response.headers["x-request-id"]
+
+
+def gateway_id(label: str) -> str:
+    """The gateway's request id of the request the test labelled ``label``."""
+    try:
+        return GATEWAY_IDS[label]
+    except KeyError:
+        raise AssertionError(f"no response through the gateway carried the label {label!r}") from None
+
 
 # --- vLLM ---------------------------------------------------------------------------------
 
@@ -244,7 +264,8 @@ class Gateway:
 
     def client(self, key: str) -> openai.OpenAI:
         """The official client through the gateway (no retries); closed at the end."""
-        client = openai.OpenAI(base_url=self.v1, api_key=key, max_retries=0, timeout=120)
+        http = httpx.Client(timeout=120, event_hooks={"response": [remember]})
+        client = openai.OpenAI(base_url=self.v1, api_key=key, max_retries=0, timeout=120, http_client=http)
         self.clients.append(client)
         return client
 
@@ -345,16 +366,18 @@ class UsageStreams:
         finally:
             client.close()
 
-    def wait(self, request_ids: Iterable[str], timeout: float = 30) -> dict[str, UsageEvent]:
-        """The events of these request ids, waiting for settlement (after the last byte)."""
-        wanted = set(request_ids)
+    def wait(self, labels: Iterable[str], timeout: float = 30) -> dict[str, UsageEvent]:
+        """The events of the requests these labels name (see ``gateway_id``), by label,
+        waiting for settlement (after the last byte)."""
+        wanted = {label: gateway_id(label) for label in labels}
         deadline = time.monotonic() + timeout
         while True:
             events = self.all()
-            if wanted <= events.keys():
-                return {rid: events[rid] for rid in wanted}
+            if set(wanted.values()) <= events.keys():
+                return {label: events[rid] for label, rid in wanted.items()}
             if time.monotonic() > deadline:
-                raise AssertionError(f"no usage event for {sorted(wanted - events.keys())}")
+                missing = sorted(label for label, rid in wanted.items() if rid not in events)
+                raise AssertionError(f"no usage event for {missing}")
             time.sleep(0.05)
 
     def one(self, request_id: str, timeout: float = 30) -> UsageEvent:
@@ -372,24 +395,26 @@ class Ledger:
             db.row_factory = sqlite3.Row
             return db.execute(sql, args).fetchall()
 
-    def records(self, request_ids: Iterable[str], timeout: float = 60) -> dict[str, sqlite3.Row]:
-        """The usage records of these request ids, waiting for the worker to write them."""
-        wanted = sorted(set(request_ids))
-        marks = ",".join("?" * len(wanted))
+    def records(self, labels: Iterable[str], timeout: float = 60) -> dict[str, sqlite3.Row]:
+        """The usage records of the requests these labels name, by label, waiting for the
+        worker to write them."""
+        wanted = {label: gateway_id(label) for label in labels}
+        ids = sorted(set(wanted.values()))
+        marks = ",".join("?" * len(ids))
         deadline = time.monotonic() + timeout
         while True:
-            rows = self._query(f"SELECT * FROM usage_records WHERE request_id IN ({marks})", wanted)
+            rows = self._query(f"SELECT * FROM usage_records WHERE request_id IN ({marks})", ids)
             found = {row["request_id"]: row for row in rows}
-            if len(found) == len(wanted):
-                return found
+            if len(found) == len(ids):
+                return {label: found[rid] for label, rid in wanted.items()}
             if time.monotonic() > deadline:
-                missing = sorted(set(wanted) - found.keys())
+                missing = sorted(label for label, rid in wanted.items() if rid not in found)
                 raise AssertionError(f"no usage record in the ledger for {missing}")
             time.sleep(0.1)
 
-    def usage_debits(self, request_ids: Iterable[str]) -> int:
-        """What the ledger's usage legs charged for these requests, in credits."""
-        entries = [f"usage:{rid}" for rid in sorted(set(request_ids))]
+    def usage_debits(self, labels: Iterable[str]) -> int:
+        """What the ledger's usage legs charged for the labelled requests, in credits."""
+        entries = [f"usage:{gateway_id(label)}" for label in sorted(set(labels))]
         marks = ",".join("?" * len(entries))
         rows = self._query(
             f"SELECT COALESCE(SUM(amount), 0) AS total FROM ledger_legs "

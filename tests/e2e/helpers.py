@@ -11,22 +11,17 @@ from typing import Any
 import httpx
 
 from gateway.usage import UsageEvent
-from tests.e2e.conftest import PRICES, Gateway, VLLMServer
+from tests.e2e.conftest import PRICES, Gateway, VLLMServer, remember
 
 IGNORE_EOS = {"ignore_eos": True}  # vLLM's own parameter: exactly max_tokens tokens
 
-# Once a race (test_vllm.py::test_complete_stream_is_settled_ok): a stream the openai client read
-# to [DONE] could settle as client_gone. The relay now ends at [DONE]; True would tolerate it.
-TOLERATE_DONE_RACE = False
-
-
 def rid(label: str) -> str:
-    """A fresh request id (sent as x-request-id, so the usage event can be found)."""
+    """A fresh label for a request (sent as x-client-request-id: see conftest.gateway_id)."""
     return f"e2e-{label}-{uuid.uuid4().hex[:12]}"
 
 
-def headers(request_id: str) -> dict[str, str]:
-    return {"x-request-id": request_id}
+def headers(label: str) -> dict[str, str]:
+    return {"x-client-request-id": label}
 
 
 def charge(model: str, prompt_tokens: int, completion_tokens: int) -> int:
@@ -54,8 +49,6 @@ def assert_billed(
     counted_by: str = "upstream",
 ) -> None:
     assert event.model == model
-    if TOLERATE_DONE_RACE and stream and status == "ok" and event.status == "client_gone":
-        status, counted_by = "client_gone", "gateway"
     assert (event.status, event.counted_by, event.stream) == (status, counted_by, stream), event
     assert (event.prompt_tokens, event.completion_tokens) == (prompt_tokens, completion_tokens), event
     assert event.charge == charge(model, prompt_tokens, completion_tokens), event
@@ -79,6 +72,7 @@ def post_sse(gateway: Gateway, key: str, path: str, body: dict[str, Any], reques
         "POST", gateway.v1 + path, json=body, timeout=120,
         headers={"Authorization": f"Bearer {key}", **headers(request_id)},
     ) as response:
+        remember(response)
         raw = response.read()
         assert response.status_code == 200, raw
         assert response.headers["content-type"].startswith("text/event-stream")

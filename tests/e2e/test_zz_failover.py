@@ -14,7 +14,15 @@ import httpx
 import openai
 import pytest
 
-from tests.e2e.conftest import ADMIN_KEY, HF_MODEL, TIKTOKEN_MODEL, Gateway, UsageStreams, VLLMServer
+from tests.e2e.conftest import (
+    ADMIN_KEY,
+    HF_MODEL,
+    TIKTOKEN_MODEL,
+    Gateway,
+    UsageStreams,
+    VLLMServer,
+    remember,
+)
 from tests.e2e.helpers import IGNORE_EOS, assert_billed, charge, headers, rid, server_of
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -46,6 +54,7 @@ class Reader:
             with httpx.stream("POST", self.gateway.v1 + "/chat/completions", json=body, timeout=120,
                               headers={"Authorization": f"Bearer {self.key}", **headers(self.request_id)},
                               ) as response:
+                remember(response)
                 if response.status_code != 200:
                     raise AssertionError(f"{response.status_code}: {response.read()!r}")
                 for line in response.iter_lines():

@@ -94,11 +94,11 @@ def test_disconnect_is_billed_for_what_the_upstream_produced(gateway: Gateway, s
         sims.set_fault(i, mode="drip", drip_ms=60)
     aborted_before = sum(sims.stats(i)["aborted"] for i in (0, 1))
     _, key = gateway.new_account()
-    request_id = "disconnect-test-1"
     with httpx.stream("POST", gateway.v1 + "/chat/completions", timeout=20,
-                      headers={"Authorization": f"Bearer {key}", "x-request-id": request_id},
+                      headers={"Authorization": f"Bearer {key}"},
                       json={"model": CHAT_MODEL, "messages": MESSAGES, "max_tokens": 200,
                             "stream": True}) as response:
+        request_id = response.headers["x-request-id"]
         content_chunks = 0
         for line in response.iter_lines():
             if '"content":"' in line and '"content":""' not in line:
@@ -120,11 +120,11 @@ def test_upstream_reset_is_billed_what_was_delivered(gateway: Gateway, sims: Sim
         sims.set_fault(i, mode="reset_after", after_tokens=7)
     _, key = gateway.new_account()
     response = httpx.post(gateway.v1 + "/chat/completions", timeout=20,
-                          headers={"Authorization": f"Bearer {key}", "x-request-id": "reset-test-1"},
+                          headers={"Authorization": f"Bearer {key}"},
                           json={"model": CHAT_MODEL, "messages": MESSAGES, "max_tokens": 50,
                                 "stream": True})
     assert response.text.rstrip().endswith("data: [DONE]")
-    event = wait_for_event(gateway.redis_url, "reset-test-1")
+    event = wait_for_event(gateway.redis_url, response.headers["x-request-id"])
     assert event.status == "partial" and event.counted_by == "gateway"
     assert 6 <= event.completion_tokens <= 8
     assert event.prompt_tokens > 0
@@ -134,10 +134,9 @@ def test_error_before_first_byte_releases_the_reservation(gateway: Gateway, sims
     for i in (0, 1):
         sims.set_fault(i, mode="error_before", status=503)
     account, key = gateway.new_account(credits=1000)
-    with pytest.raises(openai.InternalServerError):
-        client(gateway.v1, key).chat.completions.create(
-            model=CHAT_MODEL, messages=MESSAGES, max_tokens=5, extra_headers={"x-request-id": "err-1"})
-    event = wait_for_event(gateway.redis_url, "err-1")
+    with pytest.raises(openai.InternalServerError) as caught:
+        client(gateway.v1, key).chat.completions.create(model=CHAT_MODEL, messages=MESSAGES, max_tokens=5)
+    event = wait_for_event(gateway.redis_url, caught.value.response.headers["x-request-id"])
     assert (event.status, event.charge) == ("upstream_error", 0)
     assert gateway.balance(account) == {"purchased": 1000, "reserved": 0, "spent": 0, "expired": 0,
                                         "available": 1000}
@@ -235,8 +234,11 @@ def test_streams_read_to_done_settle_ok_with_upstream_usage(gateway: Gateway) ->
     disconnect: settled ok with the upstream's own usage."""
     _, key = gateway.new_account()
     c = client(gateway.v1, key)
-    for i in range(20):
-        list(c.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES, max_tokens=4,
-                                       stream=True, extra_headers={"x-request-id": f"done-{i}"}))
-    events = [wait_for_event(gateway.redis_url, f"done-{i}") for i in range(20)]
+    ids = []
+    for _ in range(20):
+        raw = c.chat.completions.with_raw_response.create(model=CHAT_MODEL, messages=MESSAGES,
+                                                          max_tokens=4, stream=True)
+        list(raw.parse())
+        ids.append(raw.headers["x-request-id"])
+    events = [wait_for_event(gateway.redis_url, request_id) for request_id in ids]
     assert {(e.status, e.counted_by) for e in events} == {("ok", "upstream")}

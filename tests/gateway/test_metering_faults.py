@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import threading
@@ -44,7 +45,7 @@ def test_dead_gateways_stream_expires_and_is_billed_its_checkpoint(
         port = int(doomed.base.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-                         b"x-request-id: doomed-1\r\nContent-Type: application/json\r\n"
+                         b"Content-Type: application/json\r\n"
                          + f"Authorization: Bearer {key}\r\nContent-Length: {len(payload)}\r\n\r\n"
                          .encode() + payload)
             received = b""
@@ -54,7 +55,9 @@ def test_dead_gateways_stream_expires_and_is_billed_its_checkpoint(
             os.kill(doomed.process.pid, signal.SIGKILL)
         delivered = received.count(b'"content":"') - received.count(b'"content":""')
         assert delivered >= 5
-        event = wait_for_event(gateway.redis_url, "doomed-1", timeout=15)
+        request_id = re.search(rb"x-request-id: (\S+)\r\n", received, re.IGNORECASE)
+        assert request_id is not None, received[:500]
+        event = wait_for_event(gateway.redis_url, request_id.group(1).decode(), timeout=15)
         assert (event.status, event.counted_by) == ("expired", "gateway")
         assert 0 < event.completion_tokens <= delivered
         assert event.charge > 0
@@ -108,9 +111,10 @@ def test_settlement_waits_for_redis_and_loses_nothing(gateway: Gateway, sims: Si
 
             def stream() -> None:
                 c = openai_client(gw.v1, key, timeout=30)
-                chunks = list(c.chat.completions.create(
-                    model=CHAT_MODEL, messages=MESSAGES, max_tokens=20, stream=True,
-                    extra_headers={"x-request-id": "redis-died-1"}))
+                raw = c.chat.completions.with_raw_response.create(
+                    model=CHAT_MODEL, messages=MESSAGES, max_tokens=20, stream=True)
+                result["id"] = raw.headers["x-request-id"]
+                chunks = list(raw.parse())
                 result["text"] = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
 
             thread = threading.Thread(target=stream)
@@ -120,7 +124,7 @@ def test_settlement_waits_for_redis_and_loses_nothing(gateway: Gateway, sims: Si
             thread.join(30)
             assert len(result.get("text", "")) > 20  # the whole answer reached the client
             durable.restart()
-            event = wait_for_event(durable.url, "redis-died-1", timeout=15)
+            event = wait_for_event(durable.url, result["id"], timeout=15)
             assert (event.status, event.counted_by) == ("ok", "upstream")
             assert event.completion_tokens >= 16
             balance = gw.balance(account)

@@ -61,21 +61,40 @@ def test_completions_streamed_and_not(gateway: Gateway, api_key: str) -> None:
     assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == whole.choices[0].text
 
 
+def test_completions_stop_at_16_tokens_without_max_tokens(gateway: Gateway, api_key: str) -> None:
+    """OpenAI's and vLLM's default for the legacy completions API; chat has none."""
+    c = client(gateway, api_key)
+    whole = c.completions.create(model=CHAT_MODEL, prompt="Tell me a long story about the sea.")
+    assert whole.usage is not None and whole.usage.completion_tokens == 16
+    assert whole.choices[0].finish_reason == "length"
+    chat = c.chat.completions.create(model=CHAT_MODEL, messages=[
+        {"role": "user", "content": "Tell me a long story about the sea."}])
+    assert chat.usage is not None and chat.usage.completion_tokens > 16
+
+
 def test_embeddings(gateway: Gateway, api_key: str) -> None:
     result = client(gateway, api_key).embeddings.create(model=EMBED_MODEL, input=["a", "b c"])
     assert len(result.data) == 2 and len(result.data[0].embedding) > 0
     assert result.usage.prompt_tokens > 0
 
 
-def test_request_id_echoed_or_generated(gateway: Gateway, api_key: str) -> None:
+def test_request_id_is_the_gateways_and_the_clients_is_echoed(gateway: Gateway, api_key: str) -> None:
+    """x-request-id is always the gateway's own (the id of the usage record): a client's id
+    could be reused to ride on another request's reservation. The client's id comes back
+    as x-client-request-id, as OpenAI does."""
     c = client(gateway, api_key)
     raw = c.chat.completions.with_raw_response.create(
         model=CHAT_MODEL, messages=MESSAGES, max_tokens=5, extra_headers={"x-request-id": "abc-123"})
-    assert raw.headers["x-request-id"] == "abc-123"
-    raw = c.models.with_raw_response.list()
     assert raw.headers["x-request-id"].startswith("req_")
+    assert raw.headers["x-client-request-id"] == "abc-123"
+    again = c.chat.completions.with_raw_response.create(
+        model=CHAT_MODEL, messages=MESSAGES, max_tokens=5, extra_headers={"x-client-request-id": "abc-123"})
+    assert again.headers["x-client-request-id"] == "abc-123"
+    assert again.headers["x-request-id"] not in ("abc-123", raw.headers["x-request-id"])
+    raw = c.models.with_raw_response.list()
+    assert raw.headers["x-request-id"].startswith("req_") and "x-client-request-id" not in raw.headers
     me = httpx.get(gateway.v1 + "/me", headers={"Authorization": f"Bearer {api_key}", "x-request-id": "me-1"})
-    assert me.headers["x-request-id"] == "me-1"
+    assert me.headers["x-request-id"].startswith("req_") and me.headers["x-client-request-id"] == "me-1"
     assert httpx.get(gateway.base + "/healthz").headers["x-request-id"]
 
 

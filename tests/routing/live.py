@@ -160,9 +160,10 @@ def usage_records(request_ids: set[str], timeout: float = 10) -> dict[str, dict[
 
 @dataclass
 class Result:
-    request_id: str
+    tag: str  # the client's label of the request (unique within the test run)
     started: float  # seconds since the load began
     stream: bool
+    request_id: str = ""  # the gateway's x-request-id, once it answered
     ok: bool = False
     error: str = ""
     chunks: int = 0  # content chunks a stream delivered
@@ -171,7 +172,7 @@ class Result:
 _ids = itertools.count()
 
 
-def new_request_id(tag: str) -> str:
+def new_tag(tag: str) -> str:
     return f"rt-{tag}-{os.getpid()}-{next(_ids)}"
 
 
@@ -180,15 +181,16 @@ Request = Callable[[openai.AsyncOpenAI, Result], Awaitable[None]]
 
 async def chat(client: openai.AsyncOpenAI, result: Result, messages: list[dict[str, str]],
                max_tokens: int = 8) -> None:
-    headers = {"x-request-id": result.request_id}
+    create = client.chat.completions.with_raw_response.create
     if not result.stream:
-        reply = await client.chat.completions.create(model=MODEL, messages=messages,  # type: ignore[arg-type]
-                                                     max_tokens=max_tokens, extra_headers=headers)
-        result.ok = bool(reply.choices)
+        raw = await create(model=MODEL, messages=messages, max_tokens=max_tokens)  # type: ignore[arg-type]
+        result.request_id = raw.headers["x-request-id"]
+        result.ok = bool(raw.parse().choices)
         return
-    stream = await client.chat.completions.create(model=MODEL, messages=messages,  # type: ignore[arg-type]
-                                                  max_tokens=max_tokens, stream=True,
-                                                  extra_headers=headers)
+    raw_stream = await create(model=MODEL, messages=messages,  # type: ignore[arg-type]
+                              max_tokens=max_tokens, stream=True)
+    result.request_id = raw_stream.headers["x-request-id"]
+    stream = raw_stream.parse()
     async for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
             result.chunks += 1
@@ -211,12 +213,14 @@ async def run_load(gateway: Gateway, key: str, concurrency: int, request: Reques
     async def worker(client: openai.AsyncOpenAI) -> None:
         while not done.is_set():
             stream = bool(stream_every and next(counter) % stream_every == 0)
-            result = Result(new_request_id(tag), loop.time() - t0, stream)
+            result = Result(new_tag(tag), loop.time() - t0, stream)
             results.append(result)
             try:
                 await request(client, result)
             except openai.APIError as exc:
                 result.error = f"{exc.__class__.__name__}: {exc}"
+                if isinstance(exc, openai.APIStatusError):
+                    result.request_id = exc.response.headers.get("x-request-id", "")
 
     async def controller() -> None:
         try:

@@ -23,6 +23,9 @@ def chat(*contents: str, roles: tuple[str, ...] = ("system", "user", "assistant"
         (chat(SYSTEM, "question one"), chat(SYSTEM, "another question"), True),  # shared long prefix
         (chat("short", "question one"), chat("short", "another question"), False),
         (chat(SYSTEM, "q"), chat(SYSTEM, "q", "answer", "follow-up"), True),  # a conversation grows
+        (chat("Be brief.", "x" * 300), chat("Be brief.", "x" * 300, "answer", "and then?"), True),
+        (chat("Be brief.", "x" * 300, "answer", "more"), chat("Be brief.", "x" * 300, "other", "more"),
+         True),  # later turns never change the key: every turn goes where the first went
         (chat("x" * 600), chat("x" * 600, roles=("user",)), False),  # the role counts
         (chat(SYSTEM), {"messages": [{"role": "system", "content": [{"type": "text", "text": SYSTEM}]}]},
          True),  # content parts read like a string
@@ -47,6 +50,23 @@ def test_prefix_key_equal_iff_the_first_characters_are(
 def test_no_prompt_no_key(body: dict[str, Any]) -> None:
     assert prefix_key(body, 512) == 0
     assert prefix_key(chat(SYSTEM), 0) == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [chat("Be brief.", "What is 2+2?"), {"prompt": "Once upon a time"}, {"prompt": list(range(20))},
+     chat("Be brief.", "hi", "x" * 1000, "y" * 1000)],  # the stable part is short
+)
+def test_short_prompts_have_no_key(body: dict[str, Any]) -> None:
+    """Below ``min_chars`` there is nothing worth caching: load alone spreads them."""
+    assert prefix_key(body, 512, min_chars=256) == 0
+    assert prefix_key(body, 512) != 0
+
+
+def test_long_prompts_keep_their_key_with_a_minimum() -> None:
+    assert prefix_key(chat(SYSTEM, "q"), 512, min_chars=256) == prefix_key(chat(SYSTEM, "q"), 512)
+    assert prefix_key({"prompt": "x" * 300}, 512, min_chars=256) != 0
+    assert prefix_key({"prompt": "x" * 100}, 64, min_chars=256) != 0  # min is capped by the limit
 
 
 def test_key_is_stable_across_processes() -> None:

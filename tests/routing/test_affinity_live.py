@@ -29,9 +29,9 @@ def test_shared_prefixes_stick_to_one_endpoint(setup: Setup) -> None:
     rng = random.Random(5)
 
     async def request(client: openai.AsyncOpenAI, result: Result) -> None:
-        prefix_of[result.request_id] = group = rng.randrange(len(PREFIXES))
+        prefix_of[result.tag] = group = rng.randrange(len(PREFIXES))
         messages = [{"role": "system", "content": PREFIXES[group]},
-                    {"role": "user", "content": f"Question {result.request_id}: where is file {group}?"}]
+                    {"role": "user", "content": f"Question {result.tag}: where is file {group}?"}]
         await chat(client, result, messages, max_tokens=8)
 
     async def until_enough(t0: float) -> None:
@@ -43,7 +43,7 @@ def test_shared_prefixes_stick_to_one_endpoint(setup: Setup) -> None:
     records = usage_records({r.request_id for r in results})
     by_prefix: dict[int, Counter[str]] = defaultdict(Counter)
     for result in results:
-        by_prefix[prefix_of[result.request_id]][records[result.request_id]["endpoint"]] += 1
+        by_prefix[prefix_of[result.tag]][records[result.request_id]["endpoint"]] += 1
     on_home = sum(counts.most_common(1)[0][1] for counts in by_prefix.values())
     homes = Counter(counts.most_common(1)[0][0] for counts in by_prefix.values())
     ratio = on_home / len(results)

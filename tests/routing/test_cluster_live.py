@@ -31,7 +31,7 @@ def setup(routing_redis: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 async def request(client: openai.AsyncOpenAI, result: Result) -> None:
-    await chat(client, result, [{"role": "user", "content": f"Hello {result.request_id}"}], max_tokens=8)
+    await chat(client, result, [{"role": "user", "content": f"Hello {result.tag}"}], max_tokens=8)
 
 
 def test_cluster_down_spills_over_and_preference_returns(setup: Setup) -> None:

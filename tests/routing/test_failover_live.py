@@ -37,7 +37,7 @@ def setup(routing_redis: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 async def request(client: openai.AsyncOpenAI, result: Result) -> None:
-    await chat(client, result, [{"role": "user", "content": f"Tell me a story ({result.request_id})."}],
+    await chat(client, result, [{"role": "user", "content": f"Tell me a story ({result.tag})."}],
                max_tokens=30)
 
 

@@ -94,6 +94,9 @@ def test_reload_keeps_streams_and_state(setup: Setup) -> None:
         assert client.post("/admin/config/reload").raise_for_status().json()["clusters"] == ["west", "south"]
     rows = endpoints(gateway)
     assert rows[sims[0].url]["state"] == "draining" and rows[sims[0].url]["in_flight"] == 1
+    text = httpx.get(gateway.base + "/metrics", timeout=5).text
+    assert f'tokengate_upstream_in_flight{{cluster="east",endpoint="{sims[0].url}"}} 1.0' in text
+    assert 'tokengate_cluster_in_flight{cluster="east"} 1.0' in text
     thread.join(20)
     assert "error" not in outcome and len(str(outcome["text"])) > 0  # the stream finished whole
     assert sims[0].url not in endpoints(gateway)  # drained, then gone
@@ -111,7 +114,17 @@ def test_reload_keeps_streams_and_state(setup: Setup) -> None:
     ask(gateway, key, "where now?")
     assert endpoints(gateway)[sims[1].url]["requests"] == west["requests"] + 1  # the new preference
 
-    # 3. A bad file on SIGHUP is refused; the gateway keeps serving the last good catalog.
+    # 3. A bad file is refused, by the API (400 naming the fault) and on SIGHUP (logged); the
+    # gateway keeps serving the last good catalog.
+    good = config.read_text(encoding="utf-8")
+    bad = good.replace("deployments: [east, west]", "deployments: [east, north]")
+    config.write_text(bad, encoding="utf-8")
+    with admin(gateway) as client:
+        refused = client.post("/admin/config/reload")
+    assert refused.status_code == 400, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "invalid_config" and "unknown cluster 'north'" in error["message"]
+    ask(gateway, key, "after the refused reload")
     config.write_text("clusters: [oops\n", encoding="utf-8")
     reload_by_signal(gateway)
     wait_for(lambda: "models.yaml not reloaded" in Path(gateway.log).read_text(), 5, "the refusal logged")

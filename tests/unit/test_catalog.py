@@ -46,6 +46,7 @@ def test_good_catalog_is_frozen_with_per_mille_prices() -> None:
         (("weight: 2", "weight: 2\n        colour: red"), ":6: clusters.0.endpoints.0.colour"),
         (("output: 2.25", "output: 2.2501"), ":14: models.0.price.output"),
         (("deployments: [a, b]", "deployments: [a, c]"), "unknown cluster 'c'"),
+        (("http://127.0.0.1:9002/", "http://127.0.0.1:9001"), "duplicate endpoint url 'http://127.0.0.1:9001'"),
         (("context_window: 4096", "context_window: lots"), ":13: models.0.context_window"),
         (("url: http://127.0.0.1:9001", "url: http://127.0.0.1:9001/v1"), ":4: clusters.0.endpoints.0.url"),
         (("    served_name: org/M\n", ""), None),
