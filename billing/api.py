@@ -25,7 +25,8 @@ Models = Field(default=None, min_length=1)
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: "rpm": "5" is refused, not read as 5 (a JSON client sending a string has a bug)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class NewAccount(_Body):

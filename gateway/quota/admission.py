@@ -179,6 +179,8 @@ def _rate_limited(which: str, reply: Reply) -> RateLimited:
         )
     else:
         message = f"rate limit reached for {which} per minute: limit {limit}"
-    message += f"; retry after {retry}s"
-    headers = {"Retry-After": str(retry), **RateInfo.from_reply(reply[5:]).headers()}
+    headers = RateInfo.from_reply(reply[5:]).headers()
+    if which != "tokens" or counted <= limit:
+        message += f"; retry after {retry}s"
+        headers["Retry-After"] = str(retry)  # none when waiting can never help
     return RateLimited(message, code="rate_limit_exceeded", headers=headers)

@@ -88,6 +88,7 @@ def test_accounts_keys_and_their_contract(gateway: Gateway) -> None:
         assert changed.status_code == 200 and "key" not in changed.json()
         assert (changed.json()["tpm"], changed.json()["rpm"]) == (5000, 100)
         assert admin.patch("/admin/keys/key_nope", json={"rpm": 1}).status_code == 404
+        assert admin.patch(f"/admin/keys/{key['id']}", json={"rpm": "5"}).status_code == 422  # no coercion
         view = admin.get(f"/admin/accounts/{account}").json()
         assert (
             view["balance"] == {"purchased": 0, "reserved": 0, "spent": 0, "expired": 0, "available": 0}
