@@ -11,7 +11,7 @@ insert skips an id already there, so a redelivered or duplicated event changes n
 ``grants.remaining`` moves in the same transaction; its CHECK refuses an overdraft.
 
 Which grants a charge draws from is decided by Redis at settlement (the soonest-expiring
-grants valid for the model, see gateway/quota/lua/admit_v2.lua) and carried by the event,
+grants valid for the model, see gateway/quota/lua/admit_v3.lua) and carried by the event,
 so the ledger and Redis always agree grant by grant.
 """
 

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.routing.config import RoutingConfig
+from gateway.tokenizers import TokenizerError, load_tokenizer
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$"
 
@@ -208,17 +209,23 @@ def build_catalog(spec: CatalogSpec, source: str = "", env: dict[str, str] | Non
                    routing=spec.routing)
 
 
-def load_catalog(path: str | Path, env: dict[str, str] | None = None) -> Catalog:
-    """Read, validate and freeze models.yaml; raise CatalogError naming field and line."""
+def load_catalog(path: str | Path, env: dict[str, str] | None = None, *,
+                 tokenizers: bool = False) -> Catalog:
+    """Read, validate and freeze models.yaml; raise CatalogError naming field and line.
+
+    ``tokenizers``: also load every model's tokenizer (once per process), so that a bad
+    one fails here, with its line, rather than at the first request or mid start-up.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise CatalogError(f"{path}: cannot read: {exc}") from exc
-    return parse_catalog(text, str(path), env)
+    return parse_catalog(text, str(path), env, tokenizers=tokenizers)
 
 
-def parse_catalog(text: str, source: str = "models.yaml", env: dict[str, str] | None = None) -> Catalog:
+def parse_catalog(text: str, source: str = "models.yaml", env: dict[str, str] | None = None, *,
+                  tokenizers: bool = False) -> Catalog:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -229,6 +236,15 @@ def parse_catalog(text: str, source: str = "models.yaml", env: dict[str, str] | 
         spec = CatalogSpec.model_validate(data if data is not None else {})
     except ValidationError as exc:
         raise CatalogError(_describe(exc, lines, source)) from None
+    if tokenizers:
+        for index, model in enumerate(spec.models):
+            try:
+                load_tokenizer(model.tokenizer)
+            except TokenizerError as exc:
+                line = lines.get(("models", index, "tokenizer"), lines.get(("models", index), 1))
+                raise CatalogError(
+                    f"invalid models.yaml:\n  {source}:{line}: models.{index}.tokenizer: {exc}"
+                ) from None
     return build_catalog(spec, source, env)
 
 

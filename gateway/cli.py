@@ -16,7 +16,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = args.config or Settings().config_path
     try:
-        load_catalog(config)  # fail fast, naming the field and line at fault
+        load_catalog(config, tokenizers=True)  # fail fast, naming the field and line at fault
     except CatalogError as exc:
         print(exc, file=sys.stderr)
         return 2

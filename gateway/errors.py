@@ -9,6 +9,7 @@ Domain code raises these; only the edge (``gateway.api``) turns them into respon
     ├── BalanceExhausted                 402 insufficient_quota
     ├── PermissionDenied                 403 permission_error       (model not allowed)
     ├── NotFound                         404 not_found_error        (unknown model, route)
+    ├── MethodNotAllowed                 405 invalid_request_error  (+ Allow)
     ├── RateLimited                      429 rate_limit_error       (+ Retry-After, x-ratelimit-*)
     ├── ServiceUnavailable               503 service_unavailable    (+ Retry-After)
     │   ├── QuotaUnavailable             Redis unreachable: fail closed, never serve unmetered
@@ -94,6 +95,14 @@ class PermissionDenied(GatewayError):
 class NotFound(GatewayError):
     status = 404
     error_type = "not_found_error"
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    error_type = "invalid_request_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, code="method_not_allowed", headers=headers)
 
 
 class RateLimited(GatewayError):

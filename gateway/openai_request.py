@@ -94,25 +94,36 @@ def _require_input(body: dict[str, Any], kind: Kind) -> None:
         if not all(isinstance(m, dict) for m in messages):
             raise BadRequest("each message must be an object", param="messages")
     elif kind == "completions":
-        if not isinstance(body.get("prompt"), str | list):
-            raise BadRequest("'prompt' must be a string or an array", param="prompt")
+        if not isinstance(body.get("prompt"), str | list) or body.get("prompt") == []:
+            raise BadRequest("'prompt' must be a string or a non-empty array", param="prompt")
     elif not isinstance(body.get("input"), str | list) or body.get("input") in ("", []):
         raise BadRequest("'input' must be a non-empty string or array", param="input")
 
 
-def count_prompt_tokens(request: OpenAIRequest, tokenizer: Tokenizer) -> tuple[int, int]:
-    """(content tokens, upper-bound estimate incl. template overhead) of the prompt."""
+@dataclass(frozen=True, slots=True)
+class PromptSize:
+    """Token counts of a request's prompt(s), by the model's tokenizer."""
+
+    longest: int  # content tokens of the longest prompt (what must fit the context window)
+    longest_estimate: int  # that prompt's upper bound, template overhead included
+    estimate: int  # upper bound of all prompts together (what the reservation charges)
+
+
+def count_prompt_tokens(request: OpenAIRequest, tokenizer: Tokenizer) -> PromptSize:
+    """The prompt sizes of a request; several completions prompts or embedding inputs are
+    separate sequences, each of which must fit the window, and all of which are billed."""
     body = request.body
     if request.kind == "chat":
         content = sum(_message_tokens(m, tokenizer) for m in body["messages"])
         for extra in ("tools", "functions", "response_format"):
             if body.get(extra):
                 content += len(tokenizer.encode(orjson.dumps(body[extra]).decode()))
-        overhead = PER_MESSAGE_OVERHEAD * len(body["messages"]) + PER_REQUEST_OVERHEAD
-        return content, content + overhead
+        estimate = content + PER_MESSAGE_OVERHEAD * len(body["messages"]) + PER_REQUEST_OVERHEAD
+        return PromptSize(content, estimate, estimate)
     key = "prompt" if request.kind == "completions" else "input"
-    tokens = sum(_prompt_tokens(p, tokenizer) for p in _prompts(body[key]))
-    return tokens, tokens + PER_REQUEST_OVERHEAD
+    sizes = [_prompt_tokens(p, tokenizer) for p in _prompts(body[key])]
+    longest = max(sizes)
+    return PromptSize(longest, longest + PER_REQUEST_OVERHEAD, sum(sizes) + PER_REQUEST_OVERHEAD)
 
 
 def prompt_count(request: OpenAIRequest) -> int:

@@ -33,7 +33,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.openai_request import OpenAIRequest, count_prompt_tokens, prompt_count
 from gateway.quota.store import Admission, QuotaStore
 from gateway.relay.http1 import UpstreamConnectError, UpstreamResponse
-from gateway.relay.meter import ModelRenamer, StreamMeter, Usage, usage_of_response
+from gateway.relay.meter import ModelRenamer, StreamMeter, Usage, openai_error, usage_of_response
 from gateway.relay.upstream import UpstreamClient
 from gateway.routing.router import Router
 from gateway.settings import Settings
@@ -90,21 +90,29 @@ class Pipeline:
 
     async def admit(self, key: KeyRef, request: OpenAIRequest, model: Model, request_id: str) -> Admission:
         tokenizer = load_tokenizer(model.tokenizer)
-        content, estimate = count_prompt_tokens(request, tokenizer)
+        size = count_prompt_tokens(request, tokenizer)
         choices = request.n * prompt_count(request)
+        window = model.context_window
         if request.kind == "embeddings":
+            if size.longest > window:
+                raise BadRequest(
+                    f"This model's maximum context length is {window} tokens. However, an input "
+                    f"has about {size.longest} tokens. Please shorten it.",
+                    param="input",
+                    code="context_length_exceeded",
+                )
             requested, ceiling = None, 0
         else:
-            room = model.context_window - content
+            room = window - size.longest
             if request.max_tokens is not None and request.max_tokens > room:
                 raise BadRequest(
-                    f"This model's maximum context length is {model.context_window} tokens. However, "
-                    f"you requested {request.max_tokens} completion tokens with about {content} "
+                    f"This model's maximum context length is {window} tokens. However, "
+                    f"you requested {request.max_tokens} completion tokens with about {size.longest} "
                     "in the prompt. Please reduce the prompt or max_tokens.",
                     param="max_tokens",
                     code="context_length_exceeded",
                 )
-            ceiling = max(1, model.context_window - estimate) * choices
+            ceiling = max(1, window - size.longest_estimate) * choices
             max_tokens = request.max_tokens
             if max_tokens is None and request.kind == "completions":
                 max_tokens = COMPLETIONS_DEFAULT_MAX_TOKENS
@@ -114,19 +122,20 @@ class Pipeline:
             account_id=key.account_id,
             key_id=key.key_id,
             model=model.name,
-            prompt_tokens=estimate,
+            prompt_tokens=size.estimate,
             max_tokens=requested,
             max_tokens_ceiling=ceiling,
             input_pm=model.input_pm,
             output_pm=model.output_pm,
             lease_ms=int(self.settings.lease_seconds * 1000),
+            choices=choices if request.kind != "embeddings" else 1,
         )
 
     def upstream_body(self, request: OpenAIRequest, model: Model, admission: Admission) -> bytes:
         body = request.body
         body["model"] = model.served_name
         if request.kind != "embeddings":
-            per_choice = max(1, admission.max_tokens // (request.n * prompt_count(request)))
+            per_choice = admission.max_tokens // (request.n * prompt_count(request))  # >= 1: admit_v3
             body.pop("max_completion_tokens", None)
             body["max_tokens"] = per_choice
         if request.stream:
@@ -223,11 +232,13 @@ class Pipeline:
             response.close()
             raise
         response.release()
+        if response.status >= 400:  # the upstream refused the request: relayed, free
+            await send_bytes(send, response.status, openai_error(response.status, body), request_id,
+                             [(b"content-type", b"application/json"), *headers])
+            return Outcome(Usage(), status="upstream_error", counted_by="gateway")
         usage = usage_of_response(body)
         await send_bytes(send, response.status, ModelRenamer(model.name)(body),
                          request_id, [(b"content-type", b"application/json"), *headers])
-        if response.status >= 400:
-            return Outcome(Usage(), status="upstream_error", counted_by="gateway")
         if usage is None:
             return Outcome(Usage(estimate, 0, 0), counted_by="gateway")
         return Outcome(usage)

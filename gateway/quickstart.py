@@ -123,7 +123,7 @@ def run(config_path: str, host: str, port: int, data_dir: str) -> int:
     data = Path(data_dir).resolve()
     data.mkdir(parents=True, exist_ok=True)
     text = Path(config_path).read_text(encoding="utf-8")
-    parse_catalog(text, config_path)  # a bad file fails here, naming field and line
+    parse_catalog(text, config_path, tokenizers=True)  # a bad file fails here, naming field and line
     doc = yaml.safe_load(text)
     ports = {c["name"]: free_port() for c in doc["clusters"]}
     config_text, servers = simulated_config(text, ports)

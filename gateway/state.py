@@ -87,9 +87,7 @@ class GatewayState:
 
     def reload_catalog(self) -> Catalog:
         """Swap in a new models.yaml; requests in flight keep the model they started with."""
-        catalog = load_catalog(self.settings.config_path)
-        for model in catalog.models.values():
-            load_tokenizer(model.tokenizer)
+        catalog = load_catalog(self.settings.config_path, tokenizers=True)
         self.pipeline.catalog = catalog
         self.pipeline.router.sync(catalog)  # endpoint state survives for URLs that remain
         return catalog

@@ -102,7 +102,8 @@ def load_tokenizer(spec: str) -> Tokenizer:
         try:
             encoding = tiktoken.get_encoding(arg)
         except Exception as exc:  # unknown name or no network to fetch it
-            raise TokenizerError(f"cannot load tiktoken encoding {arg!r}: {exc}") from exc
+            reason = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+            raise TokenizerError(f"cannot load tiktoken encoding {arg!r}: {reason}") from exc
         return _TiktokenTokenizer(encoding)
     if scheme == "hf" and arg:
         return _HFTokenizer(Path(arg).expanduser())

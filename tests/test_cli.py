@@ -10,20 +10,33 @@ import time
 from pathlib import Path
 
 import openai
+import pytest
 
 from gateway.catalog import load_catalog
 
 ROOT = Path(__file__).parents[1]
 
 
-def test_serve_refuses_a_bad_catalog_naming_field_and_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (("context_window: 32768", "context_window: big"), "context_window"),
+        (("tokenizer: tiktoken:cl100k_base", "tokenizer: tiktoken:nope_base"), "tokenizer"),
+        (("tokenizer: tiktoken:cl100k_base", "tokenizer: hf:/nonexistent/dir"), "tokenizer"),
+    ],
+)
+def test_serve_refuses_a_bad_catalog_naming_field_and_line(
+    tmp_path: Path, change: tuple[str, str], field: str
+) -> None:
     bad = tmp_path / "models.yaml"
-    bad.write_text((ROOT / "models.yaml").read_text().replace("context_window: 32768",
-                                                               "context_window: big"))
+    text = (ROOT / "models.yaml").read_text()
+    assert change[0] in text
+    bad.write_text(text.replace(*change, 1))
     done = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--config", str(bad)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
-    assert re.search(r"models\.yaml:\d+: models\.0\.context_window", done.stderr), done.stderr
+    assert re.search(rf"models\.yaml:\d+: models\.0\.{field}: ", done.stderr), done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_quickstart_serves_the_printed_key(tmp_path: Path) -> None:

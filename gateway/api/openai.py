@@ -10,10 +10,11 @@ import logging
 import re
 import secrets
 import time
+from dataclasses import dataclass
 
 from gateway.asgi import ClientGone, Message, Receive, Scope, Send, header, read_body, send_error, send_json
 from gateway.auth import bearer_token
-from gateway.errors import BadRequest, GatewayError, NotFound
+from gateway.errors import GatewayError, MethodNotAllowed, NotFound
 from gateway.openai_request import Kind, parse_request
 from gateway.pipeline import Outcome, Pipeline, settle_shielded
 from gateway.relay.meter import Usage
@@ -63,21 +64,23 @@ class OpenAIHandler:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = new_request_id()
         path = scope["path"].rstrip("/")
+        method = scope["method"]
         started = time.perf_counter()
-        route = path.removeprefix("/v1/")
+        kind = ROUTES.get(path)
+        route = ROUTE_PATHS[kind] if kind is not None else "models" if path == "/v1/models" else "unknown"
         status = 200
-        model_name = ""
-        waited = [0.0]  # seconds spent waiting on the upstream, set by infer()
+        facts = Facts()
         try:
-            if path == "/v1/models" and scope["method"] == "GET":
+            if path == "/v1/models":
+                if method != "GET":
+                    raise MethodNotAllowed(f"{path} accepts GET only", headers={"Allow": "GET"})
                 await self.list_models(scope, send, request_id)
                 return
-            kind = ROUTES.get(path)
             if kind is None:
-                raise NotFound(f"Unknown route {scope['method']} {scope['path']}", code="unknown_url")
-            if scope["method"] != "POST":
-                raise BadRequest(f"{path} accepts POST only", code="method_not_allowed")
-            model_name = await self.infer(kind, scope, receive, send, request_id, waited)
+                raise NotFound(f"Unknown route {method} {scope['path']}", code="unknown_url")
+            if method != "POST":
+                raise MethodNotAllowed(f"{path} accepts POST only", headers={"Allow": "POST"})
+            await self.infer(kind, scope, receive, send, request_id, facts)
         except GatewayError as error:
             status = error.status
             await send_error(send, error, request_id)
@@ -86,9 +89,9 @@ class OpenAIHandler:
         finally:
             metrics = self.pipeline.metrics
             elapsed = time.perf_counter() - started
-            metrics.requests.labels(route, model_name, str(status)).inc()
+            metrics.requests.labels(route, facts.model, str(status)).inc()
             metrics.latency.labels(route).observe(elapsed)
-            metrics.overhead.labels(route).observe(max(0.0, elapsed - waited[0]))
+            metrics.overhead.labels(route).observe(max(0.0, elapsed - facts.waited))
 
     async def list_models(self, scope: Scope, send: Send, request_id: str) -> None:
         await self.pipeline.auth.authenticate_enabled(bearer_token(scope))
@@ -101,14 +104,15 @@ class OpenAIHandler:
         await send_json(send, 200, {"object": "list", "data": data}, request_id)
 
     async def infer(self, kind: Kind, scope: Scope, receive: Receive, send: Send, request_id: str,
-                    waited: list[float]) -> str:
-        """Authenticate, admit, relay, settle. Returns the model name for metrics; ``waited[0]``
-        becomes the time spent waiting on the upstream that answered."""
+                    facts: Facts) -> None:
+        """Authenticate, admit, relay, settle; ``facts`` learns the model and the time spent
+        waiting on the upstream that answered (for metrics)."""
         pipeline = self.pipeline
         key = await pipeline.auth.authenticate(bearer_token(scope))
         raw = await read_body(scope, receive, pipeline.settings.max_body_bytes)
         request = parse_request(kind, raw)
         model = pipeline.model_for(request)
+        facts.model = model.name
         admission = await pipeline.admit(key, request, model, request_id)
         outcome = Outcome(Usage(), status="upstream_error", counted_by="gateway")
         try:
@@ -134,10 +138,17 @@ class OpenAIHandler:
             finally:
                 pipeline.router.finished(endpoint, ok=ok)
                 outcome.endpoint = endpoint
-                waited[0] = response.waited
+                facts.waited = response.waited
         finally:
             await settle_shielded(pipeline, key, model, request_id, request.stream, outcome)
-        return model.name
+
+
+@dataclass(slots=True)
+class Facts:
+    """What a request's metrics need to know once it is over."""
+
+    model: str = ""  # the public model name, once resolved
+    waited: float = 0.0  # seconds spent waiting on the upstream that answered
 
 
 ROUTE_PATHS: dict[Kind, str] = {"chat": "chat/completions", "completions": "completions",

@@ -1,6 +1,6 @@
 """What admission answers: an :class:`Admission`, or the domain error of a refusal.
 
-``admit_v2.lua`` replies with a flat list whose first element names the outcome; this
+``admit_v3.lua`` replies with a flat list whose first element names the outcome; this
 module turns it into the object the gateway uses (the granted ``max_tokens`` to send
 upstream, the reservation, the ``x-ratelimit-*`` headers) or raises the error from
 ``gateway.errors`` with the message and headers an OpenAI client expects.
@@ -159,12 +159,12 @@ def _refusal(kind: str, reply: Reply, prompt_tokens: int) -> Exception:
         return BalanceExhausted(
             f"balance exhausted: {max(available, 0)} credits available{held}, this request "
             f"needs at least {needed} (its {prompt_tokens} prompt tokens and one completion "
-            f"token){other}",
+            f"token per choice){other}",
             code="insufficient_quota",
         )
     if kind == "rate":
         return _rate_limited(_text(reply[1]), reply)
-    raise ValueError(f"admit_v2 answered {kind!r}")
+    raise ValueError(f"admit_v3 answered {kind!r}")
 
 
 def _rate_limited(which: str, reply: Reply) -> RateLimited:

@@ -28,7 +28,7 @@ LIB = "lib_v2"
 
 @cache
 def source(name: str) -> str:
-    """The full text of script ``name`` (e.g. ``"admit_v2"``), helpers included."""
+    """The full text of script ``name`` (e.g. ``"admit_v3"``), helpers included."""
     lua = resources.files("gateway.quota") / "lua"
     return (lua / f"{LIB}.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
 
@@ -71,7 +71,7 @@ class Scripts:
             return FastScript(fast, source(name))
 
         return cls(
-            admit=hot("admit_v2"),
+            admit=hot("admit_v3"),
             settle=hot("settle_v2"),
             checkpoint=hot("checkpoint_v2"),
             expired_leases=client.register_script(source("expired_leases_v1")),

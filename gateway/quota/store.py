@@ -94,13 +94,16 @@ class QuotaStore(AccountStore):
         input_pm: int,
         output_pm: int,
         lease_ms: int | None = None,
+        choices: int = 1,
     ) -> Admission:
         """Check the key and reserve credits for prompt + granted max_tokens in one round trip.
 
         ``max_tokens_ceiling`` is the context window minus the prompt estimate; the grant
         is the least of the request, the ceiling and what the balance pays (and the TPM
-        window, when the client set no max_tokens). Raises AuthenticationFailed,
-        PermissionDenied, BalanceUnknown, RateLimited, BalanceExhausted, QuotaUnavailable.
+        window, when the client set no max_tokens), rounded down to a multiple of
+        ``choices`` (n x prompts: each choice gets the same share, at least one token).
+        Raises AuthenticationFailed, PermissionDenied, BalanceUnknown, RateLimited,
+        BalanceExhausted, QuotaUnavailable.
         """
         if max_tokens_ceiling < 0:
             raise BadRequest(
@@ -122,7 +125,7 @@ class QuotaStore(AccountStore):
         args: list[str | int] = [
             request_id, account_id, key_id, model, prompt_tokens,
             -1 if max_tokens is None else max_tokens, max_tokens_ceiling,
-            input_pm, output_pm, self.lease_ms if lease_ms is None else lease_ms,
+            input_pm, output_pm, self.lease_ms if lease_ms is None else lease_ms, choices,
         ]  # fmt: skip
         async with self._hot():
             reply = await self.scripts.admit(keys=keys, args=args)

@@ -332,9 +332,11 @@ def test_vllm_refusal_is_relayed_and_free(gateway: Gateway, vllm_servers: list[V
     assert error.response.headers["x-client-request-id"] == request_id
     assert error.response.headers["x-request-id"] == gateway_id(request_id)
     body = error.response.json()
-    # vLLM's shape: {"error": {"message", "type": "BadRequestError", "param", "code": 400}}
+    # vLLM says {"error": {"message", "type": "BadRequestError", "param", "code": 400}}; the
+    # client gets OpenAI's type for the status and a string-or-null code, vLLM's message.
     assert set(body) == {"error"} and "temperature" in body["error"]["message"]
     assert body["error"]["param"] == "temperature"
+    assert (body["error"]["type"], body["error"]["code"]) == ("invalid_request_error", None)
     event = usage.one(request_id)
     assert (event.status, event.charge, event.completion_tokens) == ("upstream_error", 0, 0)
     balance: dict[str, int] = gateway.me(key)["balance"]  # type: ignore[assignment]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.gateway.conftest import CHAT_MODEL, Gateway
+from tests.gateway.conftest import CHAT_MODEL, EMBED_MODEL, Gateway
 
 CHAT = "/v1/chat/completions"
 
@@ -54,7 +54,34 @@ def test_body_over_limit_is_413(gateway: Gateway, api_key: str) -> None:
 def test_unknown_route_and_method(gateway: Gateway, api_key: str) -> None:
     headers = {"Authorization": f"Bearer {api_key}"}
     assert httpx.post(gateway.base + "/v1/nope", headers=headers).status_code == 404
-    assert httpx.get(gateway.base + CHAT, headers=headers).status_code == 400
+    wrong = httpx.get(gateway.base + CHAT, headers=headers)
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+    assert wrong.json()["error"]["code"] == "method_not_allowed"
+    assert httpx.put(gateway.base + "/v1/models", headers=headers).status_code == 405
+
+
+def test_unknown_routes_add_no_metric_series(gateway: Gateway, api_key: str) -> None:
+    """Anyone can send any path: it must not grow the metrics without bound."""
+    for i in range(3):
+        httpx.post(f"{gateway.base}/v1/random-{i}/x")
+    text = httpx.get(gateway.base + "/metrics").text
+    assert "random-" not in text and 'route="unknown"' in text
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/completions", {"model": CHAT_MODEL, "prompt": []}, "prompt"),
+        ("/v1/embeddings", {"model": EMBED_MODEL, "input": "hello " * 9000}, "input"),  # window 8192
+        ("/v1/embeddings", {"model": EMBED_MODEL, "input": ["short", "hello " * 9000]}, "input"),
+    ],
+)
+def test_prompts_that_cannot_be_served(gateway: Gateway, api_key: str, path: str, body: dict[str, object],
+                                       param: str) -> None:
+    response = httpx.post(gateway.base + path, json=body, timeout=10,
+                          headers={"Authorization": f"Bearer {api_key}"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
 
 
 def test_gateway_still_serves_after_bad_input(gateway: Gateway, api_key: str) -> None:

@@ -229,6 +229,26 @@ def test_clamps_max_tokens_to_what_the_balance_pays(gateway: Gateway) -> None:
     assert caught.value.status_code == 402
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_several_choices_share_what_the_balance_pays(gateway: Gateway, stream: bool) -> None:
+    """n choices get the same max_tokens each, together no more than the balance pays; a
+    balance that cannot pay one token per choice is refused (402), never served cheaply."""
+    account, key = gateway.new_account(credits=10)
+    c = client(gateway.v1, key)
+    if stream:
+        chunks = list(c.chat.completions.create(model=FLAT_MODEL, messages=MESSAGES, max_tokens=50, n=3,
+                                                stream=True, stream_options={"include_usage": True}))
+        usage = chunks[-1].usage
+    else:
+        usage = c.chat.completions.create(model=FLAT_MODEL, messages=MESSAGES, max_tokens=50, n=3).usage
+    assert usage is not None and usage.completion_tokens == 9  # 3 each: 10 credits, rounded down
+    assert gateway.balance(account)["spent"] == 9
+    with pytest.raises(openai.APIStatusError) as caught:  # 1 credit left, 2 choices
+        c.chat.completions.create(model=FLAT_MODEL, messages=MESSAGES, max_tokens=1, n=2)
+    assert caught.value.status_code == 402 and "per choice" in caught.value.message
+    assert gateway.balance(account)["spent"] == 9
+
+
 def test_streams_read_to_done_settle_ok_with_upstream_usage(gateway: Gateway) -> None:
     """The client closes as soon as it reads [DONE]; that is a complete stream, not a
     disconnect: settled ok with the upstream's own usage."""

@@ -70,6 +70,7 @@ async def admit(
     lease_ms: int | None = None,
     input_pm: int = PRICES["input_pm"],
     output_pm: int = PRICES["output_pm"],
+    choices: int = 1,
 ) -> Admission:
     return await store.admit(
         request_id=request_id or new_id("req"),
@@ -82,6 +83,7 @@ async def admit(
         input_pm=input_pm,
         output_pm=output_pm,
         lease_ms=lease_ms,
+        choices=choices,
     )
 
 

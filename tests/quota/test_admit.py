@@ -15,7 +15,7 @@ from gateway.errors import (
 from gateway.quota import QuotaStore, cost
 from gateway.quota.scripts import RedisClient
 
-from .helpers import admit, funded_key, new_id
+from .helpers import PRICES, admit, funded_key, new_id
 
 
 async def test_unknown_key_is_refused(store: QuotaStore) -> None:
@@ -172,3 +172,26 @@ async def test_admission_records_lease_and_reservation(
     assert await client.zscore(leases, f"{account}|r1") == adm.lease_deadline_ms
     inflight = keyspace.inflight_key(account, key)
     assert await client.zscore(inflight, "r1") == adm.lease_deadline_ms
+
+
+@pytest.mark.parametrize(
+    ("credits", "max_tokens", "granted"),
+    [
+        (10 + 2 * 30, 30, 30),  # what was asked: 10 per choice
+        (10 + 2 * 29, 30, 27),  # 29 affordable: 9 per choice, never 10, 10, 9
+        (10 + 2 * 3, 30, 3),  # one each
+    ],
+)
+async def test_choices_share_the_grant_evenly(store: QuotaStore, credits: int, max_tokens: int,
+                                              granted: int) -> None:
+    account, key = await funded_key(store, credits)
+    adm = await admit(store, account, key, prompt=10, max_tokens=max_tokens, ceiling=3000, choices=3)
+    assert adm.max_tokens == granted and adm.max_tokens % 3 == 0
+    assert adm.reserve == cost(10, granted, **PRICES) <= credits
+
+
+async def test_a_balance_short_of_one_token_per_choice_is_refused(store: QuotaStore) -> None:
+    account, key = await funded_key(store, 10 + 2 * 2)  # the prompt and two tokens
+    with pytest.raises(BalanceExhausted) as caught:
+        await admit(store, account, key, prompt=10, max_tokens=5, ceiling=3000, choices=3)
+    assert "needs at least 16" in caught.value.message  # 10 + 2 x 3

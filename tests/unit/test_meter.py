@@ -5,10 +5,11 @@ from __future__ import annotations
 import itertools
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.relay.meter import ModelRenamer, StreamMeter, usage_of_response
+from gateway.relay.meter import ModelRenamer, StreamMeter, openai_error, usage_of_response
 
 ROLE = (b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"org/M",'
         b'"choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,'
@@ -174,3 +175,23 @@ def test_whole_blocks_take_the_fast_path() -> None:
     out = meter.feed(token(1, " a") + token(2, ' "usage" '))
     assert not calls and b"usage\\\"" in out and b'"usage":{' not in out and b'"model":"m"' in out
     assert meter.running is not None and meter.running.completion_tokens == 2
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (400, b'{"error":{"message":"temperature must be >= 0","type":"BadRequestError",'
+              b'"param":"temperature","code":400}}',
+         {"message": "temperature must be >= 0", "type": "invalid_request_error", "code": None,
+          "param": "temperature"}),
+        (404, b'{"error":{"message":"no such model","type":"NotFoundError","code":"model_not_found"}}',
+         {"message": "no such model", "type": "not_found_error", "code": "model_not_found", "param": None}),
+        (400, b"Bad Request", {"message": "Bad Request", "type": "invalid_request_error", "code": None,
+                               "param": None}),
+        (422, b'{"detail":[{"loc":["body"],"msg":"bad"}]}',
+         {"message": '{"detail":[{"loc":["body"],"msg":"bad"}]}', "type": "invalid_request_error",
+          "code": None, "param": None}),
+    ],
+)
+def test_upstream_errors_take_openais_shape(status: int, body: bytes, expected: dict[str, object]) -> None:
+    assert orjson.loads(openai_error(status, body)) == {"error": expected}

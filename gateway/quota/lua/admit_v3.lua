@@ -1,4 +1,4 @@
--- admit_v2: a key's checks, rate limits and the credit reservation of one request, atomically.
+-- admit_v3: a key's checks, rate limits and the credit reservation of one request, atomically.
 -- The reservation is drawn from the account's grants that are live (by Redis time) and valid
 -- for the model, soonest expiry first, so no grant is ever overdrawn.
 -- KEYS: 1 key record, 2 balance, 3 reservations, 4 rate window, 5 key inflight, 6 shard leases,
@@ -6,7 +6,8 @@
 -- ARGV: 1 request_id, 2 account_id, 3 key_id, 4 model, 5 prompt tokens (upper bound),
 --       6 requested max_tokens (-1: absent), 7 max_tokens ceiling (0: the request produces
 --       no completion, as embeddings; only its prompt is reserved), 8 input_pm, 9 output_pm,
---       10 lease_ms
+--       10 lease_ms, 11 choices (n x prompts: the grant is a multiple of it, at least one
+--       token per choice; v3)
 -- Replies (RATE = rpm limit (-1: none), remaining, reset ms, tpm limit (-1: none), remaining,
 -- reset ms):
 --   {'ok'|'dup', granted max_tokens, reserve, started ms, lease deadline ms, balance epoch,
@@ -18,6 +19,7 @@ local WIN = 60000
 local rid, account, key_id, model = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local prompt, requested, ceiling = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local in_pm, out_pm, lease_ms = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local choices = tonumber(ARGV[11]) or 1
 local now = now_ms()
 
 local kr = redis.call('HMGET', KEYS[1], 'disabled', 'models', 'rpm', 'tpm', 'max_concurrency')
@@ -116,7 +118,7 @@ if tpm then
     local cap = room(tpm, tc, tp) - prompt
     if cap < wish then wish = cap end
   end
-  local need = prompt + math.max(ceiling > 0 and 1 or 0, math.min(wish, afford))
+  local need = prompt + math.max(ceiling > 0 and choices or 0, math.min(wish, afford))
   if not fits(tpm, need, tc, tp) then
     return refuse('tokens', wait_ms(tpm, need, tc, tp), tpm, need)
   end
@@ -130,8 +132,11 @@ end
 local granted = math.min(wish, afford)
 if ceiling == 0 and left >= 0 then
   granted = 0
-elseif granted < 1 then
-  return {'balance', available, cost(prompt, 1, in_pm, out_pm), reserved, elsewhere}
+else
+  granted = granted - granted % choices  -- every choice gets the same max_tokens
+  if granted < choices then
+    return {'balance', available, cost(prompt, choices, in_pm, out_pm), reserved, elsewhere}
+  end
 end
 local reserve = cost(prompt, granted, in_pm, out_pm)
 local alloc = take(usable, reserve)
