@@ -186,15 +186,17 @@ class QuotaStore(AccountStore):
     ) -> int | None:
         """Charge the request and append its usage event; the charge, or None if already settled.
 
-        Safe to retry after any error: the reservation's absence makes it a no-op.
+        Safe to retry after any error: the reservation's absence makes it a no-op. (The
+        request path's settlement: it reads the charge off the reply without building the
+        usage event, which only :meth:`settle_event` callers need.)
         """
-        event = await self.settle_event(
+        reply = await self._settle_reply(
             request_id=request_id, account_id=account_id, key_id=key_id,
             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
             cached_tokens=cached_tokens, status=status, counted_by=counted_by,
             stream=stream, cluster=cluster, endpoint=endpoint,
         )  # fmt: skip
-        return None if event is None else event.charge
+        return _charge_of(reply)
 
     async def settle_event(
         self,
@@ -212,6 +214,29 @@ class QuotaStore(AccountStore):
         endpoint: str,
     ) -> UsageEvent | None:
         """As :meth:`settle`, answering the usage event appended (None: already settled)."""
+        reply = await self._settle_reply(
+            request_id=request_id, account_id=account_id, key_id=key_id,
+            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+            cached_tokens=cached_tokens, status=status, counted_by=counted_by,
+            stream=stream, cluster=cluster, endpoint=endpoint,
+        )  # fmt: skip
+        return _event_of(reply)
+
+    async def _settle_reply(
+        self,
+        *,
+        request_id: str,
+        account_id: str,
+        key_id: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached_tokens: int = 0,
+        status: str,
+        counted_by: str,
+        stream: bool,
+        cluster: str,
+        endpoint: str,
+    ) -> Sequence[Any]:
         if status not in STATUSES or status == STATUS_EXPIRED:
             raise ValueError(f"cannot settle with status {status!r}")
         if counted_by not in COUNTED_BY:
@@ -231,7 +256,7 @@ class QuotaStore(AccountStore):
             if held is not None:
                 self._held[request_id] = held
             raise
-        return _event_of(reply)
+        return reply
 
     async def reap(self, shard: int, limit: int = 100) -> list[UsageEvent]:
         """Settle as ``expired`` up to ``limit`` requests of ``shard`` whose lease passed.
@@ -282,6 +307,17 @@ class QuotaStore(AccountStore):
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _charge_of(reply: Sequence[Any]) -> int | None:
+    """The charge of an ``ok`` settle reply (its event's ``charge`` field); None otherwise."""
+    if reply[0] not in (b"ok", "ok"):
+        return None
+    flat = reply[2:]
+    for at in range(0, len(flat) - 1, 2):
+        if flat[at] in (b"charge", "charge"):
+            return int(flat[at + 1])
+    raise ValueError("settle reply without a charge")
 
 
 def _event_of(reply: Sequence[Any]) -> UsageEvent | None:
