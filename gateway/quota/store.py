@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NotRequired, TypedDict, Unpack
 
 from gateway import keyspace
 from gateway.errors import BadRequest
@@ -169,58 +169,18 @@ class QuotaStore(AccountStore):
             deadline = await self.scripts.checkpoint(keys=keys, args=args)
         return int(deadline) > 0
 
-    async def settle(
-        self,
-        *,
-        request_id: str,
-        account_id: str,
-        key_id: str,
-        prompt_tokens: int,
-        completion_tokens: int,
-        cached_tokens: int = 0,
-        status: str,
-        counted_by: str,
-        stream: bool,
-        cluster: str,
-        endpoint: str,
-    ) -> int | None:
+    async def settle(self, **request: Unpack[Settlement]) -> int | None:
         """Charge the request and append its usage event; the charge, or None if already settled.
 
         Safe to retry after any error: the reservation's absence makes it a no-op. (The
         request path's settlement: it reads the charge off the reply without building the
         usage event, which only :meth:`settle_event` callers need.)
         """
-        reply = await self._settle_reply(
-            request_id=request_id, account_id=account_id, key_id=key_id,
-            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-            cached_tokens=cached_tokens, status=status, counted_by=counted_by,
-            stream=stream, cluster=cluster, endpoint=endpoint,
-        )  # fmt: skip
-        return _charge_of(reply)
+        return _charge_of(await self._settle_reply(**request))
 
-    async def settle_event(
-        self,
-        *,
-        request_id: str,
-        account_id: str,
-        key_id: str,
-        prompt_tokens: int,
-        completion_tokens: int,
-        cached_tokens: int = 0,
-        status: str,
-        counted_by: str,
-        stream: bool,
-        cluster: str,
-        endpoint: str,
-    ) -> UsageEvent | None:
+    async def settle_event(self, **request: Unpack[Settlement]) -> UsageEvent | None:
         """As :meth:`settle`, answering the usage event appended (None: already settled)."""
-        reply = await self._settle_reply(
-            request_id=request_id, account_id=account_id, key_id=key_id,
-            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-            cached_tokens=cached_tokens, status=status, counted_by=counted_by,
-            stream=stream, cluster=cluster, endpoint=endpoint,
-        )  # fmt: skip
-        return _event_of(reply)
+        return _event_of(await self._settle_reply(**request))
 
     async def _settle_reply(
         self,
@@ -307,6 +267,22 @@ class QuotaStore(AccountStore):
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Settlement(TypedDict):
+    """What settles a request: its actual usage and how the relay ended."""
+
+    request_id: str
+    account_id: str
+    key_id: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: NotRequired[int]
+    status: str
+    counted_by: str
+    stream: bool
+    cluster: str
+    endpoint: str
 
 
 def _charge_of(reply: Sequence[Any]) -> int | None:

@@ -335,8 +335,9 @@ def start_billing_worker(redis_url: str, database_url: str, log: Path) -> subpro
         return subprocess.Popen(args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
     try:
         process.wait(timeout=10)
     except subprocess.TimeoutExpired:
@@ -495,8 +496,8 @@ def gateway(
     finally:
         for client in gw.clients:
             client.close()
-        _stop(worker)
-        _stop(gw.process)
+        stop(worker)
+        stop(gw.process)
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 MESSAGES = [{"role": "user", "content": "Tell me about the Yangtze river at Wuhan."}]
 STREAMS = 6  # long streams in flight when the server dies (the router spreads them)
-LONG = 1900  # tokens each: about the context; the tiny model makes them in a second or two
+# Tokens each: the tiny model makes about a thousand a second per server, and vLLM's engine
+# runs ahead of what its API server has sent, so a stream must last seconds to be surely in
+# flight when the server dies (the streams spread over both servers, three each).
+LONG = 6000
 
 
 @dataclass
