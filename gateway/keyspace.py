@@ -22,8 +22,11 @@ def shard_of(account_id: str) -> int:
     return zlib.crc32(account_id.encode()) % USAGE_SHARDS
 
 
+_TAGS = tuple(f"{PREFIX}:{{s{shard}}}" for shard in range(USAGE_SHARDS))
+
+
 def _tag(shard: int) -> str:
-    return f"{PREFIX}:{{s{shard}}}"
+    return _TAGS[shard]
 
 
 def balance_key(account_id: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.registry import Collector
 
@@ -46,9 +48,35 @@ class GatewayMetrics:
             ["model", "type"],
             registry=self.registry,
         )
+        # labels() takes a lock and builds a key on every call; the request path records
+        # through children cached by their (bounded) label values instead.
+        self._answered: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
+        self._billed: dict[str, tuple[Any, Any]] = {}
         # Per-endpoint and per-cluster routing series (tokengate_upstream_in_flight,
         # tokengate_endpoint_*, tokengate_cluster_*) come from the router's collector,
         # gateway.routing.observe.RoutingCollector, registered through watch().
+
+    def answered(self, route: str, model: str, status: int, seconds: float, overhead: float) -> None:
+        """One /v1 request answered: its count, duration and gateway overhead. ``route`` is
+        one of the known routes (or "unknown"), ``model`` a catalog name or ""."""
+        children = self._answered.get((route, model, status))
+        if children is None:
+            children = (self.requests.labels(route, model, str(status)), self.latency.labels(route),
+                        self.overhead.labels(route))
+            self._answered[(route, model, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+        children[2].observe(overhead)
+
+    def billed(self, model: str, prompt_tokens: int, completion_tokens: int) -> None:
+        children = self._billed.get(model)
+        if children is None:
+            children = (self.tokens.labels(model, "prompt"), self.tokens.labels(model, "completion"))
+            self._billed[model] = children
+        if prompt_tokens:
+            children[0].inc(prompt_tokens)
+        if completion_tokens:
+            children[1].inc(completion_tokens)
 
     def watch(self, collector: Collector) -> None:
         """Add a collector that reads its values when Prometheus scrapes."""

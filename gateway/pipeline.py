@@ -371,10 +371,7 @@ class Pipeline:
         except Exception:
             log.exception("settlement of %s failed; its lease will expire it", request_id)
             return
-        if usage.prompt_tokens:
-            self.metrics.tokens.labels(model.name, "prompt").inc(usage.prompt_tokens)
-        if usage.completion_tokens:
-            self.metrics.tokens.labels(model.name, "completion").inc(usage.completion_tokens)
+        self.metrics.billed(model.name, usage.prompt_tokens, usage.completion_tokens)
 
 
     async def _settle_later(

@@ -59,7 +59,8 @@ class _TiktokenTokenizer:
         self._enc = encoding
 
     def encode(self, text: str) -> list[int]:
-        return list(self._enc.encode_ordinary(text))
+        tokens: list[int] = self._enc.encode_ordinary(text)  # a fresh list already
+        return tokens
 
     def decode(self, tokens: list[int]) -> str:
         return str(self._enc.decode(tokens))

@@ -87,11 +87,9 @@ class OpenAIHandler:
         except ClientGone:
             status = 499
         finally:
-            metrics = self.pipeline.metrics
             elapsed = time.perf_counter() - started
-            metrics.requests.labels(route, facts.model, str(status)).inc()
-            metrics.latency.labels(route).observe(elapsed)
-            metrics.overhead.labels(route).observe(max(0.0, elapsed - facts.waited))
+            self.pipeline.metrics.answered(route, facts.model, status, elapsed,
+                                           max(0.0, elapsed - facts.waited))
 
     async def list_models(self, scope: Scope, send: Send, request_id: str) -> None:
         await self.pipeline.auth.authenticate_enabled(bearer_token(scope))
