@@ -17,7 +17,6 @@ so the ledger and Redis always agree grant by grant.
 
 from __future__ import annotations
 
-import dataclasses
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing.db.schema import grants, ledger_entries, ledger_legs, usage_records
-from gateway.usage import UsageEvent
+from gateway.usage import EVENT_FIELDS, UsageEvent
 
 
 class LedgerRefused(ValueError):
@@ -90,7 +89,7 @@ def _check(event: UsageEvent) -> list[tuple[str, int]]:
 
 def _usage_row(event: UsageEvent, now_ms: int) -> dict[str, Any]:
     """The usage_records row: every field of the event (the shared contract), plus when."""
-    row: dict[str, Any] = {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
+    row: dict[str, Any] = {name: getattr(event, name) for name in EVENT_FIELDS}
     row["recorded_at_ms"] = now_ms
     return row
 

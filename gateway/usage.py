@@ -132,12 +132,9 @@ class UsageEvent:
     def to_fields(self) -> dict[str, str]:
         """The Redis Stream entry (all values strings), as ``settle_v2.lua`` writes it."""
         fields: dict[str, str] = {}
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if isinstance(value, bool):
-                fields[field.name] = "1" if value else "0"
-            else:
-                fields[field.name] = str(value)
+        for name in EVENT_FIELDS:
+            value = getattr(self, name)
+            fields[name] = ("1" if value else "0") if isinstance(value, bool) else str(value)
         return fields
 
     @classmethod
@@ -145,28 +142,32 @@ class UsageEvent:
         """Rebuild an event from a stream entry; unknown fields are ignored (newer writers)."""
         text = {_text(k): _text(v) for k, v in fields.items()}
         values: dict[str, object] = {}
-        for field in dataclasses.fields(cls):
-            if field.name not in text:
-                if field.name in _OPTIONAL:
+        for name in EVENT_FIELDS:
+            if name not in text:
+                if name in _OPTIONAL:
                     continue
-                raise ValueError(f"usage event lacks field {field.name!r}")
-            raw = text[field.name]
-            if field.name == "stream":
+                raise ValueError(f"usage event lacks field {name!r}")
+            raw = text[name]
+            if name == "stream":
                 if raw not in ("0", "1"):
                     raise ValueError(f"usage event field stream must be 0 or 1, not {raw!r}")
-                values[field.name] = raw == "1"
-            elif field.name in _INT_FIELDS:
-                values[field.name] = int(raw)
+                values[name] = raw == "1"
+            elif name in _INT_FIELDS:
+                values[name] = int(raw)
             else:
-                values[field.name] = raw
+                values[name] = raw
         return cls(**values)  # type: ignore[arg-type]
 
     def to_record(self) -> dict[str, str | int | bool]:
         """The usage record as the API and the CSV export show it (ISO 8601 times)."""
         record: dict[str, str | int | bool] = {}
-        for field in dataclasses.fields(self):
-            if field.name not in _NOT_IN_RECORD:
-                record[field.name] = getattr(self, field.name)
+        for name in EVENT_FIELDS:
+            if name not in _NOT_IN_RECORD:
+                record[name] = getattr(self, name)
         record["started_at"] = self.started_at
         record["finished_at"] = self.finished_at
         return record
+
+
+# The event's field names in order, once (dataclasses.fields() rebuilds its tuple per call).
+EVENT_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(UsageEvent))
