@@ -29,6 +29,7 @@ from gateway.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from gateway.lease import LeaseKeeper
 from gateway.metrics import GatewayMetrics
 from gateway.openai_request import OpenAIRequest, count_prompt_tokens, prompt_count
 from gateway.quota.store import Admission, QuotaStore
@@ -146,7 +147,8 @@ class Pipeline:
         return orjson.dumps(body)
 
     async def open_upstream(
-        self, model: Model, path: str, body: bytes, affinity: int = 0, request_id: str = ""
+        self, model: Model, path: str, body: bytes, affinity: int = 0, request_id: str = "",
+        stream: bool = False,
     ) -> tuple[Endpoint, UpstreamResponse]:
         """Connect to an endpoint, failing over to another one before the first byte.
 
@@ -168,7 +170,7 @@ class Pipeline:
             tried.append(endpoint)
             router.started(endpoint)
             try:
-                response = await self.upstream.post(endpoint, path, body, request_id)
+                response = await self.upstream.post(endpoint, path, body, request_id, stream)
                 if response.status < 500 and response.status != 429:
                     router.responded(endpoint)
                     return endpoint, response
@@ -180,9 +182,9 @@ class Pipeline:
             except OSError as exc:
                 if _silent(exc):  # connected, then nothing: it may be at work, so no retry
                     self._failed(endpoint, "timeout")
+                    waited = self.settings.first_byte_timeout if stream else self.settings.response_timeout
                     raise UpstreamTimeout(
-                        f"upstream {endpoint.cluster} sent no response within "
-                        f"{self.settings.first_byte_timeout:g}s",
+                        f"upstream {endpoint.cluster} sent no response within {waited:g}s",
                         code="upstream_timeout",
                     ) from None
                 self._failed(endpoint, "connect")  # refused, reset, connect timeout: next one
@@ -315,6 +317,21 @@ class Pipeline:
         if meter.final is not None and status == "ok":
             return Outcome(meter.final)
         return Outcome(meter.delivered(estimate), status=status, counted_by="gateway")
+
+    def keep_lease(self, key: KeyRef, request_id: str) -> LeaseKeeper:
+        """Renew the reservation's lease until :meth:`LeaseKeeper.stop` (see gateway.lease)."""
+        lease_ms = int(self.settings.lease_seconds * 1000)
+
+        async def renew() -> bool:
+            try:
+                return await self.quota.checkpoint(
+                    request_id=request_id, account_id=key.account_id, key_id=key.key_id,
+                    completion_tokens=0, lease_ms=lease_ms,
+                )
+            except QuotaUnavailable:
+                return True  # the lease may still hold; the next renewal tries again
+
+        return LeaseKeeper(renew, self.settings.lease_seconds / 3)
 
     async def _checkpoint(self, key: KeyRef, request_id: str, meter: StreamMeter) -> bool:
         """Renew a long stream's lease and record what it delivered (the reaper's charge).

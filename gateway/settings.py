@@ -25,7 +25,13 @@ class Settings(BaseSettings):
     # Limits and timeouts of the relay (seconds unless named otherwise).
     max_body_bytes: int = Field(default=4 * 1024 * 1024, validation_alias="TOKENGATE_MAX_BODY_BYTES")
     connect_timeout: float = Field(default=3.0, validation_alias="TOKENGATE_CONNECT_TIMEOUT")
+    # A stream's first byte comes after queueing and prefill; a whole (non-streamed) answer
+    # comes only after the whole generation. response_timeout (default: the first-byte
+    # timeout) lets whole answers wait longer without slowing the detection of a hung stream.
     first_byte_timeout: float = Field(default=60.0, validation_alias="TOKENGATE_FIRST_BYTE_TIMEOUT")
+    response_timeout_s: float | None = Field(
+        default=None, gt=0, validation_alias="TOKENGATE_RESPONSE_TIMEOUT"
+    )
     idle_timeout: float = Field(default=60.0, validation_alias="TOKENGATE_IDLE_TIMEOUT")
     upstream_attempts: int = Field(default=2, ge=1, le=5, validation_alias="TOKENGATE_UPSTREAM_ATTEMPTS")
 
@@ -35,3 +41,8 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=30.0, gt=0, validation_alias="TOKENGATE_LEASE_SECONDS")
     reaper_interval: float = Field(default=5.0, gt=0, validation_alias="TOKENGATE_REAPER_INTERVAL")
     auth_cache_seconds: float = Field(default=10.0, ge=0, validation_alias="TOKENGATE_AUTH_CACHE_SECONDS")
+
+    @property
+    def response_timeout(self) -> float:
+        """Seconds a whole (non-streamed) answer may take to start."""
+        return self.response_timeout_s if self.response_timeout_s is not None else self.first_byte_timeout

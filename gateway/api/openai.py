@@ -113,11 +113,12 @@ class OpenAIHandler:
         facts.model = model.name
         admission = await pipeline.admit(key, request, model, request_id)
         outcome = Outcome(Usage(), status="upstream_error", counted_by="gateway")
+        keeper = pipeline.keep_lease(key, request_id)  # however long the upstream takes
         try:
             body = pipeline.upstream_body(request, model, admission)
             affinity = pipeline.router.affinity_key(request.body)
             endpoint, response = await pipeline.open_upstream(model, "/v1/" + ROUTE_PATHS[kind], body,
-                                                              affinity, request_id)
+                                                              affinity, request_id, request.stream)
             ok = False
             try:
                 if request.stream and response.status == 200:
@@ -138,6 +139,7 @@ class OpenAIHandler:
                 outcome.endpoint = endpoint
                 facts.waited = response.waited
         finally:
+            keeper.stop()
             await settle_shielded(pipeline, key, model, request_id, request.stream, outcome)
 
 

@@ -43,8 +43,11 @@ class UpstreamClient:
             raise RuntimeError("UpstreamClient.start() was not awaited")
         return self._session
 
-    async def post(self, endpoint: Endpoint, path: str, body: bytes, request_id: str) -> UpstreamResponse:
-        """POST a JSON body; returns when the status line is in (first-byte timeout).
+    async def post(
+        self, endpoint: Endpoint, path: str, body: bytes, request_id: str, stream: bool = False
+    ) -> UpstreamResponse:
+        """POST a JSON body; returns when the status line is in: within the first-byte
+        timeout for a stream, the response timeout for a whole answer.
 
         The request id goes along as ``X-Request-Id``, so the upstream's logs (vLLM's, with
         ``--enable-request-id-headers``) name the same request as the gateway's.
@@ -58,7 +61,8 @@ class UpstreamClient:
         settings = self._settings
         return await self._pool.post(
             endpoint.url, path, body, auth + b"X-Request-Id: " + request_id.encode() + b"\r\n",
-            first_byte_timeout=settings.first_byte_timeout, idle_timeout=settings.idle_timeout,
+            first_byte_timeout=settings.first_byte_timeout if stream else settings.response_timeout,
+            idle_timeout=settings.idle_timeout,
         )
 
     async def get(self, url: str, timeout: float) -> aiohttp.ClientResponse:

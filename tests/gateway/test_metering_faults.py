@@ -131,3 +131,26 @@ def test_settlement_waits_for_redis_and_loses_nothing(gateway: Gateway, sims: Si
             assert balance["reserved"] == 0 and balance["spent"] == event.charge > 0
         finally:
             stop_process(gw.process)
+
+
+def test_a_slow_whole_response_keeps_its_reservation(gateway: Gateway, sims: Sims, tmp_path: Path) -> None:
+    """A non-streamed answer comes in one piece after the whole generation, which may take
+    longer than a stream's first-byte timeout and than the reservation's lease. The gateway
+    waits for it (TOKENGATE_RESPONSE_TIMEOUT) and renews the lease meanwhile, so the request
+    is billed in full by the upstream's count, never expired by the reaper (for nothing)."""
+    slow = start_gateway(gateway.config, gateway.redis_url, tmp_path / "slow.log",
+                         TOKENGATE_LEASE_SECONDS="1.5", TOKENGATE_REAPER_INTERVAL="0.3",
+                         TOKENGATE_FIRST_BYTE_TIMEOUT="1", TOKENGATE_RESPONSE_TIMEOUT="20")
+    try:
+        for i in (0, 1):
+            sims.set_fault(i, mode="drip", drip_ms=150)  # >= 16 tokens: > 2.4 s
+        _account, key = gateway.new_account()
+        raw = openai_client(slow.v1, key, timeout=30).chat.completions.with_raw_response.create(
+            model=CHAT_MODEL, messages=MESSAGES, max_tokens=24)
+        reply = raw.parse()
+        assert reply.usage is not None and reply.usage.completion_tokens >= 16
+        event = wait_for_event(gateway.redis_url, raw.headers["x-request-id"], timeout=15)
+        assert (event.status, event.counted_by) == ("ok", "upstream"), event
+        assert event.completion_tokens == reply.usage.completion_tokens
+    finally:
+        stop_process(slow.process)
