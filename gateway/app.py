@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -20,7 +19,7 @@ from gateway.api import admin, endpoints, health, me
 from gateway.api.openai import OpenAIHandler, client_request_id, echo_client_request_id, new_request_id
 from gateway.asgi import Message, Receive, Scope, Send
 from gateway.catalog import Catalog
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, error_body, error_type_for
 from gateway.settings import Settings
 from gateway.state import GatewayState
 
@@ -84,19 +83,14 @@ async def _gateway_error(request: Request, error: GatewayError) -> Response:
 
 async def _validation_error(request: Request, error: RequestValidationError) -> Response:
     """FastAPI's 422, in the same ``{"error": {...}}`` shape as every other error."""
-    problems = []
-    param = None
+    problems, params = [], []
     for item in error.errors():
         where = ".".join(str(part) for part in item.get("loc", ()) if part not in ("body", "query", "path"))
-        param = param or where or None
+        params.append(where)
         problems.append(f"{where or 'body'}: {item.get('msg', 'invalid')}")
-    body = {"error": {"message": "; ".join(problems) or "invalid request", "type": "invalid_request_error",
-                      "code": "invalid_request", "param": param}}
-    return Response(orjson.dumps(body), status_code=422, media_type="application/json")
-
-
-_HTTP_ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-                     405: "invalid_request_error"}
+    body = error_body("; ".join(problems) or "invalid request", error_type_for(422), "invalid_request",
+                      next((p for p in params if p), None))
+    return Response(body, status_code=422, media_type="application/json")
 
 
 async def _http_error(request: Request, error: HTTPException) -> Response:
@@ -106,11 +100,8 @@ async def _http_error(request: Request, error: HTTPException) -> Response:
         message = f"Unknown route {request.method} {request.url.path}"
     elif error.status_code == 405:
         message = f"{request.url.path} does not accept {request.method}"
-    fallback = "invalid_request_error" if error.status_code < 500 else "api_error"
-    kind = _HTTP_ERROR_TYPES.get(error.status_code, fallback)
-    body = {"error": {"message": message, "type": kind, "code": None, "param": None}}
-    return Response(orjson.dumps(body), status_code=error.status_code, headers=error.headers,
-                    media_type="application/json")
+    return Response(error_body(message, error_type_for(error.status_code)), status_code=error.status_code,
+                    headers=error.headers, media_type="application/json")
 
 
 def create_app(settings: Settings | None = None, catalog: Catalog | None = None) -> GatewayApp:

@@ -30,6 +30,11 @@ from typing import ClassVar
 import orjson
 
 
+def error_body(message: str, error_type: str, code: str | None = None, param: str | None = None) -> bytes:
+    """``{"error": {message, type, code, param}}``: every error body the gateway sends."""
+    return orjson.dumps({"error": {"message": message, "type": error_type, "code": code, "param": param}})
+
+
 class GatewayError(Exception):
     """Base of every error the gateway answers with an OpenAI-shaped body."""
 
@@ -52,16 +57,7 @@ class GatewayError(Exception):
 
     def body(self) -> bytes:
         """The JSON body OpenAI clients parse: ``{"error": {message, type, code, param}}``."""
-        return orjson.dumps(
-            {
-                "error": {
-                    "message": self.message,
-                    "type": self.error_type,
-                    "code": self.code,
-                    "param": self.param,
-                }
-            }
-        )
+        return error_body(self.message, self.error_type, self.code, self.param)
 
     def sse_event(self) -> bytes:
         """The same error as a mid-stream SSE event, as vLLM sends it, followed by [DONE]."""
@@ -136,3 +132,36 @@ class UpstreamTimeout(UpstreamError):
 class NoHealthyEndpoint(UpstreamError):
     status = 503
     error_type = "no_healthy_endpoint"
+
+
+_TYPE_BY_STATUS = {
+    cls.status: cls.error_type
+    for cls in (BadRequest, AuthenticationFailed, BalanceExhausted, PermissionDenied, NotFound,
+                MethodNotAllowed, RateLimited, ServiceUnavailable, UpstreamError, UpstreamTimeout)
+}
+
+
+def error_type_for(status: int) -> str:
+    """The ``type`` this tree gives a status, for errors born outside it (FastAPI's own,
+    an upstream's refusal): clients branch on it, so one status always reads the same."""
+    return _TYPE_BY_STATUS.get(status, "invalid_request_error" if status < 500 else "api_error")
+
+
+def upstream_error_body(status: int, body: bytes) -> bytes:
+    """An upstream's error answer in OpenAI's shape. vLLM names its ``type`` after Python's
+    exception (``BadRequestError``) and sends ``code`` as the status number; OpenAI clients
+    branch on ``type`` and a string (or null) ``code``. Message and param are kept."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        doc = None
+    error = doc.get("error") if isinstance(doc, dict) else None
+    if not isinstance(error, dict):
+        error = {"message": body[:500].decode("utf-8", "replace").strip()}
+    code, param = error.get("code"), error.get("param")
+    return error_body(
+        str(error.get("message") or f"upstream answered {status}"),
+        error_type_for(status),
+        code if isinstance(code, str) else None,
+        param if isinstance(param, str) else None,
+    )

@@ -28,13 +28,14 @@ from gateway.errors import (
     QuotaUnavailable,
     UpstreamError,
     UpstreamTimeout,
+    upstream_error_body,
 )
 from gateway.lease import LeaseKeeper
 from gateway.metrics import GatewayMetrics
 from gateway.openai_request import OpenAIRequest, count_prompt_tokens, prompt_count
 from gateway.quota.store import Admission, QuotaStore
 from gateway.relay.http1 import UpstreamConnectError, UpstreamResponse
-from gateway.relay.meter import ModelRenamer, StreamMeter, Usage, openai_error, usage_of_response
+from gateway.relay.meter import ModelRenamer, StreamMeter, Usage, usage_of_response
 from gateway.relay.upstream import UpstreamClient
 from gateway.routing.router import Router
 from gateway.settings import Settings
@@ -235,7 +236,7 @@ class Pipeline:
             raise
         response.release()
         if response.status >= 400:  # the upstream refused the request: relayed, free
-            await send_bytes(send, response.status, openai_error(response.status, body), request_id,
+            await send_bytes(send, response.status, upstream_error_body(response.status, body), request_id,
                              [(b"content-type", b"application/json"), *headers])
             return Outcome(Usage(), status="upstream_error", counted_by="gateway")
         usage = usage_of_response(body)

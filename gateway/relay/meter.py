@@ -263,32 +263,6 @@ def usage_of_response(body: bytes) -> Usage | None:
     return Usage.from_json(usage) if isinstance(usage, dict) else None
 
 
-_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                404: "not_found_error", 413: "invalid_request_error", 422: "invalid_request_error",
-                429: "rate_limit_error"}
-
-
-def openai_error(status: int, body: bytes) -> bytes:
-    """An upstream's error answer in OpenAI's shape: vLLM names its ``type`` after Python's
-    exception (``BadRequestError``) and sends ``code`` as the status number, while OpenAI
-    clients branch on ``type`` and a string (or null) ``code``. Message and param are kept."""
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        doc = None
-    error = doc.get("error") if isinstance(doc, dict) else None
-    if not isinstance(error, dict):
-        text = body[:500].decode("utf-8", "replace").strip()
-        error = {"message": text or f"upstream answered {status}"}
-    code = error.get("code")
-    return orjson.dumps({"error": {
-        "message": str(error.get("message") or f"upstream answered {status}"),
-        "type": _ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "upstream_error"),
-        "code": code if isinstance(code, str) else None,
-        "param": error.get("param") if isinstance(error.get("param"), str) else None,
-    }})
-
-
 def _without_usage(block: bytes, events: int) -> bytes | None:
     """The block with every ``,"usage":{...}`` cut out; None unless each event had one.
 

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.relay.meter import ModelRenamer, StreamMeter, openai_error, usage_of_response
+from gateway.errors import upstream_error_body
+from gateway.relay.meter import ModelRenamer, StreamMeter, usage_of_response
 
 ROLE = (b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"org/M",'
         b'"choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,'
@@ -194,4 +195,4 @@ def test_whole_blocks_take_the_fast_path() -> None:
     ],
 )
 def test_upstream_errors_take_openais_shape(status: int, body: bytes, expected: dict[str, object]) -> None:
-    assert orjson.loads(openai_error(status, body)) == {"error": expected}
+    assert orjson.loads(upstream_error_body(status, body)) == {"error": expected}
