@@ -32,6 +32,7 @@ class OpenAIRequest:
     max_tokens: int | None
     client_include_usage: bool
     client_continuous_usage: bool
+    choices: int  # sequences generated: n per prompt (several completions prompts); 1 for embeddings
 
 
 def parse_request(kind: Kind, raw: bytes) -> OpenAIRequest:
@@ -55,6 +56,7 @@ def parse_request(kind: Kind, raw: bytes) -> OpenAIRequest:
         raise BadRequest("'stream_options' must be an object", param="stream_options")
     options = options or {}
     _require_input(body, kind)
+    prompts = len(_prompts(body["prompt"])) if kind == "completions" else 1
     return OpenAIRequest(
         kind=kind,
         body=body,
@@ -64,6 +66,7 @@ def parse_request(kind: Kind, raw: bytes) -> OpenAIRequest:
         max_tokens=max_tokens,
         client_include_usage=bool(options.get("include_usage")),
         client_continuous_usage=bool(options.get("continuous_usage_stats")),
+        choices=1 if kind == "embeddings" else n * prompts,
     )
 
 
@@ -124,13 +127,6 @@ def count_prompt_tokens(request: OpenAIRequest, tokenizer: Tokenizer) -> PromptS
     sizes = [_prompt_tokens(p, tokenizer) for p in _prompts(body[key])]
     longest = max(sizes)
     return PromptSize(longest, longest + PER_REQUEST_OVERHEAD, sum(sizes) + PER_REQUEST_OVERHEAD)
-
-
-def prompt_count(request: OpenAIRequest) -> int:
-    """How many prompts a completions request carries (each gets ``n`` choices)."""
-    if request.kind != "completions":
-        return 1
-    return len(_prompts(request.body["prompt"]))
 
 
 def _prompts(value: Any) -> list[Any]:

@@ -32,7 +32,7 @@ from gateway.errors import (
 )
 from gateway.lease import LeaseKeeper
 from gateway.metrics import GatewayMetrics
-from gateway.openai_request import OpenAIRequest, count_prompt_tokens, prompt_count
+from gateway.openai_request import OpenAIRequest, count_prompt_tokens
 from gateway.quota.store import Admission, QuotaStore
 from gateway.relay.http1 import UpstreamConnectError, UpstreamResponse
 from gateway.relay.meter import ModelRenamer, StreamMeter, Usage, usage_of_response
@@ -93,7 +93,7 @@ class Pipeline:
     async def admit(self, key: KeyRef, request: OpenAIRequest, model: Model, request_id: str) -> Admission:
         tokenizer = load_tokenizer(model.tokenizer)
         size = count_prompt_tokens(request, tokenizer)
-        choices = request.n * prompt_count(request)
+        choices = request.choices
         window = model.context_window
         if request.kind == "embeddings":
             if size.longest > window:
@@ -130,14 +130,14 @@ class Pipeline:
             input_pm=model.input_pm,
             output_pm=model.output_pm,
             lease_ms=int(self.settings.lease_seconds * 1000),
-            choices=choices if request.kind != "embeddings" else 1,
+            choices=choices,
         )
 
     def upstream_body(self, request: OpenAIRequest, model: Model, admission: Admission) -> bytes:
         body = request.body
         body["model"] = model.served_name
         if request.kind != "embeddings":
-            per_choice = admission.max_tokens // (request.n * prompt_count(request))  # >= 1: admit_v3
+            per_choice = admission.max_tokens // request.choices  # >= 1: admit_v3 grants per choice
             body.pop("max_completion_tokens", None)
             body["max_tokens"] = per_choice
         if request.stream:
@@ -183,9 +183,9 @@ class Pipeline:
             except OSError as exc:
                 if _silent(exc):  # connected, then nothing: it may be at work, so no retry
                     self._failed(endpoint, "timeout")
-                    waited = self.settings.first_byte_timeout if stream else self.settings.response_timeout
                     raise UpstreamTimeout(
-                        f"upstream {endpoint.cluster} sent no response within {waited:g}s",
+                        f"upstream {endpoint.cluster} sent no response within "
+                        f"{self.settings.answer_timeout(stream):g}s",
                         code="upstream_timeout",
                     ) from None
                 self._failed(endpoint, "connect")  # refused, reset, connect timeout: next one

@@ -42,7 +42,9 @@ class Settings(BaseSettings):
     reaper_interval: float = Field(default=5.0, gt=0, validation_alias="TOKENGATE_REAPER_INTERVAL")
     auth_cache_seconds: float = Field(default=10.0, ge=0, validation_alias="TOKENGATE_AUTH_CACHE_SECONDS")
 
-    @property
-    def response_timeout(self) -> float:
-        """Seconds a whole (non-streamed) answer may take to start."""
-        return self.response_timeout_s if self.response_timeout_s is not None else self.first_byte_timeout
+    def answer_timeout(self, stream: bool) -> float:
+        """Seconds the upstream may take to start answering: a stream's first byte, or a
+        whole answer (which starts only once generated)."""
+        if stream or self.response_timeout_s is None:
+            return self.first_byte_timeout
+        return self.response_timeout_s

@@ -12,7 +12,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from gateway.asgi import ClientGone, Message, Receive, Scope, Send, header, read_body, send_error, send_json
+from gateway.asgi import ClientGone, Message, Receive, Scope, Send, read_body, send_error, send_json
 from gateway.auth import bearer_token
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound
 from gateway.openai_request import Kind, parse_request
@@ -39,11 +39,17 @@ def client_request_id(scope: Scope) -> bytes | None:
     takes it, or ``x-request-id``). It is echoed back as ``x-client-request-id`` and never
     becomes the request's id: a billing id the client could choose could be reused, which
     would let one request ride on another's reservation or knock out its usage record."""
-    for name in (b"x-client-request-id", b"x-request-id"):
-        given = header(scope, name)
-        if given and len(given) <= 128 and _REQUEST_ID_OK.fullmatch(given):
-            return given
-    return None
+    fallback: bytes | None = None
+    for name, value in scope["headers"]:  # one pass: this runs for every request
+        if name == b"x-client-request-id" and _sane_id(value):
+            return bytes(value)
+        if name == b"x-request-id" and fallback is None and _sane_id(value):
+            fallback = bytes(value)
+    return fallback
+
+
+def _sane_id(value: bytes) -> bool:
+    return 0 < len(value) <= 128 and _REQUEST_ID_OK.fullmatch(value) is not None
 
 
 def echo_client_request_id(send: Send, client_id: bytes) -> Send:

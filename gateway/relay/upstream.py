@@ -61,7 +61,7 @@ class UpstreamClient:
         settings = self._settings
         return await self._pool.post(
             endpoint.url, path, body, auth + b"X-Request-Id: " + request_id.encode() + b"\r\n",
-            first_byte_timeout=settings.first_byte_timeout if stream else settings.response_timeout,
+            first_byte_timeout=settings.answer_timeout(stream),
             idle_timeout=settings.idle_timeout,
         )
 
