@@ -3,8 +3,10 @@
 The reaper settles a reservation whose lease has passed as ``expired``: its gateway is
 presumed dead. A live request must therefore renew its lease, whatever it is waiting for:
 a stream's first byte (queueing, prefill), a whole non-streamed answer (which comes only
-after the whole generation), or a stream's next chunk. The relay loop renews it too, with the
-tokens delivered so far; the keeper makes sure that silence alone never lets it lapse.
+after the whole generation), or a stream's next chunk. Each renewal is a checkpoint: once a
+stream relays, its ``progress`` (tokens delivered so far) goes along, which is what the reaper
+charges should this gateway die. A renewal that finds the reservation gone marks the keeper
+``lost``: the relay stops there.
 
 It renews every lease/3 from a timer: a request that ends sooner costs one timer and no
 Redis call.
@@ -18,15 +20,18 @@ from collections.abc import Awaitable, Callable
 
 log = logging.getLogger("tokengate.lease")
 
-Renew = Callable[[], Awaitable[bool]]  # False: the reservation is gone (settled or expired)
+Progress = Callable[[], tuple[int, int | None]]  # completion tokens so far, prompt if reported
+Renew = Callable[[Progress | None], Awaitable[bool]]  # False: the reservation is gone
 
 
 class LeaseKeeper:
-    __slots__ = ("_every", "_loop", "_renew", "_task", "_timer")
+    __slots__ = ("_every", "_loop", "_renew", "_task", "_timer", "lost", "progress")
 
     def __init__(self, renew: Renew, every: float) -> None:
         self._renew = renew
         self._every = every
+        self.progress: Progress | None = None  # set by the relay once tokens flow
+        self.lost = False  # the reservation was found gone (expired): stop relaying
         self._loop = asyncio.get_running_loop()
         self._task: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = self._loop.call_later(every, self._due)
@@ -37,10 +42,11 @@ class LeaseKeeper:
 
     async def _run(self) -> None:
         try:
-            alive = await self._renew()
+            alive = await self._renew(self.progress)
         except Exception:  # Redis trouble: the lease may still hold; try again next time
             log.warning("lease renewal failed; retrying in %.1fs", self._every, exc_info=True)
             alive = True
+        self.lost = not alive
         if alive and self._task is not None:
             self._timer = self._loop.call_later(self._every, self._due)
 

@@ -30,7 +30,7 @@ from gateway.errors import (
     UpstreamTimeout,
     upstream_error_body,
 )
-from gateway.lease import LeaseKeeper
+from gateway.lease import LeaseKeeper, Progress
 from gateway.metrics import GatewayMetrics
 from gateway.openai_request import OpenAIRequest, count_prompt_tokens
 from gateway.quota.store import Admission, QuotaStore
@@ -248,7 +248,7 @@ class Pipeline:
 
     async def relay_stream(
         self,
-        key: KeyRef,
+        lease: LeaseKeeper,
         send: Send,
         receive: Receive,
         request_id: str,
@@ -259,7 +259,9 @@ class Pipeline:
         headers: list[tuple[bytes, bytes]],
         estimate: int,
     ) -> Outcome:
-        """Pass SSE bytes through, counting; end cleanly on upstream faults and disconnects."""
+        """Pass SSE bytes through, counting; end cleanly on upstream faults and disconnects.
+
+        ``lease`` renews the reservation meanwhile, checkpointing the meter's count."""
         meter = StreamMeter(
             ModelRenamer(model.name),
             request.client_include_usage,
@@ -269,9 +271,7 @@ class Pipeline:
         start = [(b"x-request-id", request_id.encode()), *SSE_HEADERS, *headers]
         await send({"type": "http.response.start", "status": 200, "headers": start})
         watcher = asyncio.ensure_future(_wait_disconnect(receive, asyncio.current_task()))
-        loop = asyncio.get_running_loop()
-        checkpoint_every = self.settings.lease_seconds / 3
-        next_checkpoint = loop.time() + checkpoint_every
+        lease.progress = meter.progress
         failure: GatewayError | None = None
         status = "ok"
         reserved = admission.max_tokens
@@ -285,12 +285,9 @@ class Pipeline:
                 if meter.completion_so_far() > reserved:
                     failure = UpstreamError("stream cut: the upstream exceeded the reserved tokens")
                     break
-                now = loop.time()
-                if now >= next_checkpoint:
-                    next_checkpoint = now + checkpoint_every
-                    if not await self._checkpoint(key, request_id, meter):
-                        failure = UpstreamError("stream cut: its reservation expired")
-                        break
+                if lease.lost:
+                    failure = UpstreamError("stream cut: its reservation expired")
+                    break
         except asyncio.CancelledError:
             if not watcher.done() or watcher.cancelled():
                 raise
@@ -323,36 +320,20 @@ class Pipeline:
         """Renew the reservation's lease until :meth:`LeaseKeeper.stop` (see gateway.lease)."""
         lease_ms = int(self.settings.lease_seconds * 1000)
 
-        async def renew() -> bool:
+        async def checkpoint(progress: Progress | None) -> bool:
+            """Renew the lease, recording what was delivered (the reaper's charge). Redis
+            being unreachable is no reason to break a paid request: the next renewal retries."""
+            completion, prompt = progress() if progress is not None else (0, None)
             try:
                 return await self.quota.checkpoint(
                     request_id=request_id, account_id=key.account_id, key_id=key.key_id,
-                    completion_tokens=0, lease_ms=lease_ms,
+                    completion_tokens=completion, prompt_tokens=prompt, lease_ms=lease_ms,
                 )
             except QuotaUnavailable:
-                return True  # the lease may still hold; the next renewal tries again
+                log.warning("checkpoint of %s skipped: Redis unreachable", request_id)
+                return True
 
-        return LeaseKeeper(renew, self.settings.lease_seconds / 3)
-
-    async def _checkpoint(self, key: KeyRef, request_id: str, meter: StreamMeter) -> bool:
-        """Renew a long stream's lease and record what it delivered (the reaper's charge).
-
-        False when the reservation is gone (expired): the stream must stop. Redis being
-        unreachable is not a reason to break a paid stream: settlement retries later.
-        """
-        delivered = meter.delivered(0)
-        try:
-            return await self.quota.checkpoint(
-                request_id=request_id,
-                account_id=key.account_id,
-                key_id=key.key_id,
-                completion_tokens=delivered.completion_tokens,
-                prompt_tokens=delivered.prompt_tokens or None,
-                lease_ms=int(self.settings.lease_seconds * 1000),
-            )
-        except QuotaUnavailable:
-            log.warning("checkpoint of %s skipped: Redis unreachable", request_id)
-            return True
+        return LeaseKeeper(checkpoint, self.settings.lease_seconds / 3)
 
     async def settle(
         self, key: KeyRef, model: Model, request_id: str, stream: bool, outcome: Outcome

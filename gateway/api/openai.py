@@ -129,7 +129,7 @@ class OpenAIHandler:
             try:
                 if request.stream and response.status == 200:
                     outcome = await pipeline.relay_stream(
-                        key, send, receive, request_id, response, request, model, admission,
+                        keeper, send, receive, request_id, response, request, model, admission,
                         admission.header_pairs(), admission.prompt_tokens,
                     )
                 else:

@@ -240,6 +240,12 @@ class StreamMeter:
             return next(iter(self.choices.values())).completion_tokens
         return sum(u.completion_tokens for u in self.choices.values())
 
+    def progress(self) -> tuple[int, int | None]:
+        """(completion tokens delivered so far, prompt tokens if the upstream reported
+        them): what a checkpoint records for the reaper."""
+        delivered = self.delivered(0)
+        return delivered.completion_tokens, delivered.prompt_tokens or None
+
     def delivered(self, prompt_estimate: int) -> Usage:
         """What was delivered, by the gateway's own count (for streams cut short)."""
         if self.choices:

@@ -14,7 +14,9 @@ import httpx
 import openai
 import orjson
 import pytest
+import redis
 
+from gateway import keyspace
 from tests.gateway.conftest import (
     CHAT_MODEL,
     Gateway,
@@ -154,3 +156,31 @@ def test_a_slow_whole_response_keeps_its_reservation(gateway: Gateway, sims: Sim
         assert event.completion_tokens == reply.usage.completion_tokens
     finally:
         stop_process(slow.process)
+
+
+def test_a_stream_whose_reservation_is_gone_is_cut(gateway: Gateway, sims: Sims, tmp_path: Path) -> None:
+    """Once the lease keeper finds the reservation gone (expired and settled by some reaper),
+    the relay stops: nothing more is served on a reservation that no longer exists."""
+    cutter = start_gateway(gateway.config, gateway.redis_url, tmp_path / "cut.log",
+                           TOKENGATE_LEASE_SECONDS="1.5")
+    client = redis.Redis.from_url(gateway.redis_url)
+    try:
+        for i in (0, 1):
+            sims.set_fault(i, mode="drip", drip_ms=150)  # 40 tokens: 6 s
+        account, key = gateway.new_account()
+        body = {"model": CHAT_MODEL, "messages": MESSAGES, "max_tokens": 40, "stream": True}
+        started = time.monotonic()
+        with httpx.stream("POST", cutter.v1 + "/chat/completions", json=body, timeout=20,
+                          headers={"Authorization": f"Bearer {key}"}) as response:
+            request_id = response.headers["x-request-id"]
+            lines = []
+            for line in response.iter_lines():
+                lines.append(line)
+                if len(lines) == 4:  # streaming: now the reservation vanishes
+                    assert client.hdel(keyspace.reservations_key(account), request_id) == 1
+        assert "stream cut: its reservation expired" in "\n".join(lines)
+        assert lines[-1] == "data: [DONE]" or lines[-2] == "data: [DONE]"
+        assert time.monotonic() - started < 4.5  # cut within a renewal (0.5 s), not at the end
+    finally:
+        client.close()
+        stop_process(cutter.process)
