@@ -7,10 +7,12 @@ script re-reads the key's record (disabled, models, limits) on every request.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from redis.exceptions import RedisError
@@ -89,12 +91,8 @@ class Authenticator:
         inference, do not pass the admission script, which checks that itself)."""
         ref = await self.authenticate(token)
         name = key_record_key(ref.account_id, ref.key_id)
-        try:
+        async with _quota_store():
             disabled = await self._redis.execute_keyed(name, "HGET", name, "disabled")
-        except (RedisError, OSError) as exc:
-            raise QuotaUnavailable(
-                "the quota store is unreachable", code="quota_unavailable", headers={"Retry-After": "2"}
-            ) from exc
         if disabled in (b"1", "1"):
             raise AuthenticationFailed("this API key is disabled", code="invalid_api_key")
         return ref
@@ -116,17 +114,24 @@ class Authenticator:
             )
 
     async def _lookup(self, digest: str) -> KeyRef | None:
-        try:
+        async with _quota_store():
             name = key_hash_key(digest)
             value = await self._redis.execute_keyed(name, "GET", name)
             if value is None:
                 await self._check_provisioned()
                 return None
-        except (RedisError, OSError) as exc:
-            raise QuotaUnavailable(
-                "the quota store is unreachable; refusing to serve unmetered",
-                code="quota_unavailable",
-                headers={"Retry-After": "2"},
-            ) from exc
         key_id, _, account_id = (value.decode() if isinstance(value, bytes) else value).partition(" ")
         return KeyRef(key_id=key_id, account_id=account_id)
+
+
+@contextlib.asynccontextmanager
+async def _quota_store() -> AsyncIterator[None]:
+    """Redis trouble while authenticating: fail closed (503), never serve unmetered."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise QuotaUnavailable(
+            "the quota store is unreachable; refusing to serve unmetered",
+            code="quota_unavailable",
+            headers={"Retry-After": "2"},
+        ) from exc

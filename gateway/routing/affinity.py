@@ -33,18 +33,19 @@ def prefix_key(body: dict[str, Any], limit: int, min_chars: int = 0) -> int:
     """A non-zero 64-bit key of the prompt's stable prefix; 0 when there is none."""
     if limit <= 0:
         return 0
+    min_chars = min(min_chars, limit)  # a prefix is never asked to be longer than the key
     messages = body.get("messages")
     if isinstance(messages, list):
-        return _messages_key(messages, limit, min(min_chars, limit))
+        return _messages_key(messages, limit, min_chars)
     prompt = body.get("prompt")
     if isinstance(prompt, list) and prompt:
         prompt = prompt[0] if not isinstance(prompt[0], int) else prompt
     if isinstance(prompt, str):
-        if not prompt or len(prompt) < min(min_chars, limit):
+        if not prompt or len(prompt) < min_chars:
             return 0
         return _mix(zlib.crc32(prompt[:limit].encode()) + 1)
     if isinstance(prompt, list):  # token ids: a few characters each
-        if len(prompt) * 4 < min(min_chars, limit):
+        if len(prompt) * 4 < min_chars:
             return 0
         return _mix(zlib.crc32(repr(prompt[: limit // 4]).encode()) + 1)
     return 0

@@ -35,6 +35,7 @@ import redis
 from gateway import keyspace
 from gateway.embedded import free_port
 from gateway.usage import UsageEvent
+from tests.billing.procs import stop
 
 try:  # tests/ is a package, or the repository root is on sys.path
     from tests.redis_servers import RedisServer
@@ -333,16 +334,6 @@ def start_billing_worker(redis_url: str, database_url: str, log: Path) -> subpro
     args = [sys.executable, "-m", "gateway.cli", "billing", "worker", "--linger-ms", "50"]
     with log.open("ab") as out:
         return subprocess.Popen(args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 # --- usage events (what the billing ledger will consume) ----------------------------------
