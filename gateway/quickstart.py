@@ -123,7 +123,7 @@ def run(config_path: str, host: str, port: int, data_dir: str) -> int:
     data = Path(data_dir).resolve()
     data.mkdir(parents=True, exist_ok=True)
     text = Path(config_path).read_text(encoding="utf-8")
-    parse_catalog(text, config_path, tokenizers=True)  # a bad file fails here, naming field and line
+    catalog = parse_catalog(text, config_path, tokenizers=True)  # a bad file fails here, with its line
     doc = yaml.safe_load(text)
     ports = {c["name"]: free_port() for c in doc["clusters"]}
     config_text, servers = simulated_config(text, ports)
@@ -137,7 +137,7 @@ def run(config_path: str, host: str, port: int, data_dir: str) -> int:
             redis_port = free_port(6390)
             children.append(start_redis(data / "redis", redis_port))
             redis_url = f"redis://127.0.0.1:{redis_port}/0"
-        window = max(int(m.get("context_window", 0)) for m in doc["models"])
+        window = max(model.context_window for model in catalog.models.values())
         children.append(start_simulators(servers, data / "simulators.log", window))
         admin_key = os.environ.get("TOKENGATE_ADMIN_KEY") or "tg-admin-" + secrets.token_urlsafe(24)
         settings = Settings(
