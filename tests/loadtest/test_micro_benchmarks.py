@@ -1,0 +1,24 @@
+"""The two micro-benchmarks of loadtest/ run and report sane figures (short runs): the cost
+of a routing decision (in-process) and of admission + settlement against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from loadtest import bench_quota, bench_routing
+from tests.redis_servers import RedisServer
+
+
+def test_routing_decision_cost_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench_routing.main(["--picks", "300"]) == 0
+    rows = [line.rsplit(None, 1) for line in capsys.readouterr().out.splitlines()[1:] if line.strip()]
+    assert len(rows) >= 4
+    assert all(0 < float(micros) < 10_000 for _name, micros in rows)
+
+
+def test_admission_and_settlement_cost_is_reported(redis_standalone: RedisServer) -> None:
+    figures = asyncio.run(bench_quota.run(redis_standalone.url, requests=200, concurrency=8))
+    assert figures["requests"] == 200 and figures["requests_per_s"] > 0
+    assert 0 < figures["client_cpu_us_per_request"] < 100_000
