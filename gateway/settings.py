@@ -26,8 +26,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, validation_alias="TOKENGATE_MAX_BODY_BYTES")
     connect_timeout: float = Field(default=3.0, validation_alias="TOKENGATE_CONNECT_TIMEOUT")
     # A stream's first byte comes after queueing and prefill; a whole (non-streamed) answer
-    # comes only after the whole generation. response_timeout (default: the first-byte
-    # timeout) lets whole answers wait longer without slowing the detection of a hung stream.
+    # comes only after the whole generation. TOKENGATE_RESPONSE_TIMEOUT (default: the first-byte
+    # timeout) lets those wait longer without slowing the detection of a hung stream.
     first_byte_timeout: float = Field(default=60.0, validation_alias="TOKENGATE_FIRST_BYTE_TIMEOUT")
     response_timeout_s: float | None = Field(
         default=None, gt=0, validation_alias="TOKENGATE_RESPONSE_TIMEOUT"
