@@ -20,6 +20,7 @@ from gateway.api.openai import OpenAIHandler, client_request_id, echo_client_req
 from gateway.asgi import Message, Receive, Scope, Send
 from gateway.catalog import Catalog
 from gateway.errors import GatewayError, error_body, error_type_for
+from gateway.heap import settle_heap
 from gateway.settings import Settings
 from gateway.state import GatewayState
 
@@ -39,6 +40,7 @@ class GatewayApp:
             app.state.gateway = self.state
             app.state.billing = Billing.build(settings.database_url, self.state.redis)
             await app.state.billing.prepare()  # never blocks start on the database
+            settle_heap()  # after start-up built everything long-lived
             try:
                 yield
             finally:

@@ -10,6 +10,7 @@ or failed-over Redis), and routes them by their keys on a Redis Cluster.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -34,7 +35,7 @@ def source(name: str) -> str:
 
 
 class ScriptCall(Protocol):
-    async def __call__(self, keys: list[Any], args: list[Any]) -> Any: ...
+    async def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any: ...
 
 
 class FastScript:
@@ -46,7 +47,7 @@ class FastScript:
         self._client = client
         self._script = Script(text)
 
-    async def __call__(self, keys: list[Any], args: list[Any]) -> Any:
+    async def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         return await self._script(self._client, keys, args)
 
 

@@ -36,7 +36,7 @@ from gateway.errors import BadRequest
 from gateway.quota.accounts import AccountStore
 from gateway.quota.admission import Admission, admission_from_reply
 from gateway.quota.journal import SettlementJournal
-from gateway.quota.keys import grants_key
+from gateway.quota.keys import admit_keys, checkpoint_keys, settle_keys
 from gateway.quota.reservation import Reservation
 from gateway.quota.scripts import RedisClient
 from gateway.redisio import FastRedis
@@ -113,15 +113,7 @@ class QuotaStore(AccountStore):
             )
         if max_tokens is not None and max_tokens < 1:
             raise BadRequest("max_tokens must be at least 1", param="max_tokens")
-        keys = [
-            keyspace.key_record_key(account_id, key_id),
-            keyspace.balance_key(account_id),
-            keyspace.reservations_key(account_id),
-            keyspace.rate_key(account_id, key_id),
-            keyspace.inflight_key(account_id, key_id),
-            keyspace.leases_key(keyspace.shard_of(account_id)),
-            grants_key(account_id),
-        ]
+        keys = admit_keys(account_id, key_id)
         args: list[str | int] = [
             request_id, account_id, key_id, model, prompt_tokens,
             -1 if max_tokens is None else max_tokens, max_tokens_ceiling,
@@ -155,11 +147,7 @@ class QuotaStore(AccountStore):
         Pass ``prompt_tokens`` when the upstream reported it (continuous usage), so that an
         expiry charges the real prompt rather than the admission's estimate.
         """
-        keys = [
-            keyspace.reservations_key(account_id),
-            keyspace.leases_key(keyspace.shard_of(account_id)),
-            keyspace.inflight_key(account_id, key_id),
-        ]
+        keys = checkpoint_keys(account_id, key_id)
         args: list[str | int] = [
             request_id, account_id, key_id, completion_tokens,
             -1 if prompt_tokens is None else prompt_tokens,
@@ -247,16 +235,7 @@ class QuotaStore(AccountStore):
     async def _settle(
         self, request_id: str, account_id: str, key_id: str, args: list[Any]
     ) -> Sequence[Any]:
-        shard = keyspace.shard_of(account_id)
-        keys = [
-            keyspace.balance_key(account_id),
-            keyspace.reservations_key(account_id),
-            keyspace.rate_key(account_id, key_id),
-            keyspace.inflight_key(account_id, key_id),
-            keyspace.leases_key(shard),
-            keyspace.usage_stream_key(shard),
-            grants_key(account_id),
-        ]
+        keys = settle_keys(account_id, key_id)
         args = [request_id, account_id, key_id, *args, *[""] * (10 - len(args))]
         async with self._hot():
             reply: Sequence[Any] = await self.scripts.settle(keys=keys, args=args)

@@ -4,6 +4,7 @@ standalone or Redis Cluster, and Lua scripts run by SHA with a fallback on NOSCR
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
@@ -30,7 +31,7 @@ class Script:
         self.source = source.encode()
         self.sha = hashlib.sha1(self.source).hexdigest()
 
-    async def __call__(self, client: FastRedis, keys: list[str], args: list[Arg]) -> Any:
+    async def __call__(self, client: FastRedis, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         first = keys[0] if keys else ""
         try:
             return await client.execute_keyed(first, "EVALSHA", self.sha, len(keys), *keys, *args)

@@ -28,15 +28,9 @@ Arg = bytes | str | int
 
 
 def encode(args: tuple[Arg, ...]) -> bytes:
-    """One command in RESP: ``*N`` then a bulk string per argument."""
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        if isinstance(arg, str):
-            arg = arg.encode()
-        elif isinstance(arg, int):
-            arg = b"%d" % arg
-        out.append(b"$%d\r\n%b\r\n" % (len(arg), arg))
-    return b"".join(out)
+    """One command in RESP: ``*N`` then a bulk string per argument (hiredis, in C)."""
+    packed: bytes = hiredis.pack_command(args)  # type: ignore[arg-type]  # stub: a 1-tuple
+    return packed
 
 
 class _Protocol(asyncio.Protocol):
