@@ -12,6 +12,7 @@ from gateway.catalog import CatalogError, load_catalog
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from gateway.server import GatewayHttpProtocol
     from gateway.settings import Settings
 
     config = args.config or Settings().config_path
@@ -29,7 +30,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         loop="uvloop",
-        http="httptools",
+        http=GatewayHttpProtocol,  # httptools, one write per event-loop pass
         log_level=args.log_level,
         access_log=False,
         proxy_headers=False,  # the gateway never uses the client address: skip the rewrite

@@ -160,7 +160,7 @@ class Pipeline:
         """
         router = self.router
         tried: list[Endpoint] = []
-        error: GatewayError = UpstreamError("no upstream attempt was made")
+        error: GatewayError | None = None
         for _ in range(self.settings.upstream_attempts):
             try:
                 endpoint = router.pick(model, affinity, tried)
@@ -208,7 +208,7 @@ class Pipeline:
                 f"upstream in cluster {endpoint.cluster} answered {response.status}: {detail}",
                 code="upstream_error",
             )
-        raise error
+        raise error or UpstreamError("no upstream attempt was made")
 
     def _failed(self, endpoint: Endpoint, kind: str) -> None:
         self.router.finished(endpoint, ok=False)

@@ -32,6 +32,7 @@ from gateway.accounts import KeyLimits
 from gateway.app import create_app
 from gateway.catalog import parse_catalog
 from gateway.embedded import free_port, start_redis, start_simulators, stop
+from gateway.server import GatewayHttpProtocol
 from gateway.settings import Settings
 from gateway.state import connect_redis
 
@@ -170,7 +171,7 @@ def _display_host(host: str) -> str:
 
 async def _serve(settings: Settings, host: str, port: int, banner: str) -> None:
     config = uvicorn.Config(create_app(settings), host=host, port=port, loop="uvloop",
-                            http="httptools", log_level="warning", access_log=False,
+                            http=GatewayHttpProtocol, log_level="warning", access_log=False,
                             proxy_headers=False)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

@@ -12,8 +12,10 @@ import asyncio
 import secrets
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 from redis import exceptions as rx
+from redis.commands.core import AsyncScript
 from redis.typing import EncodableT, FieldT
 
 from gateway import keyspace
@@ -21,7 +23,7 @@ from gateway.errors import BalanceUnknown, QuotaUnavailable
 from gateway.quota.grants import BalanceView
 from gateway.quota.keys import grants_key
 from gateway.quota.reservation import Reservation
-from gateway.quota.scripts import RedisClient, Scripts
+from gateway.quota.scripts import RedisClient, ScriptCall, Scripts
 from gateway.redisio import FastRedis
 
 # Errors that mean "Redis cannot answer now", as opposed to a bug in a command.
@@ -95,16 +97,17 @@ class AccountStore:
                 headers={"Retry-After": "1"},
             ) from exc
 
-    @asynccontextmanager
-    async def _hot(self) -> AsyncIterator[None]:
-        """As ``_redis`` for the request path's scripts. The pipelined client enforces its
-        own deadline (a watchdog per connection), so no timer is armed per call."""
+    async def _hot(self, script: ScriptCall | AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """Run one of the request path's scripts; unreachable Redis -> QuotaUnavailable.
+
+        The pipelined client enforces its own deadline (a watchdog per connection), so no
+        timer is armed per call, and no context manager is built around it either.
+        """
         if self.fast is None:
             async with self._redis():
-                yield
-            return
+                return await script(keys=keys, args=args)
         try:
-            yield
+            return await script(keys=keys, args=args)
         except UNAVAILABLE as exc:
             raise QuotaUnavailable(
                 "quota service unavailable; retry shortly",

@@ -10,7 +10,7 @@ or failed-over Redis), and routes them by their keys on a Redis Cluster.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -35,7 +35,7 @@ def source(name: str) -> str:
 
 
 class ScriptCall(Protocol):
-    async def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any: ...
+    def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Awaitable[Any]: ...
 
 
 class FastScript:
@@ -47,8 +47,8 @@ class FastScript:
         self._client = client
         self._script = Script(text)
 
-    async def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        return await self._script(self._client, keys, args)
+    def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Awaitable[Any]:
+        return self._script(self._client, keys, args)  # the coroutine itself: one frame less
 
 
 @dataclass(frozen=True, slots=True)

@@ -119,8 +119,7 @@ class QuotaStore(AccountStore):
             -1 if max_tokens is None else max_tokens, max_tokens_ceiling,
             input_pm, output_pm, self.lease_ms if lease_ms is None else lease_ms, choices,
         ]  # fmt: skip
-        async with self._hot():
-            reply = await self.scripts.admit(keys=keys, args=args)
+        reply = await self._hot(self.scripts.admit, keys, args)
         admission = admission_from_reply(
             reply, request_id=request_id, requested=max_tokens, prompt_tokens=prompt_tokens
         )
@@ -153,8 +152,7 @@ class QuotaStore(AccountStore):
             -1 if prompt_tokens is None else prompt_tokens,
             self.lease_ms if lease_ms is None else lease_ms,
         ]  # fmt: skip
-        async with self._hot():
-            deadline = await self.scripts.checkpoint(keys=keys, args=args)
+        deadline = await self._hot(self.scripts.checkpoint, keys, args)
         return int(deadline) > 0
 
     async def settle(self, **request: Unpack[Settlement]) -> int | None:
@@ -237,8 +235,7 @@ class QuotaStore(AccountStore):
     ) -> Sequence[Any]:
         keys = settle_keys(account_id, key_id)
         args = [request_id, account_id, key_id, *args, *[""] * (10 - len(args))]
-        async with self._hot():
-            reply: Sequence[Any] = await self.scripts.settle(keys=keys, args=args)
+        reply: Sequence[Any] = await self._hot(self.scripts.settle, keys, args)
         if reply[0] in (b"ok", "ok"):
             self.journal.record(_text(reply[1]), account_id, reply[2:])
         return reply

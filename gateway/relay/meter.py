@@ -3,7 +3,7 @@
 The relay passes upstream bytes through. Most reads of a stream are blocks of ordinary token
 chunks of choice 0, each with its running usage: such a block is handled whole, with a few
 C-level byte operations and no per-event Python (the running count is read from the block's
-last usage; the usage blocks are cut out with one regex when the client must not see them;
+last usage; the usage objects are cut out with one split when the client must not see them;
 the model name is replaced with one ``bytes.replace``). JSON strings escape their quotes, so
 ``"usage":{`` or ``"model":"x"`` inside generated text never match. Any other block (the
 final usage chunk, ``[DONE]``, errors, ``n > 1``, a block without usage) goes event by event:
@@ -29,6 +29,8 @@ _DONE = b"[DONE]"
 _EVENT = b"data: {"
 _CHOICE0 = b'"choices":[{"index":0,'
 _HAS_USAGE = b',"usage":{"'
+_SEAM = b"}\n\ndata: {"  # between two events of a block
+_LAST = b"}\n\n"  # a block's end
 _PROMPT = b'"prompt_tokens":'
 _COMPLETION = b'"completion_tokens":'
 _CACHED = b'"cached_tokens":'
@@ -132,27 +134,28 @@ class StreamMeter:
 
     def _block(self, block: bytes) -> bytes | None:
         """A block of ordinary choice-0 token chunks, whole; None when it is anything else."""
-        # Each key below occurs at most once per chunk object, so equal counts mean every
-        # event is a data event of choice 0 with its usage, under the model name we know.
-        events = block.count(b"\n\n")
+        # JSON never holds a raw newline, so when the block starts with an event, ends with
+        # one, has two newlines per "}\n\ndata: {" seam plus the final two, every event is
+        # one "data: {...}" line. Each key below occurs at most once per chunk object, so
+        # equal counts then mean every event is choice 0's, with its usage, under the
+        # model name we know.
         model = self._upstream_model
+        if not block.startswith(_EVENT) or not block.endswith(_LAST):
+            return None
+        events = block.count(_SEAM) + 1
         if (
-            not block.startswith(_EVENT)
+            block.count(b"\n") != 2 * events
             or block.count(_CHOICE0) != events
             or block.count(model) != events  # type: ignore[arg-type]
         ):
             return None
-        last = block.rfind(_HAS_USAGE)
-        if self._show_running:
-            if block.count(_HAS_USAGE) != events:
-                return None
-            out = block
-        else:
-            out = _without_usage(block, events)  # type: ignore[assignment]
-            if out is None:
-                return None
-        usage = Usage(_int_after(block, _PROMPT, last), _int_after(block, _COMPLETION, last),
-                      _int_after(block, _CACHED, last))
+        parts = block.split(_HAS_USAGE)
+        if len(parts) != events + 1:
+            return None
+        out = block if self._show_running else _without_usage(parts)
+        last = block[block.rfind(_HAS_USAGE) + len(_HAS_USAGE) - 1 :]  # the last usage on
+        usage = Usage(_int_after(last, _PROMPT), _int_after(last, _COMPLETION),
+                      _int_after(last, _CACHED))
         self.choices[0] = usage
         self.running = usage
         new = self._rename.new
@@ -269,39 +272,30 @@ def usage_of_response(body: bytes) -> Usage | None:
     return Usage.from_json(usage) if isinstance(usage, dict) else None
 
 
-def _without_usage(block: bytes, events: int) -> bytes | None:
-    """The block with every ``,"usage":{...}`` cut out; None unless each event had one.
+def _without_usage(parts: list[bytes]) -> bytes:
+    """A block split at each ``,"usage":{"``, joined again with every usage object cut out.
 
     A usage object holds numbers, nulls and objects of numbers: one level of nesting.
     """
-    find = block.find
-    parts = []
-    pos = 0
-    for _ in range(events):
-        at = find(_HAS_USAGE, pos)
-        if at < 0:
-            return None
-        end = find(b"}", at + 10)
-        opened = find(b"{", at + 11, end)
+    out = [parts[0]]
+    for part in parts[1:]:
+        end = part.find(b"}")
+        opened = part.find(b"{", 0, end)
         while opened >= 0:  # a nested object closed at ``end``: the usage closes later
-            after = find(b"}", end + 1)
-            opened = find(b"{", end + 1, after)
+            after = part.find(b"}", end + 1)
+            opened = part.find(b"{", end + 1, after)
             end = after
-        parts.append(block[pos:at])
-        pos = end + 1
-    if find(_HAS_USAGE, pos) >= 0:
-        return None
-    parts.append(block[pos:])
-    return b"".join(parts)
+        out.append(part[end + 1 :])
+    return b"".join(out)
 
 
-def _int_after(block: bytes, name: bytes, start: int) -> int:
-    """The integer after ``name`` in the usage object that starts at ``start`` (0 if absent)."""
-    at = block.find(name, start)
+def _int_after(text: bytes, name: bytes) -> int:
+    """The integer after the first ``name`` in ``text`` (0 if absent)."""
+    at = text.find(name)
     if at < 0:
         return 0
     at += len(name)
-    end, size = at, len(block)
-    while end < size and 0x30 <= block[end] <= 0x39:
+    end, size = at, len(text)
+    while end < size and 0x30 <= text[end] <= 0x39:
         end += 1
-    return int(block[at:end]) if end > at else 0
+    return int(text[at:end]) if end > at else 0
