@@ -20,9 +20,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import Table, bindparam, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -56,24 +57,46 @@ async def post(
 ) -> None:
     """Post entries ``(id, kind, account_id, legs)``: all legs first, then the entries."""
     legs = [
-        {
-            "entry_id": eid,
-            "account_id": leg.account_id,
-            "grant_id": leg.grant_id,
-            "book": leg.book,
-            "amount": leg.amount,
-        }
+        (eid, leg.account_id, leg.grant_id, leg.book, leg.amount)
         for eid, _kind, _account, entry_legs in entries
         for leg in entry_legs
     ]
     if not legs:
         return
-    await conn.execute(ledger_legs.insert(), legs)
-    rows = [
-        {"id": eid, "kind": kind, "account_id": account, "created_at_ms": now_ms}
-        for eid, kind, account, _legs in entries
-    ]
-    await conn.execute(ledger_entries.insert(), rows)
+    await insert_rows(conn, ledger_legs, _LEG_COLUMNS, legs)
+    rows = [(eid, kind, account, now_ms) for eid, kind, account, _legs in entries]
+    await insert_rows(conn, ledger_entries, _ENTRY_COLUMNS, rows)
+
+
+_LEG_COLUMNS = ("entry_id", "account_id", "grant_id", "book", "amount")
+_ENTRY_COLUMNS = ("id", "kind", "account_id", "created_at_ms")
+_USAGE_COLUMNS = (*EVENT_FIELDS, "recorded_at_ms")
+_event_values = attrgetter(*EVENT_FIELDS)
+_inserts: dict[tuple[str, str, str, tuple[str, ...]], str] = {}
+
+
+def _insert_sql(conn: AsyncConnection, table: Table, columns: tuple[str, ...]) -> str:
+    """The INSERT of ``columns`` in the connection's SQL and parameter style, compiled once."""
+    key = (conn.dialect.name, conn.dialect.paramstyle, table.name, columns)
+    sql = _inserts.get(key)
+    if sql is None:
+        compiled = table.insert().compile(dialect=conn.dialect, column_keys=list(columns))
+        if tuple(compiled.positiontup or ()) != columns:  # the tuples are built in this order
+            raise RuntimeError(f"{table.name}: parameters {compiled.positiontup} are not {columns}")
+        sql = _inserts[key] = str(compiled)
+    return sql
+
+
+async def insert_rows(
+    conn: AsyncConnection, table: Table, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
+) -> None:
+    """Insert rows given as tuples (in ``columns`` order) with one driver executemany.
+
+    The same INSERT as Core's, minus Core's per-row parameter processing (none of these
+    columns has a bind processor the drivers need: strings, integers, booleans).
+    """
+    if rows:
+        await conn.exec_driver_sql(_insert_sql(conn, table, columns), rows)
 
 
 def purchase_legs(account_id: str, grant_id: str, credits: int) -> list[Leg]:
@@ -110,35 +133,20 @@ async def record_usage(conn: AsyncConnection, events: Iterable[UsageEvent], now_
     take: charges that do not add up, an unknown account or grant, an overdrawn grant. The
     caller's transaction then holds nothing of the batch.
     """
-    unique: dict[str, UsageEvent] = {}
     outcome = Recorded()
-    for event in events:
-        _check(event)
-        first = unique.setdefault(event.request_id, event)
-        if first is not event:
-            same = (first.account_id, first.charge, first.grants) == (
-                event.account_id,
-                event.charge,
-                event.grants,
-            )
-            if same:
-                outcome.duplicates.append(event.request_id)
-            else:
-                outcome.conflicts.append(event)
+    unique = _unique(events, outcome)
     if not unique:
         return outcome
-    result = await conn.execute(
-        _insert_ignoring_duplicates(conn), [_usage_row(e, now_ms) for e in unique.values()]
-    )
-    inserted = {row[0] for row in result}
-    await _sort_out_existing(conn, [e for rid, e in unique.items() if rid not in inserted], outcome)
-    new = [unique[rid] for rid in unique if rid in inserted]
-    outcome.new = [e.request_id for e in new]
+    if conn.dialect.name == "sqlite":
+        new = await _insert_new_sqlite(conn, unique, now_ms, outcome)
+    else:
+        new = await _insert_new(conn, unique, now_ms, outcome)
+    outcome.new = [e.request_id for e, _ in new]
     debits: dict[tuple[str, str], int] = defaultdict(int)
     entries = []
-    for event in new:
+    for event, parts in new:
         legs = []
-        for grant_id, amount in event.allocation():
+        for grant_id, amount in parts:
             debits[(grant_id, event.account_id)] += amount
             legs += [
                 Leg(event.account_id, grant_id, "grant", -amount),
@@ -146,28 +154,133 @@ async def record_usage(conn: AsyncConnection, events: Iterable[UsageEvent], now_
             ]
         if legs:
             entries.append((f"usage:{event.request_id}", "usage", event.account_id, legs))
-    for (grant_id, account_id), amount in sorted(debits.items()):  # one lock order: no deadlock
-        await _debit(conn, grant_id, account_id, amount)
+    await _debit_all(conn, sorted(debits.items()))  # one lock order: no deadlock
     await post(conn, entries, now_ms)
     return outcome
+
+
+Checked = tuple[UsageEvent, list[tuple[str, int]]]  # an event and its charge by grant
+
+
+def _unique(events: Iterable[UsageEvent], outcome: Recorded) -> dict[str, Checked]:
+    """The batch by request id (first wins); repeats within it are duplicates or conflicts."""
+    unique: dict[str, Checked] = {}
+    for event in events:
+        parts = _check(event)
+        first = unique.setdefault(event.request_id, (event, parts))[0]
+        if first is not event:
+            if _same(first, (event.account_id, event.charge, event.grants)):
+                outcome.duplicates.append(event.request_id)
+            else:
+                outcome.conflicts.append(event)
+    return unique
+
+
+def _same(event: UsageEvent, known: tuple[Any, ...] | None) -> bool:
+    """Whether a record (account, charge, grants) is this event's (a duplicate, not a conflict)."""
+    return known == (event.account_id, event.charge, event.grants)
+
+
+async def _insert_new(
+    conn: AsyncConnection, unique: dict[str, Checked], now_ms: int, outcome: Recorded
+) -> list[Checked]:
+    """Insert the records, skipping ids already there (INSERT .. ON CONFLICT .. RETURNING)."""
+    result = await conn.execute(
+        _insert_ignoring_duplicates(conn), [_usage_row(e, now_ms) for e, _ in unique.values()]
+    )
+    inserted = {row[0] for row in result}
+    await _sort_out_existing(conn, [e for rid, (e, _) in unique.items() if rid not in inserted], outcome)
+    return [checked for rid, checked in unique.items() if rid in inserted]
+
+
+async def _insert_new_sqlite(
+    conn: AsyncConnection, unique: dict[str, Checked], now_ms: int, outcome: Recorded
+) -> list[Checked]:
+    """Look the ids up, then insert the others: the same outcome as ON CONFLICT .. RETURNING.
+
+    Exact because a SQLite transaction of the ledger begins IMMEDIATE (billing.db.engine):
+    it holds the write lock from the start, so no record can appear between the look-up
+    and the insert (if one ever did, the primary key would refuse the batch, not lose it).
+    It spares the multi-row INSERT .. RETURNING that SQLAlchemy builds and parses row by row.
+    """
+    known = await _recorded(conn, list(unique))
+    new: list[Checked] = []
+    for rid, (event, parts) in unique.items():
+        if rid not in known:
+            new.append((event, parts))
+        elif _same(event, known[rid]):
+            outcome.duplicates.append(rid)
+        else:
+            outcome.conflicts.append(event)
+    rows = [(*_event_values(event), now_ms) for event, _ in new]
+    await insert_rows(conn, usage_records, _USAGE_COLUMNS, rows)
+    return new
+
+
+async def _recorded(conn: AsyncConnection, request_ids: list[str]) -> dict[str, tuple[Any, ...]]:
+    """(account, charge, grants) of the ids already recorded, in chunks of bound parameters."""
+    c = usage_records.c
+    known: dict[str, tuple[Any, ...]] = {}
+    for start in range(0, len(request_ids), _IN_CHUNK):
+        chunk = request_ids[start : start + _IN_CHUNK]
+        rows = await conn.execute(
+            select(c.request_id, c.account_id, c.charge, c.grants).where(c.request_id.in_(chunk))
+        )
+        known.update((r[0], (r[1], r[2], r[3])) for r in rows)
+    return known
+
+
+_IN_CHUNK = 500  # ids per IN (...): well under SQLite's bound-parameter limit
 
 
 async def _sort_out_existing(conn: AsyncConnection, events: Sequence[UsageEvent], outcome: Recorded) -> None:
     """Ids already recorded: a duplicate if the content is the same, else a conflict."""
     if not events:
         return
-    c = usage_records.c
-    rows = await conn.execute(
-        select(c.request_id, c.account_id, c.charge, c.grants).where(
-            c.request_id.in_([e.request_id for e in events])
-        )
-    )
-    known = {r.request_id: (r.account_id, r.charge, r.grants) for r in rows}
+    known = await _recorded(conn, [e.request_id for e in events])
     for event in events:
-        if known.get(event.request_id) == (event.account_id, event.charge, event.grants):
+        if _same(event, known.get(event.request_id)):
             outcome.duplicates.append(event.request_id)
         else:
             outcome.conflicts.append(event)
+
+
+async def _debit_all(conn: AsyncConnection, debits: list[tuple[tuple[str, str], int]]) -> None:
+    """Take the charges off ``grants.remaining`` (its CHECK refuses an overdraft).
+
+    One executemany where the driver counts the rows it updated (SQLite): each (grant,
+    account) matches at most one row (the grant's id is the key), so the sum of the counts
+    equals the number of debits exactly when every one found its grant. Elsewhere (asyncpg
+    reports no count for an executemany) one UPDATE per grant.
+    """
+    if not debits:
+        return
+    if not conn.dialect.supports_sane_multi_rowcount:
+        for (grant_id, account_id), amount in debits:
+            await _debit(conn, grant_id, account_id, amount)
+        return
+    rows = [{"g": grant_id, "a": account_id, "amount": amount} for (grant_id, account_id), amount in debits]
+    result = await conn.execute(_DEBIT, rows)
+    if result.rowcount != len(rows):
+        await _name_missing_grant(conn, debits)
+
+
+_DEBIT = (
+    update(grants)
+    .where(grants.c.id == bindparam("g"), grants.c.account_id == bindparam("a"))
+    .values(remaining=grants.c.remaining - bindparam("amount"))
+)
+
+
+async def _name_missing_grant(conn: AsyncConnection, debits: list[tuple[tuple[str, str], int]]) -> None:
+    """Raise LedgerRefused naming a (grant, account) of ``debits`` that the ledger lacks."""
+    wanted = [key for key, _ in debits]
+    rows = await conn.execute(
+        select(grants.c.id, grants.c.account_id).where(grants.c.id.in_([g for g, _ in wanted]))
+    )
+    found = {(r[0], r[1]) for r in rows}
+    grant_id, account_id = next((key for key in wanted if key not in found), wanted[0])
+    raise LedgerRefused(f"account {account_id} has no grant {grant_id}")
 
 
 async def _debit(conn: AsyncConnection, grant_id: str, account_id: str, amount: int) -> None:

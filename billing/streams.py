@@ -34,11 +34,15 @@ class Entry:
 
 def entries_of(stream: str, raw: Sequence[Any] | None) -> list[Entry]:
     """Entries from a reply's ``[(id, {field: value}), ...]``; deleted ones are skipped."""
-    return [
-        Entry(stream, text(eid), {text(k): text(v) for k, v in fields.items()})
-        for eid, fields in raw or []
-        if fields is not None
-    ]
+    return [Entry(stream, text(eid), _decoded(fields)) for eid, fields in raw or [] if fields is not None]
+
+
+def _decoded(fields: Mapping[Any, Any]) -> dict[str, str]:
+    """The fields as text: bytes decoded in one comprehension (the usual reply), else each."""
+    try:
+        return {k.decode(): v.decode() for k, v in fields.items()}
+    except AttributeError:  # a str among them (a client decoding replies itself)
+        return {text(k): text(v) for k, v in fields.items()}
 
 
 def shard_of_stream(stream: str) -> int:
@@ -136,8 +140,18 @@ class UsageStreams:
         return counts
 
     async def ack(self, entries: Sequence[Entry]) -> None:
-        for stream in {e.stream for e in entries}:
-            await self.redis.xack(stream, BILLING_GROUP, *[e.id for e in entries if e.stream == stream])
+        """XACK the entries, one command per stream, all in one round trip (standalone)."""
+        by_stream: dict[str, list[str]] = {}
+        for entry in entries:
+            by_stream.setdefault(entry.stream, []).append(entry.id)
+        if isinstance(self.redis, RedisCluster) or len(by_stream) < 2:
+            for stream, ids in by_stream.items():
+                await self.redis.xack(stream, BILLING_GROUP, *ids)
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for stream, ids in by_stream.items():
+            pipe.xack(stream, BILLING_GROUP, *ids)
+        await pipe.execute()
 
     async def dead_letter(self, entry: Entry, reason: str) -> None:
         """Keep an entry the ledger cannot take, with the reason, then acknowledge it."""

@@ -21,18 +21,20 @@ database serialises what two of them might record at the same time.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import socket
 import time
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 from sqlalchemy import text as sql
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from billing.clock import Clock, wall_ms
-from billing.db.engine import is_unavailable
+from billing.db.engine import WriterConnection, is_unavailable
 from billing.ledger import Recorded, record_usage
 from billing.streams import Entry, UsageStreams
 from billing.trim import StreamTrimmer
@@ -85,15 +87,29 @@ class BillingWorker:
         self.streams = UsageStreams(redis, consumer or default_consumer())
         self.trimmer = StreamTrimmer(redis, engine, self.streams.consumer, every_s=self.options.trim_every_s)
         self.clock = clock
+        self.db: WriterConnection | None = None  # its own connection, while it runs
         self.stats = WorkerStats()
         self.stopping = asyncio.Event()
 
     async def run(self) -> None:
         """Consume until :meth:`stop`; Redis outages are waited out."""
-        own_pending, next_claim = True, 0.0
+        self.db = WriterConnection(self.engine)
+        try:
+            await self._consume()
+        finally:
+            db, self.db = self.db, None
+            await db.close()
+
+    async def _consume(self) -> None:
+        # The start-up heap (modules, SQLAlchemy's caches) leaves the collector's sight, so
+        # the collections the batches' garbage sets off do not traverse it again and again.
+        gc.freeze()
+        own_pending, next_claim, group_ready = True, 0.0, False
         while not self.stopping.is_set():
             try:
-                await self.streams.ensure_group()
+                if not group_ready:  # later, a lost group answers NOGROUP: the reads recreate it
+                    await self.streams.ensure_group()
+                    group_ready = True
                 entries: list[Entry] = []
                 if time.monotonic() >= next_claim:
                     next_claim = time.monotonic() + self.options.claim_every_s
@@ -109,6 +125,7 @@ class BillingWorker:
                 if entries and len(entries) < self.options.batch and self.options.linger_s > 0:
                     await self._sleep(self.options.linger_s)
             except UNAVAILABLE as error:
+                group_ready = False
                 log.warning("billing worker: Redis unavailable (%s)", error.__class__.__name__)
                 await self._sleep(1.0)
 
@@ -149,7 +166,7 @@ class BillingWorker:
         wait, attempts = self.options.retry_s, 0
         while events:
             try:
-                async with self.engine.begin() as conn:
+                async with self._begin() as conn:
                     done = await record_usage(conn, [e for _, e in events], self.clock())
             except Exception as error:
                 attempts += 1
@@ -172,6 +189,10 @@ class BillingWorker:
                     await self._dead(entry, "same request id as a recorded usage, other content")
             return done
         return Recorded()
+
+    def _begin(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A transaction on the worker's own connection (outside :meth:`run`: the engine's)."""
+        return self.db.begin() if self.db is not None else self.engine.begin()
 
     async def _isolate(self, events: list[tuple[Entry, UsageEvent]], error: Exception) -> Recorded | None:
         """One event at a time, so only the one the ledger refuses is dead-lettered."""

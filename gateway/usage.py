@@ -17,7 +17,7 @@ together. Times leave the system as ISO 8601 UTC (:func:`ms_to_iso`).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -87,6 +87,22 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _as_text(fields: FieldsIn) -> Mapping[str, str]:
+    """The fields with str names and values; a dict of str already (the billing worker's) as is."""
+    if type(fields) is dict and all(type(k) is str and type(v) is str for k, v in fields.items()):
+        return fields
+    return {_text(k): _text(v) for k, v in fields.items()}
+
+
+_ABSENT = object()
+
+
+def _flag(raw: str) -> bool:
+    if raw not in ("0", "1"):
+        raise ValueError(f"usage event field stream must be 0 or 1, not {raw!r}")
+    return raw == "1"
+
+
 @dataclass(frozen=True, slots=True)
 class UsageEvent:
     """What one request used and was charged; exactly one per request id."""
@@ -140,22 +156,15 @@ class UsageEvent:
     @classmethod
     def from_fields(cls, fields: FieldsIn) -> UsageEvent:
         """Rebuild an event from a stream entry; unknown fields are ignored (newer writers)."""
-        text = {_text(k): _text(v) for k, v in fields.items()}
+        text = _as_text(fields)
         values: dict[str, object] = {}
-        for name in EVENT_FIELDS:
-            if name not in text:
+        for name, parse in _PARSERS:
+            raw = text.get(name, _ABSENT)
+            if raw is _ABSENT:
                 if name in _OPTIONAL:
                     continue
                 raise ValueError(f"usage event lacks field {name!r}")
-            raw = text[name]
-            if name == "stream":
-                if raw not in ("0", "1"):
-                    raise ValueError(f"usage event field stream must be 0 or 1, not {raw!r}")
-                values[name] = raw == "1"
-            elif name in _INT_FIELDS:
-                values[name] = int(raw)
-            else:
-                values[name] = raw
+            values[name] = raw if parse is None else parse(raw)  # type: ignore[arg-type]
         return cls(**values)  # type: ignore[arg-type]
 
     def to_record(self) -> dict[str, str | int | bool]:
@@ -171,3 +180,7 @@ class UsageEvent:
 
 # The event's field names in order, once (dataclasses.fields() rebuilds its tuple per call).
 EVENT_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(UsageEvent))
+# How from_fields turns each field's text into its value (None: the text itself), in order.
+_PARSERS: tuple[tuple[str, Callable[[str], object] | None], ...] = tuple(
+    (name, _flag if name == "stream" else int if name in _INT_FIELDS else None) for name in EVENT_FIELDS
+)

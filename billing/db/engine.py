@@ -5,7 +5,8 @@ a ledger shared by several processes (gateway workers, billing workers, reconcil
 write-ahead log, foreign keys on, a busy timeout, full fsync, and every transaction
 begins IMMEDIATE (it takes the write lock at once, so two writers queue instead of failing
 on a lock upgrade). Each SQLite transaction opens its own connection (no pool): cheap for
-a file, and a database that went away is noticed at the next transaction.
+a file, and a database that went away is noticed at the next transaction. A busy writer
+(the billing worker) keeps its own connection instead (:class:`WriterConnection`).
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
         "journal_mode = WAL",
         f"busy_timeout = {SQLITE_BUSY_MS}",
         "synchronous = FULL",
+        "temp_store = MEMORY",
     ):
         cursor.execute(f"PRAGMA {pragma}")
     cursor.close()
@@ -93,6 +95,74 @@ def is_unavailable(error: BaseException) -> bool:
     if isinstance(error, exc.DBAPIError):
         return error.connection_invalidated or isinstance(error, exc.OperationalError | exc.InterfaceError)
     return isinstance(error, OSError | TimeoutError | exc.TimeoutError)
+
+
+class WriterConnection:
+    """A busy writer's (the billing worker's) own connection to a SQLite ledger, kept open.
+
+    A connection per transaction cost the worker most of its CPU: a thread, the pragmas,
+    the schema parsed again, a cold page cache, and (the last connection to close a WAL
+    database) the whole log copied into the database file, synced and deleted, at every
+    commit. This one stays open between transactions; SQLite's auto-checkpoint (every
+    1000 log pages) copies the log instead. Durability does not change: a commit is
+    durable once the log is synced (``synchronous = FULL``). A database that went away is
+    still noticed at the next transaction: the connection is dropped when the file at the
+    URL's path is not the one it opened (moved, replaced) and when the database is
+    unavailable, then opened again like any other. PostgreSQL: the engine's pool, as is.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        database = engine.url.database if is_sqlite(engine) else None
+        self.path = Path(database) if database and database != ":memory:" else None
+        self.conn: AsyncConnection | None = None
+        self.opened: tuple[int, int] | None = None
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction, committed when the block ends without an error (as engine.begin())."""
+        if self.path is None:
+            async with self.engine.begin() as conn:
+                yield conn
+            return
+        conn = await self._connection()
+        try:
+            async with conn.begin():
+                yield conn
+        except Exception as error:
+            if is_unavailable(error):
+                await self.close()
+            raise
+
+    async def close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            try:
+                await conn.close()
+            except Exception as error:
+                if not is_unavailable(error):
+                    raise
+
+    async def _connection(self) -> AsyncConnection:
+        if self.conn is not None and self._file() != self.opened:
+            await self.close()  # the file went away: never write to one nobody reads
+        if self.conn is None:
+            before = self._file()
+            conn = await self.engine.connect()
+            if before is None or self._file() != before:  # created or replaced meanwhile
+                await conn.close()
+                raise FileNotFoundError(f"the ledger {self.path} is not the file it was")
+            self.conn, self.opened = conn, before
+        return self.conn
+
+    def _file(self) -> tuple[int, int] | None:
+        """Which file the path names (device, inode); None: none."""
+        assert self.path is not None
+        try:
+            found = self.path.stat()
+        except OSError:
+            return None
+        return found.st_dev, found.st_ino
 
 
 @asynccontextmanager
