@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
@@ -18,6 +19,7 @@ from gateway.accounts import AccountRegistry
 from gateway.auth import Authenticator
 from gateway.catalog import Catalog, load_catalog
 from gateway.durability import check_durability
+from gateway.errors import QuotaUnavailable
 from gateway.keyspace import USAGE_SHARDS
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline
@@ -32,6 +34,7 @@ from gateway.settings import Settings
 from gateway.tokenizers import load_tokenizer
 
 log = logging.getLogger("tokengate")
+JOURNAL_CONFIRM_SECONDS = 1.0  # how often acknowledged usage events leave the journal
 
 
 def connect_redis(url: str) -> RedisClient:
@@ -115,12 +118,23 @@ class GatewayState:
             await self.quota.fast.aclose()
 
     async def _reap_forever(self) -> None:
-        """Settle reservations whose gateway died (lease past its deadline) as 'expired'."""
+        """Settle reservations whose gateway died (lease past its deadline) as 'expired',
+        every reaper interval; between reaps, confirm the settlement journal every second,
+        so that it holds no more than the events billing has yet to acknowledge."""
+        interval = self.settings.reaper_interval
+        next_reap = time.monotonic() + interval
         while True:
-            await asyncio.sleep(self.settings.reaper_interval)
-            for shard in range(USAGE_SHARDS):
+            await asyncio.sleep(min(interval, JOURNAL_CONFIRM_SECONDS))
+            reap = time.monotonic() >= next_reap
+            if reap:
+                next_reap = time.monotonic() + interval
+            shards = range(USAGE_SHARDS) if reap else self.quota.journal.shards()
+            for shard in shards:
                 try:
-                    await self.quota.reap(shard, 100)
-                except (RedisError, OSError) as exc:
+                    if reap:
+                        await self.quota.reap(shard, 100)  # which confirms the journal first
+                    else:
+                        await self.quota.confirm_journal(shard)
+                except (RedisError, OSError, QuotaUnavailable) as exc:
                     log.warning("reaper: Redis unavailable (%s)", exc.__class__.__name__)
                     break

@@ -204,6 +204,11 @@ class QuotaStore(AccountStore):
             raise
         return reply
 
+    async def confirm_journal(self, shard: int) -> int:
+        """Forget the shard's journaled events billing acknowledged; replay what Redis lost."""
+        async with self._redis():
+            return await self.journal.confirm(self.client, self.scripts, shard)
+
     async def reap(self, shard: int, limit: int = 100) -> list[UsageEvent]:
         """Settle as ``expired`` up to ``limit`` requests of ``shard`` whose lease passed.
 

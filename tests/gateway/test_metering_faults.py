@@ -42,24 +42,9 @@ def test_dead_gateways_stream_expires_and_is_billed_its_checkpoint(
         for i in (0, 1):
             sims.set_fault(i, mode="drip", drip_ms=150)  # >= 16 tokens: > 2.4 s
         account, key = gateway.new_account()
-        payload = orjson.dumps({"model": CHAT_MODEL, "messages": MESSAGES, "max_tokens": 200,
-                                "stream": True})
-        port = int(doomed.base.rsplit(":", 1)[1])
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-                         b"Content-Type: application/json\r\n"
-                         + f"Authorization: Bearer {key}\r\nContent-Length: {len(payload)}\r\n\r\n"
-                         .encode() + payload)
-            received = b""
-            deadline = time.monotonic() + 1.2  # past at least two checkpoints (every 0.5 s)
-            while time.monotonic() < deadline:
-                received += sock.recv(65536)
-            os.kill(doomed.process.pid, signal.SIGKILL)
-        delivered = received.count(b'"content":"') - received.count(b'"content":""')
+        request_id, delivered = _stream_then_kill(doomed, key)
         assert delivered >= 5
-        request_id = re.search(rb"x-request-id: (\S+)\r\n", received, re.IGNORECASE)
-        assert request_id is not None, received[:500]
-        event = wait_for_event(gateway.redis_url, request_id.group(1).decode(), timeout=15)
+        event = wait_for_event(gateway.redis_url, request_id, timeout=15)
         assert (event.status, event.counted_by) == ("expired", "gateway")
         assert 0 < event.completion_tokens <= delivered
         assert event.charge > 0
@@ -67,6 +52,54 @@ def test_dead_gateways_stream_expires_and_is_billed_its_checkpoint(
         assert balance["reserved"] == 0 and balance["spent"] == event.charge
     finally:
         stop_process(doomed.process)
+
+
+def _stream_then_kill(doomed: Gateway, key: str) -> tuple[str, int]:
+    """Start a long stream on ``doomed``, SIGKILL it past two checkpoints: (request id,
+    content chunks the client received)."""
+    payload = orjson.dumps({"model": CHAT_MODEL, "messages": MESSAGES, "max_tokens": 200,
+                            "stream": True})
+    port = int(doomed.base.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/json\r\n"
+                     + f"Authorization: Bearer {key}\r\nContent-Length: {len(payload)}\r\n\r\n"
+                     .encode() + payload)
+        received = b""
+        deadline = time.monotonic() + 1.2  # past at least two checkpoints (every 0.5 s)
+        while time.monotonic() < deadline:
+            received += sock.recv(65536)
+        os.kill(doomed.process.pid, signal.SIGKILL)
+    delivered = received.count(b'"content":"') - received.count(b'"content":""')
+    request_id = re.search(rb"x-request-id: (\S+)\r\n", received, re.IGNORECASE)
+    assert request_id is not None, received[:500]
+    return request_id.group(1).decode(), delivered
+
+
+def test_the_reaper_outlives_a_redis_outage(gateway: Gateway, sims: Sims, private_redis: RedisServer,
+                                           tmp_path: Path) -> None:
+    """Redis gone while the reaper runs must not end the reaper: once Redis is back, a dead
+    gateway's request is still settled as 'expired' by the gateway that stayed up."""
+    survivor = start_gateway(gateway.config, private_redis.url, tmp_path / "survivor.log",
+                             TOKENGATE_REAPER_INTERVAL="0.2")
+    doomed: Gateway | None = None
+    try:
+        private_redis.stop()
+        time.sleep(1.0)  # several reaper passes fail meanwhile
+        private_redis.restart()
+        _account, key = survivor.new_account()
+        doomed = start_gateway(gateway.config, private_redis.url, tmp_path / "doomed.log",
+                               TOKENGATE_LEASE_SECONDS="1.5")
+        for i in (0, 1):
+            sims.set_fault(i, mode="drip", drip_ms=150)
+        request_id, _ = _stream_then_kill(doomed, key)
+        event = wait_for_event(private_redis.url, request_id, timeout=15)
+        assert (event.status, event.counted_by) == ("expired", "gateway")
+        assert survivor.process.poll() is None
+    finally:
+        stop_process(survivor.process)
+        if doomed is not None:
+            stop_process(doomed.process)
 
 
 @pytest.fixture()
