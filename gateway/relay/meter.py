@@ -137,18 +137,20 @@ class StreamMeter:
         # JSON never holds a raw newline, so when the block starts with an event, ends with
         # one, has two newlines per "}\n\ndata: {" seam plus the final two, every event is
         # one "data: {...}" line. Each key below occurs at most once per chunk object, so
-        # equal counts then mean every event is choice 0's, with its usage, under the
-        # model name we know.
-        model = self._upstream_model
+        # equal counts then mean every event is choice 0's, with its usage (and, when it
+        # must be renamed, under the model name we know).
+        model: bytes = self._upstream_model  # type: ignore[assignment]
         if not block.startswith(_EVENT) or not block.endswith(_LAST):
             return None
         events = block.count(_SEAM) + 1
-        if (
-            block.count(b"\n") != 2 * events
-            or block.count(_CHOICE0) != events
-            or block.count(model) != events  # type: ignore[arg-type]
-        ):
+        if block.count(b"\n") != 2 * events or block.count(_CHOICE0) != events:
             return None
+        new = self._rename.new
+        if new != model:  # renamed in every event, or the block is not ours to pass whole
+            named = block.split(model)
+            if len(named) != events + 1:
+                return None
+            block = new.join(named)
         parts = block.split(_HAS_USAGE)
         if len(parts) != events + 1:
             return None
@@ -158,8 +160,7 @@ class StreamMeter:
                       _int_after(last, _CACHED))
         self.choices[0] = usage
         self.running = usage
-        new = self._rename.new
-        return out if new == model else out.replace(model, new)  # type: ignore[arg-type]
+        return out
 
     def _event(self, event: bytes) -> bytes:
         event = event.strip(b"\r\n")

@@ -166,15 +166,32 @@ def test_whole_blocks_equal_event_by_event(stream: bytes, include: bool, continu
     assert fast.delivered(5) == slow.delivered(5)
 
 
-def test_whole_blocks_take_the_fast_path() -> None:
-    """After the first event, a block of plain token chunks is handled whole."""
-    meter = StreamMeter(ModelRenamer("m"), False, False)
+@settings(max_examples=200, deadline=None)
+@given(stream=streams(), include=st.booleans(), cuts=st.lists(st.integers(1, 4000), max_size=6))
+def test_whole_blocks_equal_event_by_event_under_the_upstreams_own_name(
+        stream: bytes, include: bool, cuts: list[int]) -> None:
+    """The public name is the upstream's: nothing to rename, the blocks still pass whole."""
+    upstream_name = stream.split(b'"model":"', 1)[1].split(b'"', 1)[0].decode()
+    bounds = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
+    fast = StreamMeter(ModelRenamer(upstream_name), include, False)
+    slow = StreamMeter(ModelRenamer(upstream_name), include, False, whole_blocks=False)
+    for a, b in itertools.pairwise(bounds):
+        assert fast.feed(stream[a:b]) == slow.feed(stream[a:b])
+        assert fast.running == slow.running and fast.choices == slow.choices
+    assert (fast.final, fast.done, fast.error) == (slow.final, slow.done, slow.error)
+
+
+@pytest.mark.parametrize("public", ["m", "org/M"])
+def test_whole_blocks_take_the_fast_path(public: str) -> None:
+    """After the first event, a block of plain token chunks is handled whole (renamed or not)."""
+    meter = StreamMeter(ModelRenamer(public), False, False)
     meter.feed(ROLE)
     calls = []
     original = meter._event
     meter._event = lambda ev: calls.append(ev) or original(ev)  # type: ignore[method-assign]
     out = meter.feed(token(1, " a") + token(2, ' "usage" '))
-    assert not calls and b"usage\\\"" in out and b'"usage":{' not in out and b'"model":"m"' in out
+    assert not calls and b"usage\\\"" in out and b'"usage":{' not in out
+    assert out.count(b'"model":' + orjson.dumps(public)) == 2
     assert meter.running is not None and meter.running.completion_tokens == 2
 
 
