@@ -8,7 +8,6 @@ reached the client, so it is never in the client's way.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -77,6 +76,7 @@ class Pipeline:
         self.upstream = upstream
         self.metrics = metrics
         self.deferred: set[asyncio.Future[None]] = set()  # settlements waiting for Redis
+        self.settling: set[asyncio.Future[None]] = set()  # settlements under way
 
     def model_for(self, request: OpenAIRequest) -> Model:
         model = self.catalog.get(request.model)
@@ -373,6 +373,25 @@ class Pipeline:
         self.metrics.billed(model.name, usage.prompt_tokens, usage.completion_tokens)
 
 
+    def settle_in_background(
+        self, key: KeyRef, model: Model, request_id: str, stream: bool, outcome: Outcome
+    ) -> None:
+        """Settle without holding up the request: its answer is already with the client.
+
+        The task belongs to the pipeline, not to the request, so nothing that ends the
+        request (a client gone, a server stopping) cuts it short; :meth:`drain` waits for
+        the last ones at shutdown.
+        """
+        task = asyncio.ensure_future(self.settle(key, model, request_id, stream, outcome))
+        self.settling.add(task)
+        task.add_done_callback(self.settling.discard)
+
+    async def drain(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the settlements under way (deferred included)."""
+        pending = self.settling | self.deferred
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+
     async def _settle_later(
         self, request_id: str, settle: Callable[[], Awaitable[int | None]]
     ) -> None:
@@ -413,10 +432,3 @@ def _uncancel() -> None:
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-async def settle_shielded(pipeline: Pipeline, *args: object) -> None:
-    """Run settlement to completion even if the handling task is cancelled meanwhile."""
-    task = asyncio.ensure_future(pipeline.settle(*args))  # type: ignore[arg-type]
-    with contextlib.suppress(asyncio.CancelledError):
-        await asyncio.shield(task)

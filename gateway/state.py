@@ -35,6 +35,7 @@ from gateway.tokenizers import load_tokenizer
 
 log = logging.getLogger("tokengate")
 JOURNAL_CONFIRM_SECONDS = 1.0  # how often acknowledged usage events leave the journal
+SETTLE_DRAIN_SECONDS = 5.0  # at shutdown, how long settlements under way may take
 
 
 def connect_redis(url: str) -> RedisClient:
@@ -105,6 +106,7 @@ class GatewayState:
         log.warning("SIGHUP: models.yaml reloaded (%d models)", len(catalog.models))
 
     async def close(self) -> None:
+        await self.pipeline.drain(SETTLE_DRAIN_SECONDS)  # while Redis is still connected
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         for task in self.tasks:

@@ -16,7 +16,7 @@ from gateway.asgi import ClientGone, Message, Receive, Scope, Send, read_body, s
 from gateway.auth import bearer_token
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound
 from gateway.openai_request import Kind, parse_request
-from gateway.pipeline import Outcome, Pipeline, settle_shielded
+from gateway.pipeline import Outcome, Pipeline
 from gateway.relay.meter import Usage
 
 log = logging.getLogger("tokengate.api")
@@ -146,7 +146,7 @@ class OpenAIHandler:
                 facts.waited = response.waited
         finally:
             keeper.stop()
-            await settle_shielded(pipeline, key, model, request_id, request.stream, outcome)
+            pipeline.settle_in_background(key, model, request_id, request.stream, outcome)
 
 
 @dataclass(slots=True)
