@@ -59,11 +59,13 @@ class Journaled:
 
     @classmethod
     def of(cls, account_id: str, flat: Sequence[Any]) -> Journaled:
-        if all(type(v) is bytes for v in flat):
+        try:
             packed = _SEP.join(flat)
-            if packed.count(_SEP) == len(flat) - 1:  # no NUL inside a value: it splits back
-                return cls(account_id, packed)
-        return cls(account_id, tuple(flat))
+        except TypeError:  # str values (a client that decodes replies): kept as they are
+            return cls(account_id, tuple(flat))
+        if packed.count(_SEP) != len(flat) - 1:  # a NUL inside a value: it would not split back
+            return cls(account_id, tuple(flat))
+        return cls(account_id, packed)
 
     @property
     def flat(self) -> Sequence[Any]:
