@@ -130,7 +130,7 @@ def percentile_rows(t: Table, names: Sequence[str]) -> list[list[str]]:
 PERCENTILE_HEADER = ["scenario", "target", "per s: median (min-max of rounds)",
                      "latency p50/p90/p99 ms", "first byte p50/p90/p99 ms",
                      "first token p50/p90/p99 ms", "chunks", "ok", "errors",
-                     "Redis CPU us/request", "client CPU us/request"]
+                     "Redis + billing worker CPU us/request", "client CPU us/request"]
 
 
 def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -242,7 +242,10 @@ def markdown(t: Table, ctx: Context, plot_name: str | None) -> str:
         "",
         "tokengate's Redis is a private `redis-server` started for the benchmark with AOF "
         "and snapshots **off** (production runs AOF with `appendfsync always`; see "
-        "docs/operations.md). Its CPU is reported apart (`Redis CPU us/request`).",
+        "docs/operations.md). Its CPU and the billing worker's (which drains the usage "
+        "events into the SQLite ledger meanwhile, on the same cores) are reported apart, "
+        "together (`Redis + billing worker CPU us/request`); `python -m loadtest.bench_worker` "
+        "measures the worker alone.",
         "",
         "Peers (each in its own cached virtualenv, `loadtest/peers/install`):",
         "",

@@ -15,7 +15,8 @@ class Target:
     """One endpoint under test.
 
     ``server`` is the process tree whose CPU and RSS are reported (for ``direct``, the
-    simulator itself); ``aux`` are helpers measured separately (tokengate's Redis).
+    simulator itself); ``aux`` are helpers measured apart, together (tokengate's Redis and
+    billing worker).
     """
 
     name: str
