@@ -3,10 +3,9 @@
 uvicorn writes a response's head as soon as the application starts it and the body when
 it sends it: two ``send()`` system calls for every non-streamed answer, and the client
 wakes twice to read them. On loopback each write also wakes the reader, and on a busy
-host that switch is the expensive part. Here a write waits until a second one joins it
-or the event loop's pass ends, whichever comes first: the head and body of an answer
-leave together the moment the body is written, and stream chunks relayed in one pass
-leave in pairs or with the pass's end.
+host that switch is the expensive part. Here the writes a connection makes during one
+pass of the event loop are joined and written once, at the end of the pass: the head
+and body of an answer leave together, as do stream chunks that arrive together.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
 class CoalescingTransport:
-    """Wraps a transport: a write waits for a second one or the end of the loop pass."""
+    """Wraps a transport: ``write`` queues, the queue is flushed once per loop pass."""
 
     __slots__ = ("_flush_scheduled", "_loop", "_queued", "_transport")
 
@@ -31,20 +30,14 @@ class CoalescingTransport:
     def write(self, data: bytes) -> None:
         if not data:
             return
-        queued = self._queued
-        queued.append(data)
-        if len(queued) > 1:
-            self.flush()  # a head and its body (or two chunks): nothing gains from waiting
-        elif not self._flush_scheduled:
+        self._queued.append(data)
+        if not self._flush_scheduled:
             self._flush_scheduled = True
-            self._loop.call_soon(self._end_of_pass)
-
-    def _end_of_pass(self) -> None:
-        self._flush_scheduled = False
-        self.flush()
+            self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
         """Write what is queued (also before closing, so that nothing is left behind)."""
+        self._flush_scheduled = False
         queued = self._queued
         if not queued:
             return
