@@ -135,7 +135,7 @@ async def _exactly_once(
             await wait_for(lambda n=expected: _started(log, n), timeout=60)  # type: ignore[misc]
             if round_ == 2:
                 await append_all(redis, copies[len(copies) // 2 :])
-            await asyncio.sleep(rng.uniform(0.02, 0.5))  # a random point of the work
+            await _until_some_work_is_done(redis, rng)  # a random point of the work
             for worker in workers:
                 kill(worker)
             progress.append((await _count(billing, ids), await backlog(redis)))
@@ -170,6 +170,16 @@ async def _exactly_once(
         assert await redis.xlen(dead_letter_key(shard)) == 0
     killed_midway = [p for p in progress if p[1] > 0]
     assert len(killed_midway) >= 3, progress  # killed with work left, more than once
+
+
+async def _until_some_work_is_done(redis: Redis, rng: random.Random) -> None:
+    """Wait a random time (20-500 ms), cut short once a random share (2-30%) of the backlog
+    is recorded, so that the kill lands with work left however fast the workers are."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + rng.uniform(0.02, 0.5)
+    left = await backlog(redis) * (1 - rng.uniform(0.02, 0.3))
+    while loop.time() < deadline and await backlog(redis) > left:
+        await asyncio.sleep(0.005)
 
 
 async def _started(log: Path, count: int) -> bool:
