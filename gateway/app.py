@@ -16,8 +16,8 @@ from starlette.exceptions import HTTPException
 
 from billing.service import Billing
 from gateway.api import admin, endpoints, health, me
-from gateway.api.openai import OpenAIHandler, client_request_id, echo_client_request_id, new_request_id
-from gateway.asgi import Message, Receive, Scope, Send
+from gateway.api.openai import OpenAIHandler, client_request_id, new_request_id
+from gateway.asgi import Receive, Scope, Send, with_header
 from gateway.catalog import Catalog
 from gateway.errors import GatewayError, error_body, error_type_for
 from gateway.heap import settle_heap
@@ -63,19 +63,12 @@ class GatewayApp:
             return
         client_id = client_request_id(scope)
         if client_id is not None:
-            send = echo_client_request_id(send, client_id)
+            send = with_header(send, b"x-client-request-id", client_id)
         path = scope["path"]
         if self.handler is not None and path.startswith("/v1/") and not path.startswith("/v1/me"):
             await self.handler(scope, receive, send)
             return
-        request_id = new_request_id().encode()
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id)]
-            await send(message)
-
-        await self.control(scope, receive, send_with_id)
+        await self.control(scope, receive, with_header(send, b"x-request-id", new_request_id().encode()))
 
 
 async def _gateway_error(request: Request, error: GatewayError) -> Response:

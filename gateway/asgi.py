@@ -34,6 +34,17 @@ def header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
+def with_header(send: Send, name: bytes, value: bytes) -> Send:
+    """``send`` that adds one header to the response it starts."""
+
+    async def send_with_header(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", []), (name, value)]
+        await send(message)
+
+    return send_with_header
+
+
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     """Read the whole request body, refusing more than ``limit`` bytes early."""
     length = header(scope, b"content-length")

@@ -75,8 +75,7 @@ class Pipeline:
         self.router = router
         self.upstream = upstream
         self.metrics = metrics
-        self.deferred: set[asyncio.Future[None]] = set()  # settlements waiting for Redis
-        self.settling: set[asyncio.Future[None]] = set()  # settlements under way
+        self.settling: set[asyncio.Future[None]] = set()  # settlements under way (or retrying)
 
     def model_for(self, request: OpenAIRequest) -> Model:
         model = self.catalog.get(request.model)
@@ -338,7 +337,8 @@ class Pipeline:
     async def settle(
         self, key: KeyRef, model: Model, request_id: str, stream: bool, outcome: Outcome
     ) -> None:
-        """Settle now; if Redis is unreachable, keep retrying in the background.
+        """Settle now; if Redis is unreachable, keep retrying (this runs as its own task,
+        see :meth:`settle_in_background`).
 
         Never raises: the response is already with the client. Should this process die
         before Redis returns, the reservation's lease expires and the reaper settles it.
@@ -363,15 +363,12 @@ class Pipeline:
             await settle()
         except QuotaUnavailable:
             log.warning("settlement of %s deferred: Redis unreachable", request_id)
-            task = asyncio.ensure_future(self._settle_later(request_id, settle))
-            self.deferred.add(task)
-            task.add_done_callback(self.deferred.discard)
+            await self._settle_later(request_id, settle)
             return
         except Exception:
             log.exception("settlement of %s failed; its lease will expire it", request_id)
             return
         self.metrics.billed(model.name, usage.prompt_tokens, usage.completion_tokens)
-
 
     def settle_in_background(
         self, key: KeyRef, model: Model, request_id: str, stream: bool, outcome: Outcome
@@ -387,10 +384,9 @@ class Pipeline:
         task.add_done_callback(self.settling.discard)
 
     async def drain(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for the settlements under way (deferred included)."""
-        pending = self.settling | self.deferred
-        if pending:
-            await asyncio.wait(pending, timeout=timeout)
+        """Wait up to ``timeout`` seconds for the settlements under way (retrying included)."""
+        if self.settling:
+            await asyncio.wait(self.settling, timeout=timeout)
 
     async def _settle_later(
         self, request_id: str, settle: Callable[[], Awaitable[int | None]]

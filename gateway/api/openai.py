@@ -12,7 +12,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from gateway.asgi import ClientGone, Message, Receive, Scope, Send, read_body, send_error, send_json
+from gateway.asgi import ClientGone, Receive, Scope, Send, read_body, send_error, send_json
 from gateway.auth import bearer_token
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound
 from gateway.openai_request import Kind, parse_request
@@ -50,17 +50,6 @@ def client_request_id(scope: Scope) -> bytes | None:
 
 def _sane_id(value: bytes) -> bool:
     return 0 < len(value) <= 128 and _REQUEST_ID_OK.fullmatch(value) is not None
-
-
-def echo_client_request_id(send: Send, client_id: bytes) -> Send:
-    """``send`` that adds ``x-client-request-id`` to the response headers."""
-
-    async def send_with_client_id(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            message["headers"] = [*message.get("headers", []), (b"x-client-request-id", client_id)]
-        await send(message)
-
-    return send_with_client_id
 
 
 class OpenAIHandler:
