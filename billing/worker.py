@@ -21,7 +21,6 @@ database serialises what two of them might record at the same time.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import socket
@@ -38,6 +37,7 @@ from billing.db.engine import WriterConnection, is_unavailable
 from billing.ledger import Recorded, record_usage
 from billing.streams import Entry, UsageStreams
 from billing.trim import StreamTrimmer
+from gateway.heap import settle_heap
 from gateway.quota.accounts import UNAVAILABLE
 from gateway.quota.scripts import RedisClient
 from gateway.usage import UsageEvent
@@ -101,9 +101,7 @@ class BillingWorker:
             await db.close()
 
     async def _consume(self) -> None:
-        # The start-up heap (modules, SQLAlchemy's caches) leaves the collector's sight, so
-        # the collections the batches' garbage sets off do not traverse it again and again.
-        gc.freeze()
+        settle_heap()  # the start-up heap (modules, SQLAlchemy's caches) out of the collector's way
         own_pending, next_claim, group_ready = True, 0.0, False
         while not self.stopping.is_set():
             try:

@@ -1,4 +1,4 @@
-"""Garbage-collector settings for a long-running gateway process.
+"""Garbage-collector settings for a long-running process (a gateway worker, the billing worker).
 
 At start-up a worker imports FastAPI, pydantic, SQLAlchemy and the tokenizers: a few
 hundred thousand objects that live as long as the process. CPython's cyclic collector

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import secrets
 import shlex
@@ -43,9 +42,9 @@ from gateway.accounts import KeyLimits
 from gateway.quota.keys import BILLING_GROUP
 from loadtest.bench.procs import Child, spawn
 from loadtest.bench.stack import child_env, start_redis
+from loadtest.loadgen.procstat import sample
 
 CREDITS = 10**12
-TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -55,11 +54,9 @@ class Payer:
     grants: tuple[str, str]
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (utime and stime of /proc/<pid>/stat)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) * TICK_S
+def cpu_s(child: Child) -> float:
+    """User + system CPU seconds of the worker (and of any process it started)."""
+    return sample((child.pid,)).cpu_seconds
 
 
 def written(pid: int) -> int:
@@ -194,10 +191,10 @@ async def measure(workdir: Path, args: argparse.Namespace) -> None:
         await wait_group(redis, worker)
         await asyncio.sleep(args.settle)
         profiler = start_profiler(workdir, args.attach, worker) if args.attach else None
-        before, wrote, started = cpu_s(worker.pid), written(worker.pid), time.monotonic()
+        before, wrote, started = cpu_s(worker), written(worker.pid), time.monotonic()
         await fill(redis, payers, args.events, args.seed, args.rate)
         await drained(redis, worker, timeout=600)
-        cpu, wall = cpu_s(worker.pid) - before, time.monotonic() - started
+        cpu, wall = cpu_s(worker) - before, time.monotonic() - started
         wrote = written(worker.pid) - wrote
         if profiler is not None:
             profiler.process.send_signal(signal.SIGINT)  # py-spy and perf write their file
