@@ -244,11 +244,17 @@ class UpstreamResponse:
         return conn.take()
 
     async def read(self) -> bytes:
-        """The whole body."""
+        """The whole body. The caller wants it all at once, so the high-water mark does not
+        apply: what is buffered is taken, which resumes reading (a large embeddings answer
+        would otherwise wait paused until the idle timeout)."""
         conn = self._conn
+        parts: list[bytes] = []
         while not conn.complete:
+            if conn.paused:
+                parts.append(conn.take())
             await conn.wait()
-        return conn.take()
+        parts.append(conn.take())
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def release(self) -> None:
         if self._done:

@@ -78,6 +78,15 @@ def test_embeddings(gateway: Gateway, api_key: str) -> None:
     assert result.usage.prompt_tokens > 0
 
 
+def test_large_embeddings_answer_is_relayed_whole(gateway: Gateway, api_key: str) -> None:
+    """An answer past the relay's buffering high-water mark (256 KiB) arrives whole, at once."""
+    inputs = [f"text {i}" for i in range(400)]  # about 1 KiB of JSON floats per vector
+    result = client(gateway, api_key).with_options(timeout=10).embeddings.create(
+        model=EMBED_MODEL, input=inputs, encoding_format="float")
+    assert [item.index for item in result.data] == list(range(400))
+    assert result.usage.prompt_tokens > 400
+
+
 def test_request_id_is_the_gateways_and_the_clients_is_echoed(gateway: Gateway, api_key: str) -> None:
     """x-request-id is always the gateway's own (the id of the usage record): a client's id
     could be reused to ride on another request's reservation. The client's id comes back

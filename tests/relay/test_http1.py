@@ -249,3 +249,15 @@ async def test_pooled_connection_closed_unseen_is_retried_fresh(
     second.release()
     assert script.connections == 2
     pool.close()
+
+
+async def test_whole_large_body_is_read(server: tuple[Script, str]) -> None:
+    """read() of a body past the high-water mark (a big embeddings answer) does not stall."""
+    script, url = server
+    body = bytes(range(256)) * 8192  # 2 MiB
+    script.replies = [[ok(body)]]
+    pool = Http1Pool(connect_timeout=2)
+    response = await post(pool, url)
+    assert await asyncio.wait_for(response.read(), 5) == body
+    response.release()
+    pool.close()
