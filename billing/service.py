@@ -48,9 +48,10 @@ class Billing:
         """
         try:
             async with asyncio.timeout(30):
-                if is_sqlite(self.engine):
+                at = await migrate.current(self.engine)
+                if at != migrate.HEAD and is_sqlite(self.engine):
                     await migrate.upgrade(self.engine)
-                elif await migrate.current(self.engine) != migrate.head():
+                elif at != migrate.HEAD:
                     log.error("the ledger is not migrated: run `tokengate billing migrate`")
         except Exception as error:
             log.error("the ledger database is unavailable at start (%s)", error.__class__.__name__)

@@ -77,7 +77,6 @@ class GatewayState:
         authenticator = Authenticator(fast, settings.auth_cache_seconds)
         metrics = GatewayMetrics()
         upstream = UpstreamClient(settings)
-        await upstream.start()
         router = Router(catalog)
         metrics.watch(RoutingCollector(router))
         pipeline = Pipeline(settings, catalog, authenticator, quota, router, upstream, metrics)

@@ -1,4 +1,5 @@
-"""A lean HTTP/1.1 client for the relay: one POST, its response bytes, a keep-alive pool.
+"""A lean HTTP/1.1 client to the upstreams: the relay's POSTs and the routing monitor's
+GETs (``/health``, ``/metrics``), on one keep-alive pool.
 
 aiohttp was the costliest part of the request path (about a fifth of the gateway's CPU per
 request: request objects, header multidicts, payload writers, stream readers, timers). The
@@ -6,7 +7,8 @@ relay needs very little of it: POST a JSON body, get the status, then the body b
 come (chunked or not), and either give the connection back or abort the upstream request.
 This module does exactly that on an ``asyncio.Protocol`` with httptools' parser (the one
 uvicorn uses), writes each request in one ``write``, and keeps one lazily re-armed timer per
-connection for its deadlines instead of a timeout context per read.
+connection for its deadlines instead of a timeout context per read. (The monitor's GETs
+moved here too: aiohttp cost each worker 10 MB of memory for them.)
 
 Errors are ``OSError`` subclasses, so callers tell them apart by class:
 :class:`UpstreamConnectError` (refused, unreachable, connect timeout: safe to retry
@@ -26,8 +28,9 @@ import httptools
 
 HIGH_WATER = 256 * 1024  # buffered body bytes before reading from the upstream pauses
 KEEPALIVE_S = 4.0  # idle pooled connections older than this are closed (uvicorn's default is 5)
-_REQUEST = (b"POST %s%s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n%s\r\n")
+_POST = (b"POST %s%s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+         b"Content-Length: %d\r\n%s\r\n")
+_GET = b"GET %s%s HTTP/1.1\r\nHost: %s\r\n\r\n"
 
 
 class UpstreamConnectError(ConnectionError):
@@ -305,8 +308,25 @@ class Http1Pool:
         fresh one once (the server timed it out between requests).
         """
         origin = self.origin(url)
-        request = _REQUEST % (origin.base_path.encode(), path.encode(), origin.host_header,
-                              len(body), extra_headers) + body
+        request = _POST % (origin.base_path.encode(), path.encode(), origin.host_header,
+                           len(body), extra_headers) + body
+        return await self._exchange(origin, request, first_byte_timeout, idle_timeout)
+
+    async def get(self, url: str, path: str, timeout: float) -> tuple[int, bytes]:
+        """GET ``url + path`` (a health probe, a metrics scrape): status and whole body,
+        within ``timeout`` seconds in all."""
+        origin = self.origin(url)
+        request = _GET % (origin.base_path.encode(), path.encode(), origin.host_header)
+        async with asyncio.timeout(timeout):
+            response = await self._exchange(origin, request, timeout, timeout)
+            try:
+                return response.status, await response.read()
+            finally:
+                response.release()  # aborts the connection unless the body ended cleanly
+
+    async def _exchange(self, origin: Origin, request: bytes, first_byte_timeout: float,
+                        idle_timeout: float) -> UpstreamResponse:
+        """Write ``request`` on a pooled (else new) connection; return once the status is in."""
         loop = asyncio.get_running_loop()
         for attempt in (0, 1):
             started = loop.time()

@@ -12,8 +12,6 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-import aiohttp
-
 from gateway.relay.upstream import UpstreamClient
 from gateway.routing.registry import EndpointState
 from gateway.routing.router import Router
@@ -83,18 +81,11 @@ class EndpointMonitor:
             pause = getattr(self.router.config, interval) - (loop.time() - started)
             await asyncio.sleep(max(0.0, pause))
 
-    async def _get(self, url: str, timeout: float) -> tuple[int, bytes]:
-        async with asyncio.timeout(timeout):
-            response = await self.upstream.get(url, timeout)
-            try:
-                return response.status, await response.read()
-            finally:
-                response.release()
-
     async def _probe(self, state: EndpointState) -> None:
         try:
-            status, _ = await self._get(state.endpoint.url + "/health", self.router.config.probe_timeout)
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            status, _ = await self.upstream.get(state.endpoint.url, "/health",
+                                                self.router.config.probe_timeout)
+        except (OSError, TimeoutError) as exc:  # refused, reset, silent: the endpoint is down
             self.router.probed(state, False, exc.__class__.__name__)
             return
         except Exception as exc:  # a probe never kills the loop
@@ -105,8 +96,8 @@ class EndpointMonitor:
 
     async def _scrape(self, state: EndpointState) -> None:
         try:
-            status, body = await self._get(state.endpoint.url + "/metrics",
-                                           self.router.config.scrape_timeout)
+            status, body = await self.upstream.get(state.endpoint.url, "/metrics",
+                                                   self.router.config.scrape_timeout)
         except Exception as exc:  # unreachable, timed out, or worse: stale metrics, no harm
             state.scrape_error = exc.__class__.__name__
             return

@@ -86,7 +86,7 @@ async def test_migrations_go_up_and_down(tmp_path: Path) -> None:
         assert await migrate.current(engine) is None
         await migrate.upgrade(engine)
         await migrate.upgrade(engine)  # again: nothing to do
-        assert await migrate.current(engine) == migrate.head()
+        assert await migrate.current(engine) == migrate.head() == migrate.HEAD  # HEAD kept current
         await migrate.downgrade(engine, "base")
         async with engine.connect() as conn:
             tables = await conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'table'"))

@@ -36,7 +36,8 @@ async def _serve(script: Script, reader: asyncio.StreamReader, writer: asyncio.S
     try:
         while script.replies:
             head = await reader.readuntil(b"\r\n\r\n")
-            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            _, has_length, rest = head.lower().partition(b"content-length: ")
+            length = int(rest.split(b"\r\n")[0]) if has_length else 0
             script.requests.append(head + await reader.readexactly(length))
             for step in script.replies.pop(0):
                 if step is None:
@@ -260,4 +261,31 @@ async def test_whole_large_body_is_read(server: tuple[Script, str]) -> None:
     response = await post(pool, url)
     assert await asyncio.wait_for(response.read(), 5) == body
     response.release()
+    pool.close()
+
+
+async def test_get_reads_status_and_body_and_keeps_the_connection(server: tuple[Script, str]) -> None:
+    """The routing monitor's GETs: /health, then /metrics on the same kept-alive socket."""
+    script, url = server
+    metrics = b"vllm:num_requests_running 1.0\n" * 20000  # past the high-water mark
+    script.replies = [[ok(b"")], [ok(metrics)]]
+    pool = Http1Pool(connect_timeout=2)
+    assert await pool.get(url + "/base", "/health", 2) == (200, b"")
+    assert await pool.get(url + "/base", "/metrics", 2) == (200, metrics)
+    host = url.removeprefix("http://").encode()
+    assert script.requests[0] == b"GET /base/health HTTP/1.1\r\nHost: " + host + b"\r\n\r\n"
+    assert script.connections == 1
+    pool.close()
+
+
+async def test_get_gives_up_after_its_timeout(server: tuple[Script, str]) -> None:
+    """A hung endpoint fails its probe within the probe's timeout, and the socket is dropped."""
+    script, url = server
+    script.replies = [[b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhal", 5.0]]
+    pool = Http1Pool(connect_timeout=2)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(TimeoutError):
+        await pool.get(url, "/health", 0.3)
+    assert asyncio.get_running_loop().time() - started < 1.0
+    await asyncio.wait_for(script.closed_by_client.wait(), 2)
     pool.close()

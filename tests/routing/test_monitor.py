@@ -30,7 +30,6 @@ async def test_probes_and_scrapes_feed_the_router() -> None:
     )
     router = Router(parse_catalog(config))
     upstream = UpstreamClient(Settings())
-    await upstream.start()
     sim.state.scheduler.running, sim.state.scheduler.waiting = 2, 5
     task = asyncio.create_task(EndpointMonitor(router, upstream).run())
     try:
