@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from billing.accounts import limits_of
 from billing.db.schema import accounts, api_keys, usage_records
 from billing.ledger import LedgerGrant, ledger_grants
-from billing.streams import Entry, entries_of, text
+from billing.streams import Entry, entries_of
 from billing.trim import MARGIN_S
 from gateway import keyspace
 from gateway.accounts import AccountRegistry
@@ -122,7 +122,7 @@ class Reconciler:
                 keys=keys,
                 args=["apply" if apply else "check", account_id, new_epoch(), last_id, len(mine), *args],
             )
-            drift = [text(d) for d in reply[1:]]
+            drift = [keyspace.reply_text(d) for d in reply[1:]]
             if drift:
                 report.drift[account_id] = drift
 

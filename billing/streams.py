@@ -17,12 +17,9 @@ from redis import exceptions as rx
 from redis.asyncio.cluster import RedisCluster
 
 from gateway import keyspace
+from gateway.keyspace import reply_text
 from gateway.quota.keys import BILLING_GROUP, dead_letter_key
 from gateway.quota.scripts import RedisClient
-
-
-def text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +31,8 @@ class Entry:
 
 def entries_of(stream: str, raw: Sequence[Any] | None) -> list[Entry]:
     """Entries from a reply's ``[(id, {field: value}), ...]``; deleted ones are skipped."""
-    return [Entry(stream, text(eid), _decoded(fields)) for eid, fields in raw or [] if fields is not None]
+    return [Entry(stream, reply_text(eid), _decoded(fields))
+            for eid, fields in raw or [] if fields is not None]
 
 
 def _decoded(fields: Mapping[Any, Any]) -> dict[str, str]:
@@ -42,7 +40,7 @@ def _decoded(fields: Mapping[Any, Any]) -> dict[str, str]:
     try:
         return {k.decode(): v.decode() for k, v in fields.items()}
     except AttributeError:  # a str among them (a client decoding replies itself)
-        return {text(k): text(v) for k, v in fields.items()}
+        return {reply_text(k): reply_text(v) for k, v in fields.items()}
 
 
 def shard_of_stream(stream: str) -> int:
@@ -98,7 +96,7 @@ class UsageStreams:
             await self.ensure_group()  # Redis lost the group (data loss): start over
             return []
         replies: list[tuple[Any, Any]] = list(reply or [])
-        return [e for name, raw in replies for e in entries_of(text(name), raw)]
+        return [e for name, raw in replies for e in entries_of(reply_text(name), raw)]
 
     async def claim(self, idle_ms: int, count: int) -> list[Entry]:
         """Take over entries another consumer has held unacked for ``idle_ms`` (it died)."""
@@ -118,7 +116,7 @@ class UsageStreams:
                     raise
                 await self.ensure_group()
                 continue
-            self._claim_from[stream] = text(reply[0])
+            self._claim_from[stream] = reply_text(reply[0])
             entries += entries_of(stream, reply[1])
         return entries
 
@@ -136,7 +134,7 @@ class UsageStreams:
                 consumername=self.consumer,
             )
             for item in pending:
-                counts[text(item["message_id"])] = int(item["times_delivered"])
+                counts[reply_text(item["message_id"])] = int(item["times_delivered"])
         return counts
 
     async def ack(self, entries: Sequence[Entry]) -> None:
@@ -174,7 +172,7 @@ async def backlog(redis: RedisClient) -> int:
             groups = await redis.xinfo_groups(stream)
         except rx.ResponseError:  # no stream: nothing waits in it
             continue
-        group = next((g for g in groups if text(g.get("name", "")) == BILLING_GROUP), None)
+        group = next((g for g in groups if reply_text(g.get("name", "")) == BILLING_GROUP), None)
         if group is None:
             total += int(await redis.xlen(stream))
             continue

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from billing.db.schema import usage_records
-from billing.streams import entries_of, shard_of_stream, text
+from billing.streams import entries_of, shard_of_stream
 from gateway import keyspace
 from gateway.quota.journal import group_progress, stream_id
 from gateway.quota.keys import BILLING_GROUP, dead_letter_key
@@ -92,7 +92,7 @@ class StreamTrimmer:
         except rx.ResponseError:
             return
         for consumer in consumers:
-            name = text(consumer["name"])
+            name = keyspace.reply_text(consumer["name"])
             if (
                 name != self.consumer
                 and not int(consumer["pending"])

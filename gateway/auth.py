@@ -15,12 +15,10 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from redis.exceptions import RedisError
-
 from gateway.asgi import Scope, header
 from gateway.errors import AuthenticationFailed, BalanceUnknown, QuotaUnavailable
 from gateway.keyspace import PROVISIONED_KEY, key_hash_key, key_record_key
-from gateway.redisio import FastRedis
+from gateway.redisio import UNAVAILABLE, FastRedis
 
 KEY_PREFIX = "tg-"
 NEGATIVE_CACHE_SECONDS = 1.0
@@ -129,7 +127,7 @@ async def _quota_store() -> AsyncIterator[None]:
     """Redis trouble while authenticating: fail closed (503), never serve unmetered."""
     try:
         yield
-    except (RedisError, OSError) as exc:
+    except UNAVAILABLE as exc:
         raise QuotaUnavailable(
             "the quota store is unreachable; refusing to serve unmetered",
             code="quota_unavailable",

@@ -10,6 +10,7 @@ import logging
 
 from redis.exceptions import RedisError
 
+from gateway.keyspace import reply_text
 from gateway.quota.scripts import RedisClient
 
 log = logging.getLogger("tokengate")
@@ -34,12 +35,8 @@ async def check_durability(redis: RedisClient) -> str | None:
         log.warning("cannot read the Redis persistence settings (%s); make sure AOF is on",
                     exc.__class__.__name__)
         return None
-    config = {_text(k): _text(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+    config = {reply_text(k): reply_text(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
     warning = durability_warning(config)
     if warning:
         log.warning(warning)
     return warning
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -76,3 +76,8 @@ PROVISIONED_KEY = f"{PREFIX}:provisioned"
 
 def all_usage_streams() -> list[str]:
     return [usage_stream_key(s) for s in range(USAGE_SHARDS)]
+
+
+def reply_text(value: object) -> str:
+    """A Redis reply value as str: hiredis and redis-py answer bytes, a decoding client str."""
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from gateway.keyspace import reply_text
+
 STATUS_OK = "ok"
 STATUS_PARTIAL = "partial"
 STATUS_CLIENT_GONE = "client_gone"
@@ -83,15 +85,11 @@ def format_allocation(parts: Sequence[tuple[str, int]]) -> str:
     return ",".join(f"{grant}:{amount}" for grant, amount in parts if amount > 0)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _as_text(fields: FieldsIn) -> Mapping[str, str]:
     """The fields with str names and values; a dict of str already (the billing worker's) as is."""
     if type(fields) is dict and all(type(k) is str and type(v) is str for k, v in fields.items()):
         return fields
-    return {_text(k): _text(v) for k, v in fields.items()}
+    return {reply_text(k): reply_text(v) for k, v in fields.items()}
 
 
 _ABSENT = object()

@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from redis import exceptions as rx
 from redis.commands.core import AsyncScript
 from redis.typing import EncodableT, FieldT
 
@@ -24,20 +23,9 @@ from gateway.quota.grants import BalanceView
 from gateway.quota.keys import grants_key
 from gateway.quota.reservation import Reservation
 from gateway.quota.scripts import RedisClient, ScriptCall, Scripts
-from gateway.redisio import FastRedis
+from gateway.redisio import UNAVAILABLE, FastRedis
 
-# Errors that mean "Redis cannot answer now", as opposed to a bug in a command.
-UNAVAILABLE: tuple[type[BaseException], ...] = (
-    rx.ConnectionError,  # refused, reset, still loading (BusyLoadingError)
-    rx.TimeoutError,
-    rx.ClusterError,  # CLUSTERDOWN, MASTERDOWN, retries exhausted
-    rx.TryAgainError,  # slot migrating
-    rx.ReadOnlyError,  # failed over to a replica
-    rx.OutOfMemoryError,
-    rx.RedisClusterException,  # the cluster client reaches no node
-    TimeoutError,  # our own per-call deadline
-    OSError,
-)
+__all__ = ["UNAVAILABLE", "AccountStore", "new_epoch"]
 
 
 def _unknown(account_id: str) -> BalanceUnknown:

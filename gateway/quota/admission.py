@@ -18,12 +18,9 @@ from gateway.errors import (
     PermissionDenied,
     RateLimited,
 )
+from gateway.keyspace import reply_text
 
 Reply = Sequence[bytes | str | int]
-
-
-def _text(value: bytes | str | int) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def format_duration(ms: int) -> str:
@@ -116,12 +113,12 @@ def admission_from_reply(
     reply: Reply, *, request_id: str, requested: int | None, prompt_tokens: int
 ) -> Admission:
     """The :class:`Admission` of an ``ok``/``dup`` reply; raises the refusal otherwise."""
-    kind = _text(reply[0])
+    kind = reply_text(reply[0])
     if kind in ("ok", "dup"):
         granted, reserve, started, deadline = (int(v) for v in reply[1:5])
         return Admission(
-            epoch=_text(reply[5]),
-            allocation=_text(reply[6]),
+            epoch=reply_text(reply[5]),
+            allocation=reply_text(reply[6]),
             request_id=request_id,
             max_tokens=granted,
             requested_max_tokens=requested,
@@ -163,7 +160,7 @@ def _refusal(kind: str, reply: Reply, prompt_tokens: int) -> Exception:
             code="insufficient_quota",
         )
     if kind == "rate":
-        return _rate_limited(_text(reply[1]), reply)
+        return _rate_limited(reply_text(reply[1]), reply)
     raise ValueError(f"admit_v3 answered {kind!r}")
 
 

@@ -11,12 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.keyspace import reply_text
 from gateway.usage import format_allocation, parse_allocation
 
 __all__ = ["BalanceView", "GrantState", "format_allocation", "parse_allocation"]
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +52,10 @@ class BalanceView:
         grants = []
         for i in range(count):
             row = flat[i * 8 : i * 8 + 8]
-            models = _text(row[7])
+            models = reply_text(row[7])
             grants.append(
                 GrantState(
-                    id=_text(row[0]),
+                    id=reply_text(row[0]),
                     credits=int(row[1]),
                     available=int(row[2]),
                     reserved=int(row[3]),
@@ -66,4 +65,4 @@ class BalanceView:
                     models=tuple(models.split(",")) if models else None,
                 )
             )
-        return cls(epoch=_text(reply[0]), now_ms=int(reply[1]), grants=tuple(grants))
+        return cls(epoch=reply_text(reply[0]), now_ms=int(reply[1]), grants=tuple(grants))

@@ -29,14 +29,11 @@ from typing import Any
 from redis import exceptions as rx
 
 from gateway import keyspace
+from gateway.keyspace import reply_text
 from gateway.quota.keys import BILLING_GROUP, grants_key
 from gateway.quota.scripts import RedisClient, Scripts
 
 log = logging.getLogger("tokengate")
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def stream_id(text: str) -> tuple[int, int]:
@@ -74,7 +71,7 @@ class Journaled:
 
     @property
     def fields(self) -> dict[str, str]:
-        text = [_text(v) for v in self.flat]
+        text = [reply_text(v) for v in self.flat]
         return dict(zip(text[0::2], text[1::2], strict=True))
 
 
@@ -142,7 +139,7 @@ class SettlementJournal:
             if name not in ("epoch", "replayed"):
                 args += [name, value]
         keys = [keyspace.balance_key(item.account_id), grants_key(item.account_id), stream]
-        new_id = _text(await scripts.replay(keys=keys, args=args))
+        new_id = reply_text(await scripts.replay(keys=keys, args=args))
         del entries[entry_id]  # only once appended again: a failed replay is retried later
         entries[new_id] = item
         self.replayed += 1
@@ -152,7 +149,7 @@ class SettlementJournal:
 async def _first_entry(client: RedisClient, stream: str) -> tuple[int, int] | None:
     """The id of the stream's first entry; None when the stream is gone or empty."""
     head = await client.xrange(stream, "-", "+", count=1)
-    return stream_id(_text(head[0][0])) if head else None
+    return stream_id(reply_text(head[0][0])) if head else None
 
 
 async def group_progress(client: RedisClient, stream: str) -> tuple[tuple[int, int], tuple[int, int] | None]:
@@ -162,10 +159,10 @@ async def group_progress(client: RedisClient, stream: str) -> tuple[tuple[int, i
     except rx.ResponseError:  # no stream
         return (0, 0), None
     for group in groups:
-        if _text(group.get("name", "")) == BILLING_GROUP:
-            delivered = stream_id(_text(group.get("last-delivered-id", "0-0")))
+        if reply_text(group.get("name", "")) == BILLING_GROUP:
+            delivered = stream_id(reply_text(group.get("last-delivered-id", "0-0")))
             if not int(group.get("pending", 0)):
                 return delivered, None
             summary = await client.xpending(stream, BILLING_GROUP)
-            return delivered, stream_id(_text(summary["min"]))
+            return delivered, stream_id(reply_text(summary["min"]))
     return (0, 0), None

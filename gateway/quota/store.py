@@ -33,6 +33,7 @@ from typing import Any, NotRequired, TypedDict, Unpack
 
 from gateway import keyspace
 from gateway.errors import BadRequest
+from gateway.keyspace import reply_text
 from gateway.quota.accounts import AccountStore
 from gateway.quota.admission import Admission, admission_from_reply
 from gateway.quota.journal import SettlementJournal
@@ -162,41 +163,32 @@ class QuotaStore(AccountStore):
         request path's settlement: it reads the charge off the reply without building the
         usage event, which only :meth:`settle_event` callers need.)
         """
-        return _charge_of(await self._settle_reply(**request))
+        return _charge_of(await self._settle_reply(request))
 
     async def settle_event(self, **request: Unpack[Settlement]) -> UsageEvent | None:
         """As :meth:`settle`, answering the usage event appended (None: already settled)."""
-        return _event_of(await self._settle_reply(**request))
+        return _event_of(await self._settle_reply(request))
 
-    async def _settle_reply(
-        self,
-        *,
-        request_id: str,
-        account_id: str,
-        key_id: str,
-        prompt_tokens: int,
-        completion_tokens: int,
-        cached_tokens: int = 0,
-        status: str,
-        counted_by: str,
-        stream: bool,
-        cluster: str,
-        endpoint: str,
-    ) -> Sequence[Any]:
+    async def _settle_reply(self, request: Settlement) -> Sequence[Any]:
+        """Validate the settlement and run the settle script (the :class:`Settlement` fields)."""
+        status, counted_by = request["status"], request["counted_by"]
+        prompt, completion = request["prompt_tokens"], request["completion_tokens"]
+        cached = request.get("cached_tokens", 0)
         if status not in STATUSES or status == STATUS_EXPIRED:
             raise ValueError(f"cannot settle with status {status!r}")
         if counted_by not in COUNTED_BY:
             raise ValueError(f"unknown counted_by {counted_by!r}")
-        if min(prompt_tokens, completion_tokens, cached_tokens) < 0:
+        if min(prompt, completion, cached) < 0:
             raise ValueError("token counts must not be negative")
         args: list[Any] = [
-            "settle", prompt_tokens, completion_tokens, cached_tokens, status, counted_by,
-            "1" if stream else "0", cluster, endpoint,
+            "settle", prompt, completion, cached, status, counted_by,
+            "1" if request["stream"] else "0", request["cluster"], request["endpoint"],
         ]  # fmt: skip
+        request_id = request["request_id"]
         held = self._held.pop(request_id, None)  # one settle only may use it
         try:
             reply = await self._settle(
-                request_id, account_id, key_id, [*args, held.packed() if held else ""]
+                request_id, request["account_id"], request["key_id"], [*args, held.packed() if held else ""]
             )
         except BaseException:
             if held is not None:
@@ -221,7 +213,7 @@ class QuotaStore(AccountStore):
             members = await self.scripts.expired_leases(keys=[leases], args=[limit])
         events: list[UsageEvent] = []
         for member in members:
-            text = member.decode() if isinstance(member, bytes) else str(member)
+            text = reply_text(member)
             account_id, _, request_id = text.partition("|")
             async with self._redis():
                 raw = await self.client.hget(keyspace.reservations_key(account_id), request_id)
@@ -242,16 +234,12 @@ class QuotaStore(AccountStore):
         args = [request_id, account_id, key_id, *args, *[""] * (10 - len(args))]
         reply: Sequence[Any] = await self._hot(self.scripts.settle, keys, args)
         if reply[0] in (b"ok", "ok"):
-            self.journal.record(_text(reply[1]), account_id, reply[2:])
+            self.journal.record(reply_text(reply[1]), account_id, reply[2:])
         return reply
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 class Settlement(TypedDict):
-    """What settles a request: its actual usage and how the relay ended."""
+    """What settles a request: its actual usage and how the relay ended (no cached_tokens: 0)."""
 
     request_id: str
     account_id: str

@@ -8,12 +8,26 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
+from redis import exceptions as rx
 from redis.exceptions import ResponseError
 
 from gateway.redisio.cluster import PipelinedCluster
 from gateway.redisio.connection import Arg, PipelinedConnection
 
-__all__ = ["FastRedis", "PipelinedCluster", "PipelinedConnection", "Script", "fast_redis"]
+__all__ = ["UNAVAILABLE", "FastRedis", "PipelinedCluster", "PipelinedConnection", "Script", "fast_redis"]
+
+# Errors that mean "Redis cannot answer now" (fail closed: 503), as opposed to a bug in a
+# command, with redis-py or with this package's clients (which type error replies alike).
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    rx.ConnectionError,  # refused, reset, still loading (BusyLoadingError)
+    rx.TimeoutError,
+    rx.ClusterError,  # CLUSTERDOWN, MASTERDOWN, retries exhausted
+    rx.TryAgainError,  # slot migrating
+    rx.ReadOnlyError,  # failed over to a replica
+    rx.OutOfMemoryError,
+    rx.RedisClusterException,  # redis-py's cluster client reaches no node
+    OSError,  # TimeoutError included: a per-call deadline
+)
 
 
 class FastRedis(Protocol):

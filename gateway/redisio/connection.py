@@ -20,11 +20,29 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 import hiredis
+from redis import exceptions as rx
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Arg = bytes | str | int
+
+# Error replies that mean "not now" (loading, failed over, slot moving, cluster down, out of
+# memory), raised as redis-py raises them, so one list of errors (UNAVAILABLE) serves both
+# clients; any other error reply (WRONGTYPE, a script's own error) stays a ResponseError.
+_TYPED_REPLIES: dict[str, type[rx.RedisError]] = {
+    "LOADING": rx.BusyLoadingError,
+    "READONLY": rx.ReadOnlyError,
+    "TRYAGAIN": rx.TryAgainError,
+    "CLUSTERDOWN": rx.ClusterDownError,
+    "MASTERDOWN": rx.MasterDownError,
+    "OOM": rx.OutOfMemoryError,
+}
+
+
+def reply_error(message: str) -> rx.RedisError:
+    """The exception for an error reply, typed by its first word as redis-py types it."""
+    return _TYPED_REPLIES.get(message.partition(" ")[0], ResponseError)(message)
 
 
 def encode(args: tuple[Arg, ...]) -> bytes:
@@ -58,7 +76,7 @@ class _Protocol(asyncio.Protocol):
             if future.done():
                 continue
             if isinstance(reply, hiredis.ReplyError):
-                future.set_exception(ResponseError(str(reply)))
+                future.set_exception(reply_error(str(reply)))
             else:
                 future.set_result(reply)
 
@@ -145,7 +163,7 @@ class PipelinedConnection:
                     setup.append(self._send(protocol, encode(("SELECT", self.db))))
                 for step in setup:
                     await step
-        except (OSError, TimeoutError, ResponseError) as exc:
+        except (OSError, TimeoutError, rx.RedisError) as exc:  # incl. LOADING, a wrong password
             if protocol is not None and protocol.transport is not None:
                 protocol.transport.close()
             error = RedisConnectionError(f"cannot connect to Redis at {self.host}:{self.port}: {exc}")

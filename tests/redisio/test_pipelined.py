@@ -10,11 +10,13 @@ import subprocess
 import time
 
 import pytest
+import redis.asyncio as redis_py
+from redis import exceptions as rx
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.redisio import PipelinedCluster, PipelinedConnection, Script, fast_redis
+from gateway.redisio import UNAVAILABLE, PipelinedCluster, PipelinedConnection, Script, fast_redis
 from tests.redis_servers import RedisClusterServers, RedisServer
 
 
@@ -40,6 +42,30 @@ async def test_an_error_reply_does_not_desynchronise(redis_standalone: RedisServ
         assert isinstance(bad, ResponseError)
     finally:
         await conn.aclose()
+
+
+async def test_not_now_replies_are_unavailable_and_bugs_are_not(private_redis: RedisServer) -> None:
+    """Out of memory and a failed-over (read-only) Redis mean "not now": typed as redis-py
+    types them, so the request path answers 503; a bad command stays a plain error."""
+    conn = PipelinedConnection.from_url(private_redis.url)
+    admin = redis_py.Redis.from_url(private_redis.url)
+    try:
+        await admin.config_set("maxmemory", "1")  # every write is refused: OOM
+        with pytest.raises(rx.OutOfMemoryError) as oom:
+            await conn.execute("SET", "pipe:k", "v")
+        await admin.config_set("maxmemory", "0")
+        await admin.replicaof("127.0.0.1", "1")  # a replica now (of nothing): READONLY
+        with pytest.raises(rx.ReadOnlyError) as readonly:
+            await conn.execute("SET", "pipe:k", "v")
+        await admin.replicaof("NO", "ONE")
+        await conn.execute("SET", "pipe:k", "v")
+        with pytest.raises(ResponseError) as wrongtype:
+            await conn.execute("LPUSH", "pipe:k", "x")
+        assert isinstance(oom.value, UNAVAILABLE) and isinstance(readonly.value, UNAVAILABLE)
+        assert not isinstance(wrongtype.value, UNAVAILABLE)
+    finally:
+        await conn.aclose()
+        await admin.aclose()
 
 
 async def test_script_loads_itself_after_script_flush(redis_standalone: RedisServer) -> None:
