@@ -8,10 +8,16 @@ acknowledged them, and the reaper loop calls :meth:`SettlementJournal.confirm` f
 shard it holds events of, every second (so the journal holds about a second or two of
 events under load), which
 
-* replays (``lua/replay_v1.lua``) the events Redis no longer has: the stream is gone, or
-  its first entry is newer than the event (a stream only loses entries from its head, and
-  only acked, recorded ones are trimmed, long after this process saw them acked);
-* forgets the events the group has acknowledged (delivered, and no longer pending).
+* replays (``lua/replay_v1.lua``) the events Redis no longer has. One read tells whether
+  there are any: if the oldest journaled event is still in the stream (same id, same
+  request), none is lost, because Redis loses a stream whole, never from its middle, and
+  trims only acked events, which the journal has forgotten by then. Otherwise the stream
+  is read from that id on, and what it does not hold (by id and request) is replayed. Ids
+  alone cannot tell: a stream created again after a loss starts over at the clock's
+  millisecond, so its ids can repeat those of lost events (the same millisecond, a clock
+  behind);
+* forgets the events the group has acknowledged (delivered, and no longer pending), but
+  only once nothing of the shard is waiting to be replayed.
 
 A replay is harmless to the ledger (the worker is idempotent by request id) and charges a
 balance rebuilt since (another epoch) that never saw the charge. The journal is bounded:
@@ -74,12 +80,18 @@ class Journaled:
         text = [reply_text(v) for v in self.flat]
         return dict(zip(text[0::2], text[1::2], strict=True))
 
+    @property
+    def request_id(self) -> str:
+        return self.fields.get("request_id", "")
+
 
 class SettlementJournal:
     def __init__(self, limit: int = 20_000, replay_batch: int = 200) -> None:
         self.limit = limit
         self.replay_batch = replay_batch  # replays per confirm call: the reaper pass stays short
         self._shards: dict[int, OrderedDict[str, Journaled]] = {}
+        # Events whose stream id a re-created stream gave to a newer event: lost for sure.
+        self._orphans: dict[int, list[Journaled]] = {}
         self._size = 0
         self._full = False
         self.replayed = 0  # events appended again since start (a metric for tests and logs)
@@ -90,7 +102,12 @@ class SettlementJournal:
     def record(self, entry_id: str, account_id: str, flat: Sequence[Any]) -> None:
         """Remember an event just appended as stream entry ``entry_id`` (kept as Redis sent it:
         decoded only if it has to be replayed)."""
-        shard = self._shards.setdefault(keyspace.shard_of(account_id), OrderedDict())
+        number = keyspace.shard_of(account_id)
+        shard = self._shards.setdefault(number, OrderedDict())
+        previous = shard.pop(entry_id, None)
+        if previous is not None:  # Redis never reuses an id in a stream's life: it lost this one
+            self._orphans.setdefault(number, []).append(previous)
+            self._size -= 1
         shard[entry_id] = Journaled.of(account_id, flat)
         self._size += 1
         if self._size > self.limit:
@@ -103,18 +120,27 @@ class SettlementJournal:
 
     def shards(self) -> list[int]:
         """The shards this journal holds events of."""
-        return [shard for shard, entries in self._shards.items() if entries]
+        return sorted({*(n for n, entries in self._shards.items() if entries),
+                       *(n for n, orphans in self._orphans.items() if orphans)})
 
     async def confirm(self, client: RedisClient, scripts: Scripts, shard: int) -> int:
         """Replay what Redis lost of this shard, forget what billing acked; the replay count."""
-        entries = self._shards.get(shard)
-        if not entries:
-            return 0
+        entries = self._shards.setdefault(shard, OrderedDict())
+        orphans = self._orphans.get(shard, [])
         stream = keyspace.usage_stream_key(shard)
-        first = await _first_entry(client, stream)
-        lost = [i for i in entries if first is None or stream_id(i) < first]
-        for entry_id in lost[: self.replay_batch]:
-            await self._replay(client, scripts, stream, entries, entry_id)
+        lost = await _lost(client, stream, entries)
+        replays = 0
+        while orphans and replays < self.replay_batch:
+            new_id = await self._replay(scripts, stream, orphans[0])
+            entries[new_id] = orphans.pop(0)  # dropped only once appended again
+            self._size += 1
+            replays += 1
+        for entry_id in lost[: self.replay_batch - replays]:
+            new_id = await self._replay(scripts, stream, entries[entry_id])
+            entries[new_id] = entries.pop(entry_id)
+            replays += 1
+        if orphans or replays < len(lost):
+            return replays  # the rest next time; meanwhile nothing of this shard is forgotten
         delivered, oldest_pending = await group_progress(client, stream)
         for entry_id in list(entries):
             sid = stream_id(entry_id)
@@ -122,17 +148,10 @@ class SettlementJournal:
                 break  # ids are in order: nothing after this one is acknowledged either
             del entries[entry_id]
             self._size -= 1
-        return min(len(lost), self.replay_batch)
+        return replays
 
-    async def _replay(
-        self,
-        client: RedisClient,
-        scripts: Scripts,
-        stream: str,
-        entries: OrderedDict[str, Journaled],
-        entry_id: str,
-    ) -> None:
-        item = entries[entry_id]
+    async def _replay(self, scripts: Scripts, stream: str, item: Journaled) -> str:
+        """Append ``item`` to ``stream`` again; its new stream id."""
         fields = item.fields
         args: list[str] = [fields.get("epoch", "")]
         for name, value in fields.items():
@@ -140,16 +159,34 @@ class SettlementJournal:
                 args += [name, value]
         keys = [keyspace.balance_key(item.account_id), grants_key(item.account_id), stream]
         new_id = reply_text(await scripts.replay(keys=keys, args=args))
-        del entries[entry_id]  # only once appended again: a failed replay is retried later
-        entries[new_id] = item
         self.replayed += 1
         log.warning("replayed usage event %s: Redis had lost it", fields.get("request_id"))
+        return new_id
 
 
-async def _first_entry(client: RedisClient, stream: str) -> tuple[int, int] | None:
-    """The id of the stream's first entry; None when the stream is gone or empty."""
-    head = await client.xrange(stream, "-", "+", count=1)
-    return stream_id(reply_text(head[0][0])) if head else None
+async def _lost(client: RedisClient, stream: str, entries: OrderedDict[str, Journaled]) -> list[str]:
+    """The ids of the journaled events the stream no longer holds (see the module's doc)."""
+    if not entries:
+        return []
+    oldest_id, oldest = next(iter(entries.items()))
+    head = await client.xrange(stream, oldest_id, oldest_id, count=1)
+    if head and _request_of(head[0][1]) == oldest.request_id:
+        return []
+    held: set[tuple[str, str]] = set()
+    low = min(stream_id(eid) for eid in entries)  # after a loss, insertion is not id order
+    start = f"{low[0]}-{low[1]}"
+    while True:  # rare (Redis lost data): read what the stream holds from there on
+        page = await client.xrange(stream, start, "+", count=1000) or []
+        held.update((reply_text(eid), _request_of(fields)) for eid, fields in page)
+        if len(page) < 1000:
+            break
+        start = "(" + reply_text(page[-1][0])
+    return [eid for eid, item in entries.items() if (eid, item.request_id) not in held]
+
+
+def _request_of(fields: Any) -> str:
+    value = fields.get(b"request_id", fields.get("request_id", "")) if isinstance(fields, dict) else ""
+    return reply_text(value)
 
 
 async def group_progress(client: RedisClient, stream: str) -> tuple[tuple[int, int], tuple[int, int] | None]:

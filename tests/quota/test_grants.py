@@ -137,3 +137,59 @@ async def test_usage_redis_lost_is_replayed_by_the_gateway(store: QuotaStore, cl
         await client.xack(stream, BILLING_GROUP, *[eid for eid, _ in entries])
     await store.reap(shard)
     assert len(store.journal) == 0  # acknowledged: forgotten
+
+
+async def _acknowledge_all(client: RedisClient, stream: str) -> None:
+    """What a billing worker does: read everything in the group and acknowledge it."""
+    await client.xgroup_create(stream, BILLING_GROUP, id="0", mkstream=True)
+    for _name, entries in await client.xreadgroup(BILLING_GROUP, "c", {stream: ">"}) or []:
+        await client.xack(stream, BILLING_GROUP, *[eid for eid, _ in entries])
+
+
+async def test_a_recreated_stream_reusing_ids_does_not_hide_a_lost_event(
+    store: QuotaStore, client: RedisClient
+) -> None:
+    """After a loss the stream starts over at the clock's millisecond: its first ids can be
+    those of lost events (the same millisecond, or a clock behind after a failover)."""
+    account, key = await account_with(store, ("g", 1000, 0, None))
+    other, _ = await account_with(store, ("g", 1000, 0, None))
+    stream = keyspace.usage_stream_key(keyspace.shard_of(account))
+    await client.delete(stream)
+    await admit(store, account, key, request_id="r1", prompt=10, max_tokens=5)
+    await settle(store, account, key, "r1", prompt=10, completion=5)
+    [(r1_id, r1_fields)] = await client.xrange(stream)
+    r1_id = r1_id.decode() if isinstance(r1_id, bytes) else r1_id
+    def others(request_id: str) -> dict[bytes | str, bytes | str]:  # another account's event
+        return {**r1_fields, b"request_id": request_id, b"account_id": other}
+    await client.delete(stream)  # lost; then a new event takes an id before r1's
+    await client.xadd(stream, others("early"), id="1-1")
+    await store.reap(keyspace.shard_of(account))
+    assert [e.request_id for e in await usage_events(client, account)] == ["r1"]
+    # and once more, the new stream giving a newer event r1's very id
+    await client.delete(stream)
+    await client.xadd(stream, others("same-id"), id=r1_id)
+    store.journal.record(r1_id, other, [v for pair in others("same-id").items() for v in pair])
+    await store.reap(keyspace.shard_of(account))
+    assert [e.request_id for e in await usage_events(client, account)] == ["r1"]
+    assert store.journal.replayed == 2 and (await store.balance(account))["spent"] == 20
+
+
+async def test_lost_events_past_one_replay_batch_wait_for_the_next_pass(
+    store: QuotaStore, client: RedisClient
+) -> None:
+    """More lost events than one pass replays: the rest are kept, not taken for acknowledged
+    because the new stream's billing group has moved past their ids."""
+    account, key = await account_with(store, ("g", 1000, 0, None))
+    stream = keyspace.usage_stream_key(keyspace.shard_of(account))
+    store.journal.replay_batch = 2
+    for i in range(5):
+        await admit(store, account, key, request_id=f"r{i}", prompt=10, max_tokens=5)
+        await settle(store, account, key, f"r{i}", prompt=10, completion=5)
+    await client.delete(stream)  # lost before billing read any of it
+    await admit(store, account, key, request_id="after", prompt=10, max_tokens=5)
+    await settle(store, account, key, "after", prompt=10, completion=5)
+    await _acknowledge_all(client, stream)  # billing records the one event the new stream has
+    for _ in range(3):
+        await store.reap(keyspace.shard_of(account))
+    requests = sorted(e.request_id for e in await usage_events(client, account))
+    assert requests == ["after", "r0", "r1", "r2", "r3", "r4"]
