@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
+import ssl
 import time
+from collections.abc import Coroutine
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 import hiredis
 from redis import exceptions as rx
@@ -97,12 +100,27 @@ def _flush(protocol: _Protocol) -> None:
         protocol.transport.write(b"".join(outbox))
 
 
+def _tls_context(query: dict[str, str]) -> ssl.SSLContext:
+    """TLS as redis-py sets it up from a ``rediss://`` URL's query."""
+    context = ssl.create_default_context(cafile=query.get("ssl_ca_certs"))
+    required = query.get("ssl_cert_reqs", "required").lower()
+    if required not in ("none", "optional", "required"):
+        raise ValueError(f"ssl_cert_reqs must be none, optional or required, not {required!r}")
+    if required != "required":
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE if required == "none" else ssl.CERT_OPTIONAL
+    return context
+
+
 class PipelinedConnection:
     """One connection to one Redis server; safe to share by all tasks of one event loop."""
 
     def __init__(self, host: str, port: int, *, db: int = 0, username: str | None = None,
-                 password: str | None = None, timeout: float = 2.0) -> None:
+                 password: str | None = None, timeout: float = 2.0, unix_path: str | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.host, self.port, self.db = host, port, db
+        self.unix_path = unix_path  # a Unix socket instead of host and port
+        self.tls = tls
         self.username, self.password = username, password
         self.timeout = timeout
         self._protocol: _Protocol | None = None
@@ -111,11 +129,22 @@ class PipelinedConnection:
 
     @classmethod
     def from_url(cls, url: str, timeout: float = 2.0) -> PipelinedConnection:
+        """The URLs redis-py takes: ``redis://[[user]:password@]host[:port][/db]``,
+        ``rediss://`` (TLS) and ``unix://[[user]:password@]/path.sock``; ``?db=N`` and
+        ``?password=...`` as query parameters too, and for TLS ``?ssl_ca_certs=<CA file>``
+        and ``?ssl_cert_reqs=none|optional|required`` (default: required)."""
         parts = urlparse(url)
-        db = int(parts.path.lstrip("/") or 0)
-        return cls(parts.hostname or "127.0.0.1", parts.port or 6379, db=db,
-                   username=unquote(parts.username) if parts.username else None,
-                   password=unquote(parts.password) if parts.password else None, timeout=timeout)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"REDIS_URL must start with redis://, rediss:// or unix://, not {url!r}")
+        query = {name: values[-1] for name, values in parse_qs(parts.query).items()}
+        path_db = parts.path.lstrip("/") if parts.scheme != "unix" else ""
+        password = unquote(parts.password) if parts.password else query.get("password")
+        return cls(parts.hostname or "127.0.0.1", parts.port or 6379,
+                   db=int(path_db or query.get("db") or 0),
+                   username=unquote(parts.username) if parts.username else query.get("username"),
+                   password=password, timeout=timeout,
+                   unix_path=parts.path if parts.scheme == "unix" else None,
+                   tls=_tls_context(query) if parts.scheme == "rediss" else None)
 
     async def execute(self, *args: Arg) -> Any:
         protocol = self._protocol or await self._connect()
@@ -153,8 +182,7 @@ class PipelinedConnection:
         protocol: _Protocol | None = None
         try:
             async with asyncio.timeout(self.timeout):
-                _, protocol = await loop.create_connection(
-                    lambda: _Protocol(self._lost), self.host, self.port)
+                _, protocol = await self._open(loop)
                 setup = []
                 if self.password is not None:
                     auth = (self.username, self.password) if self.username else (self.password,)
@@ -166,7 +194,8 @@ class PipelinedConnection:
         except (OSError, TimeoutError, rx.RedisError) as exc:  # incl. LOADING, a wrong password
             if protocol is not None and protocol.transport is not None:
                 protocol.transport.close()
-            error = RedisConnectionError(f"cannot connect to Redis at {self.host}:{self.port}: {exc}")
+            where = self.unix_path or f"{self.host}:{self.port}"
+            error = RedisConnectionError(f"cannot connect to Redis at {where}: {exc}")
             self._connecting.set_exception(error)
             self._connecting.exception()  # retrieved: waiters get it via shield
             self._connecting = None
@@ -176,6 +205,12 @@ class PipelinedConnection:
         self._connecting = None
         self._arm_watchdog(loop)
         return protocol
+
+    def _open(self, loop: asyncio.AbstractEventLoop) -> Coroutine[Any, Any, tuple[Any, _Protocol]]:
+        factory = functools.partial(_Protocol, self._lost)
+        if self.unix_path is not None:
+            return loop.create_unix_connection(factory, self.unix_path)
+        return loop.create_connection(factory, self.host, self.port, ssl=self.tls)
 
     def _arm_watchdog(
         self, loop: asyncio.AbstractEventLoop, suspect: asyncio.Future[Any] | None = None

@@ -128,6 +128,11 @@ def start_tokengate(workdir: Path, sim_url: str, redis_url: str, workers: int = 
         REDIS_URL=redis_url, TOKENGATE_ADMIN_KEY=admin_key, TOKENGATE_CONFIG=str(config),
         DATABASE_URL=f"sqlite:///{workdir / 'ledger.db'}",
     )
+    # As in production (README: `tokengate billing migrate`, once), the ledger is migrated
+    # before the gateway starts, so the worker measured is one that serves, not one that
+    # also ran the migrations (and still holds alembic).
+    subprocess.run([sys.executable, "-m", "gateway.cli", "billing", "migrate"], env=env, cwd=workdir,
+                   check=True, capture_output=True, timeout=120)
     args = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config),
             "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
     child = spawn("tokengate", args, workdir / "tokengate.log", env=env, cwd=workdir)

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import redis.asyncio as redis_py
@@ -17,7 +18,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.redisio import UNAVAILABLE, PipelinedCluster, PipelinedConnection, Script, fast_redis
-from tests.redis_servers import RedisClusterServers, RedisServer
+from tests.redis_servers import RedisClusterServers, RedisServer, free_port, redis_server
 
 
 async def test_concurrent_commands_are_answered_in_order(redis_standalone: RedisServer) -> None:
@@ -95,6 +96,68 @@ async def test_database_and_password(private_redis: RedisServer) -> None:
         with pytest.raises(RedisConnectionError):
             await wrong.execute("PING")
         await wrong.aclose()
+
+
+async def test_a_unix_socket_url(tmp_path: Path) -> None:
+    """REDIS_URL=unix:///path.sock?db=N (as redis-py takes it) reaches that socket and database."""
+    sock = tmp_path / "r.sock"
+    with redis_server("--unixsocket", str(sock), "--unixsocketperm", "700") as server:
+        subprocess.run(["redis-cli", "-p", str(server.port), "CONFIG", "SET", "requirepass", "s3cret"],
+                       check=True, capture_output=True)
+        conn = fast_redis(f"unix://:s3cret@{sock}?db=2")
+        try:
+            await conn.execute("SET", "where", "db2")
+            assert await conn.execute("CLIENT", "INFO")  # connected
+            tcp = redis_py.Redis(port=server.port, password="s3cret", db=2)
+            assert await tcp.get("where") == b"db2"  # the same server, database 2
+            await tcp.aclose()
+        finally:
+            await conn.aclose()
+
+
+def _tls_files(where: Path) -> tuple[Path, Path, Path]:
+    """A private CA and a certificate for 127.0.0.1 signed by it (openssl)."""
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=where, check=True, capture_output=True)
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test CA",
+            "-keyout", "ca.key", "-out", "ca.crt")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+            "-keyout", "server.key", "-out", "server.csr")
+    (where / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "1", "-extfile", "san.ext", "-out", "server.crt")
+    return where / "ca.crt", where / "server.crt", where / "server.key"
+
+
+async def test_a_tls_url_verifies_the_server(tmp_path: Path) -> None:
+    """rediss:// speaks TLS and checks the certificate: against the CA given, yes; else no."""
+    ca, cert, key = _tls_files(tmp_path)
+    tls_port = free_port()
+    with redis_server("--tls-port", str(tls_port), "--tls-cert-file", str(cert),
+                      "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"):
+        conn = fast_redis(f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={ca}")
+        try:
+            assert await conn.execute("PING") == b"PONG"
+        finally:
+            await conn.aclose()
+        untrusted = fast_redis(f"rediss://127.0.0.1:{tls_port}/0")  # the system CAs only
+        with pytest.raises(RedisConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
+            await untrusted.execute("PING")
+        await untrusted.aclose()
+        unchecked = fast_redis(f"rediss://127.0.0.1:{tls_port}/0?ssl_cert_reqs=none")
+        assert await unchecked.execute("PING") == b"PONG"
+        await unchecked.aclose()
+
+
+def test_urls_redis_py_takes_are_parsed_alike() -> None:
+    conn = PipelinedConnection.from_url("redis://u:p%40ss@cache.internal:6380?db=4")
+    assert (conn.host, conn.port, conn.db) == ("cache.internal", 6380, 4)
+    assert (conn.username, conn.password) == ("u", "p@ss")
+    assert PipelinedConnection.from_url("redis://h/5?db=4").db == 5  # the path's database first
+    unix = PipelinedConnection.from_url("unix:///run/redis.sock?db=1&password=pw")
+    assert (unix.unix_path, unix.db, unix.password) == ("/run/redis.sock", 1, "pw")
+    with pytest.raises(ValueError, match="redis://, rediss:// or unix://"):
+        PipelinedConnection.from_url("http://127.0.0.1:6379")
 
 
 async def test_reconnects_after_redis_restarts(private_redis: RedisServer) -> None:
