@@ -31,7 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
     worker = commands.add_parser("worker", help="record the usage streams in the ledger")
     worker.add_argument("--consumer", default=None, help="consumer name (default: host-pid)")
-    worker.add_argument("--batch", type=int, default=200)
+    worker.add_argument("--batch", type=int, default=WorkerOptions.batch,
+                        help="entries read per usage stream at a time (one transaction for all)")
     worker.add_argument("--block-ms", type=int, default=1000)
     worker.add_argument(
         "--claim-idle-ms",

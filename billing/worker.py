@@ -59,7 +59,10 @@ class WorkerStats:
 
 @dataclass(frozen=True)
 class WorkerOptions:
-    batch: int = 200
+    # Entries read per stream (XREADGROUP COUNT), all recorded in one transaction. The ledger
+    # costs ~20% less CPU per event at 1,000 than at 200 (bench_worker at 2,500 events/s):
+    # the commit, the round trips and the index pages the events share are paid per batch.
+    batch: int = 1000
     block_ms: int = 1000
     claim_idle_ms: int = 30_000
     claim_every_s: float = 5.0

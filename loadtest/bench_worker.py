@@ -37,6 +37,7 @@ from billing.db.schema import ledger_legs, usage_records
 from billing.packages import NewPackage
 from billing.service import Billing
 from billing.streams import backlog
+from billing.worker import WorkerOptions
 from gateway import keyspace
 from gateway.accounts import KeyLimits
 from gateway.quota.keys import BILLING_GROUP
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--accounts", type=int, default=50)
-    parser.add_argument("--batch", type=int, default=200, help="the worker's --batch")
+    parser.add_argument("--batch", type=int, default=WorkerOptions.batch, help="the worker's --batch")
     parser.add_argument("--settle", type=float, default=2.0, help="seconds to let the worker idle first")
     parser.add_argument("--rate", type=float, default=0, help="events a second (0: all at once)")
     parser.add_argument("--seed", type=int, default=1)

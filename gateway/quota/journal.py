@@ -102,14 +102,7 @@ class SettlementJournal:
     def record(self, entry_id: str, account_id: str, flat: Sequence[Any]) -> None:
         """Remember an event just appended as stream entry ``entry_id`` (kept as Redis sent it:
         decoded only if it has to be replayed)."""
-        number = keyspace.shard_of(account_id)
-        shard = self._shards.setdefault(number, OrderedDict())
-        previous = shard.pop(entry_id, None)
-        if previous is not None:  # Redis never reuses an id in a stream's life: it lost this one
-            self._orphans.setdefault(number, []).append(previous)
-            self._size -= 1
-        shard[entry_id] = Journaled.of(account_id, flat)
-        self._size += 1
+        self._put(keyspace.shard_of(account_id), entry_id, Journaled.of(account_id, flat))
         if self._size > self.limit:
             fullest = max(self._shards.values(), key=len)
             fullest.popitem(last=False)
@@ -117,6 +110,14 @@ class SettlementJournal:
             if not self._full:
                 log.warning("settlement journal full (%d events): is a billing worker running?", self.limit)
         self._full = self._size >= self.limit
+
+    def _put(self, shard: int, entry_id: str, item: Journaled) -> None:
+        entries = self._shards.setdefault(shard, OrderedDict())
+        previous = entries.pop(entry_id, None)
+        if previous is not None:  # Redis never reuses an id in a stream's life: it lost that one
+            self._orphans.setdefault(shard, []).append(previous)
+        entries[entry_id] = item
+        self._size += 1
 
     def shards(self) -> list[int]:
         """The shards this journal holds events of."""
@@ -126,18 +127,23 @@ class SettlementJournal:
     async def confirm(self, client: RedisClient, scripts: Scripts, shard: int) -> int:
         """Replay what Redis lost of this shard, forget what billing acked; the replay count."""
         entries = self._shards.setdefault(shard, OrderedDict())
-        orphans = self._orphans.get(shard, [])
+        orphans = self._orphans.setdefault(shard, [])
         stream = keyspace.usage_stream_key(shard)
         lost = await _lost(client, stream, entries)
         replays = 0
         while orphans and replays < self.replay_batch:
             new_id = await self._replay(scripts, stream, orphans[0])
-            entries[new_id] = orphans.pop(0)  # dropped only once appended again
-            self._size += 1
+            self._size -= 1  # dropped only once appended again
+            self._put(shard, new_id, orphans.pop(0))
             replays += 1
-        for entry_id in lost[: self.replay_batch - replays]:
-            new_id = await self._replay(scripts, stream, entries[entry_id])
-            entries[new_id] = entries.pop(entry_id)
+        for entry_id, item in lost[: self.replay_batch - replays]:
+            new_id = await self._replay(scripts, stream, item)
+            if entries.get(entry_id) is item:
+                del entries[entry_id]
+            else:  # a replay took its id meanwhile (a clock behind): it was set aside as lost
+                orphans.remove(item)
+            self._size -= 1
+            self._put(shard, new_id, item)
             replays += 1
         if orphans or replays < len(lost):
             return replays  # the rest next time; meanwhile nothing of this shard is forgotten
@@ -164,8 +170,10 @@ class SettlementJournal:
         return new_id
 
 
-async def _lost(client: RedisClient, stream: str, entries: OrderedDict[str, Journaled]) -> list[str]:
-    """The ids of the journaled events the stream no longer holds (see the module's doc)."""
+async def _lost(
+    client: RedisClient, stream: str, entries: OrderedDict[str, Journaled]
+) -> list[tuple[str, Journaled]]:
+    """The journaled events (id, event) the stream no longer holds (see the module's doc)."""
     if not entries:
         return []
     oldest_id, oldest = next(iter(entries.items()))
@@ -181,7 +189,7 @@ async def _lost(client: RedisClient, stream: str, entries: OrderedDict[str, Jour
         if len(page) < 1000:
             break
         start = "(" + reply_text(page[-1][0])
-    return [eid for eid, item in entries.items() if (eid, item.request_id) not in held]
+    return [(eid, item) for eid, item in entries.items() if (eid, item.request_id) not in held]
 
 
 def _request_of(fields: Any) -> str:
