@@ -3,16 +3,24 @@
 An entry may leave its stream once the billing group acknowledged it and the ledger holds
 its usage record (or the dead-letter stream holds it). Reconcile counts the charges of the
 entries the ledger does not have yet by reading the stream after its SQL snapshot; an entry
-trimmed between the two would be counted by neither. So trimming happens in two passes:
-one finds the entries that are safe (recorded, by the ledger at that moment) and remembers
-the point, the next one, at least ``margin_s`` later, trims up to it. A reconcile pass
-that takes less than ``margin_s`` therefore never misses an entry (reconcile checks).
+trimmed between the two would be counted by neither. So a point found safe (everything
+before it acked and recorded, by the ledger at that moment) is trimmed to only ``margin_s``
+later. A reconcile pass that takes less than ``margin_s`` therefore never misses an entry
+(reconcile checks).
+
+Every pass (``every_s``) trims to the newest point old enough, then reads on from the last
+point found for the next one, in pages: each entry is checked once, so trimming keeps up
+with the stream however fast it grows (it once read the stream's first 1,000 entries per
+minute, and a stream busier than that grew without end). A point is trimmed to only while
+its entry is still there: after Redis lost the stream, a new one may reuse ids.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
+from dataclasses import dataclass
 
 from redis import exceptions as rx
 from sqlalchemy import select
@@ -30,6 +38,15 @@ MARGIN_S = 60.0
 IDLE_CONSUMER_MS = 3_600_000
 
 
+@dataclass(frozen=True, slots=True)
+class Point:
+    """A stream entry that bounds a trim: what is before it may go."""
+
+    entry_id: str
+    request_id: str
+    found_at: float = 0.0
+
+
 class StreamTrimmer:
     def __init__(
         self,
@@ -37,13 +54,15 @@ class StreamTrimmer:
         engine: AsyncEngine,
         consumer: str,
         *,
-        every_s: float = 60.0,
+        every_s: float = 10.0,
         margin_s: float = MARGIN_S,
         scan: int = 1000,
+        max_pages: int = 200,
     ) -> None:
         self.redis, self.engine, self.consumer = redis, engine, consumer
-        self.every_s, self.margin_s, self.scan = every_s, margin_s, scan
-        self._points: dict[str, tuple[str, float]] = {}
+        self.every_s, self.margin_s = every_s, margin_s
+        self.scan, self.max_pages = scan, max_pages  # entries per read, reads per stream and pass
+        self._points: dict[str, deque[Point]] = {}
         self._next = time.monotonic() + every_s
 
     async def maybe_trim(self) -> None:
@@ -52,38 +71,59 @@ class StreamTrimmer:
             return
         self._next = now + self.every_s
         for stream in keyspace.all_usage_streams():
-            point = self._points.get(stream)
-            if point is not None and now - point[1] >= self.margin_s:
-                await self.redis.xtrim(stream, minid=point[0], approximate=False)
-                del self._points[stream]
-            if stream not in self._points:
-                found = await self.safe_point(stream)
-                if found is not None:
-                    self._points[stream] = (found, now)
+            points = self._points.setdefault(stream, deque())
+            ripe: Point | None = None
+            while points and now - points[0].found_at >= self.margin_s:
+                ripe = points.popleft()
+            if ripe is not None and not await self._trim_to(stream, ripe):
+                points.clear()  # the stream is not the one scanned: start over
+                ripe = None
+            start = points[-1] if points else ripe
+            found = await self.safe_point(stream, start.entry_id if start else "-")
+            if found is not None and (start is None or found.entry_id != start.entry_id):
+                points.append(Point(found.entry_id, found.request_id, now))
             await self._forget_idle_consumers(stream)
 
-    async def safe_point(self, stream: str) -> str | None:
-        """The id below which every entry of the stream is acked and recorded (None: none)."""
-        head = entries_of(stream, await self.redis.xrange(stream, "-", "+", count=self.scan))
-        if len(head) < 2:
-            return None
+    async def _trim_to(self, stream: str, point: Point) -> bool:
+        """XTRIM below ``point`` if its entry is still there (False: it is not)."""
+        at = entries_of(stream, await self.redis.xrange(stream, point.entry_id, point.entry_id))
+        if not at or at[0].fields.get("request_id", "") != point.request_id:
+            return False
+        await self.redis.xtrim(stream, minid=point.entry_id, approximate=False)
+        return True
+
+    async def safe_point(self, stream: str, start: str = "-") -> Point | None:
+        """The first entry from ``start`` on that is not yet acked and recorded (everything
+        before it may go), else the last one read (the stream is never emptied by trimming);
+        None when not even the first entry read is safe."""
         delivered, oldest_pending = await group_progress(self.redis, stream)
         dead_stream = dead_letter_key(shard_of_stream(stream))
         dead = entries_of(dead_stream, await self.redis.xrange(dead_stream, "-", "+"))
         dead_ids = {e.fields.get("dead_stream_id") for e in dead}
-        ids = [e.id for e in head]
-        rids = [e.fields.get("request_id", "") for e in head]
+        last: Point | None = None
+        for _ in range(self.max_pages):
+            page = entries_of(stream, await self.redis.xrange(stream, start, "+", count=self.scan))
+            rids = [e.fields.get("request_id", "") for e in page]
+            recorded = await self._recorded(rids)
+            for entry, rid in zip(page, rids, strict=True):
+                sid = stream_id(entry.id)
+                acked = sid <= delivered and (oldest_pending is None or sid < oldest_pending)
+                if not acked or (rid not in recorded and entry.id not in dead_ids):
+                    return Point(entry.id, rid) if last is not None else None
+                last = Point(entry.id, rid)
+            if len(page) < self.scan:
+                break
+            start = "(" + page[-1].id
+        return last
+
+    async def _recorded(self, request_ids: list[str]) -> set[str]:
+        if not request_ids:
+            return set()
         async with self.engine.connect() as conn:
             rows = await conn.execute(
-                select(usage_records.c.request_id).where(usage_records.c.request_id.in_(rids))
+                select(usage_records.c.request_id).where(usage_records.c.request_id.in_(request_ids))
             )
-            recorded = {row[0] for row in rows}
-        for index, (entry_id, rid) in enumerate(zip(ids, rids, strict=True)):
-            sid = stream_id(entry_id)
-            acked = sid <= delivered and (oldest_pending is None or sid < oldest_pending)
-            if not acked or (rid not in recorded and entry_id not in dead_ids):
-                return entry_id if index > 0 else None
-        return ids[-1]  # keep the last one: the stream is never emptied by trimming
+            return {row[0] for row in rows}
 
     async def _forget_idle_consumers(self, stream: str) -> None:
         """Consumers of workers long gone, holding nothing, leave the group."""

@@ -71,4 +71,3 @@ async def downgrade(engine: AsyncEngine, revision: str) -> None:
 
     async with engine.begin() as conn:
         await conn.run_sync(lambda c: command.downgrade(alembic_config(c), revision))
-

@@ -179,10 +179,50 @@ async def test_only_recorded_and_acknowledged_entries_are_trimmed(billing: Billi
     await drain(billing, redis)
     waiting = [await append(redis, event_for(who, 1)) for _ in range(3)]  # not recorded yet
     trimmer = StreamTrimmer(redis, billing.engine, "t", every_s=0, margin_s=0)
-    assert await trimmer.safe_point(stream) == waiting[0]
+    point = await trimmer.safe_point(stream)
+    assert point is not None and point.entry_id == waiting[0]
     await trimmer.maybe_trim()  # finds the point
     await trimmer.maybe_trim()  # trims up to it, a margin later
     left = [e.id for e in entries_of(stream, await redis.xrange(stream))]
     assert left == waiting and not set(recorded) & set(left)
     await drain(billing, redis)
     assert await records(billing, who.account_id) == (8, 8, 8)
+
+
+async def test_trimming_keeps_up_with_a_stream_longer_than_one_read(billing: Billing, redis: Redis) -> None:
+    """Each pass reads on from where the last stopped, page after page: a busy stream is
+    trimmed to its unrecorded tail, not by one page per pass."""
+    who = await funded(billing, [Pack(1000)])
+    stream = keyspace.usage_stream_key(keyspace.shard_of(who.account_id))
+    await drain(billing, redis)
+    trimmer = StreamTrimmer(redis, billing.engine, "t", every_s=0, margin_s=0, scan=7)
+    await trimmer.maybe_trim()
+    for _ in range(3):  # usage keeps coming between passes
+        for _ in range(40):
+            await append(redis, event_for(who, 1))
+        await drain(billing, redis)
+        await trimmer.maybe_trim()
+    waiting = [await append(redis, event_for(who, 1)) for _ in range(2)]
+    await trimmer.maybe_trim()
+    await trimmer.maybe_trim()
+    assert [e.id for e in entries_of(stream, await redis.xrange(stream))] == waiting
+
+
+async def test_a_point_is_not_trimmed_to_once_its_stream_was_lost(billing: Billing, redis: Redis) -> None:
+    """Redis lost the stream after a point was found: the new stream's entries, whatever
+    their ids, stay until checked themselves."""
+    who = await funded(billing, [Pack(1000)])
+    stream = keyspace.usage_stream_key(keyspace.shard_of(who.account_id))
+    await drain(billing, redis)
+    for _ in range(3):
+        await append(redis, event_for(who, 1))
+    await drain(billing, redis)
+    waiting = await append(redis, event_for(who, 1))
+    trimmer = StreamTrimmer(redis, billing.engine, "t", every_s=0, margin_s=0)
+    await trimmer.maybe_trim()  # the point: the unrecorded entry
+    await redis.delete(stream)  # lost; the new stream's ids come before that point
+    await redis.xadd(stream, event_for(who, 1).to_fields(), id="1-1")  # type: ignore[arg-type]
+    await redis.xgroup_create(stream, BILLING_GROUP, id="0")
+    await trimmer.maybe_trim()
+    assert [e.id for e in entries_of(stream, await redis.xrange(stream))] == ["1-1"]
+    assert waiting not in [e.id for e in entries_of(stream, await redis.xrange(stream))]
