@@ -107,9 +107,11 @@ class SettlementJournal:
             fullest = max(self._shards.values(), key=len)
             fullest.popitem(last=False)
             self._size -= 1
-            if not self._full:
+            if not self._full:  # once per filling: it is logged again after it drained
                 log.warning("settlement journal full (%d events): is a billing worker running?", self.limit)
-        self._full = self._size >= self.limit
+                self._full = True
+        elif self._full and self._size < self.limit // 2:
+            self._full = False
 
     def _put(self, shard: int, entry_id: str, item: Journaled) -> None:
         entries = self._shards.setdefault(shard, OrderedDict())

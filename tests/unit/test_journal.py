@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from gateway.quota.journal import Journaled, SettlementJournal
 
 
@@ -26,3 +28,13 @@ def test_the_journal_lists_the_shards_it_holds() -> None:
     assert journal.shards() == []
     journal.record("1700000000000-0", "acct-a", [b"request_id", b"r"])
     assert len(journal) == 1 and len(journal.shards()) == 1
+
+
+def test_a_full_journal_says_so_once_per_filling(caplog: pytest.LogCaptureFixture) -> None:
+    """Past its limit the journal drops its oldest events: that is logged (it once never was)."""
+    journal = SettlementJournal(limit=4)
+    for i in range(6):
+        journal.record(f"1700000000000-{i}", "acct-a", [b"request_id", f"r{i}".encode()])
+    assert len(journal) == 4
+    assert [r.message for r in caplog.records].count(
+        "settlement journal full (4 events): is a billing worker running?") == 1
