@@ -139,3 +139,5 @@ class GatewayState:
                 except (RedisError, OSError, QuotaUnavailable) as exc:
                     log.warning("reaper: Redis unavailable (%s)", exc.__class__.__name__)
                     break
+                except Exception:  # a bug here must not end reaping and journal confirmation
+                    log.exception("reaper: pass over shard %d failed", shard)

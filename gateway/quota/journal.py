@@ -211,5 +211,6 @@ async def group_progress(client: RedisClient, stream: str) -> tuple[tuple[int, i
             if not int(group.get("pending", 0)):
                 return delivered, None
             summary = await client.xpending(stream, BILLING_GROUP)
-            return delivered, stream_id(reply_text(summary["min"]))
+            oldest = summary.get("min")  # None: the worker acked it all since XINFO answered
+            return delivered, stream_id(reply_text(oldest)) if oldest else None
     return (0, 0), None

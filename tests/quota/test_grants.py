@@ -4,6 +4,8 @@ and expiring grants, no overdraft per grant, and what happens when Redis loses d
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from types import SimpleNamespace
 
 import pytest
 
@@ -11,8 +13,11 @@ from gateway import keyspace
 from gateway.errors import BalanceExhausted, BalanceUnknown
 from gateway.quota import QuotaStore
 from gateway.quota.accounts import new_epoch
+from gateway.quota.journal import group_progress
 from gateway.quota.keys import BILLING_GROUP, grants_key
 from gateway.quota.scripts import RedisClient
+from gateway.settings import Settings
+from gateway.state import GatewayState
 
 from .helpers import admit, new_id, settle, usage_events
 
@@ -193,3 +198,62 @@ async def test_lost_events_past_one_replay_batch_wait_for_the_next_pass(
         await store.reap(keyspace.shard_of(account))
     requests = sorted(e.request_id for e in await usage_events(client, account))
     assert requests == ["after", "r0", "r1", "r2", "r3", "r4"]
+
+
+class _AckingBetweenCalls:
+    """The real client, with the billing worker acknowledging everything right after
+    XINFO GROUPS answered: the interleaving that ends a batch between two reads."""
+
+    def __init__(self, client: RedisClient, stream: str) -> None:
+        self._client, self._stream = client, stream
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._client, name)
+
+    async def xinfo_groups(self, stream: str) -> object:
+        groups = await self._client.xinfo_groups(stream)
+        pending = await self._client.xpending_range(self._stream, BILLING_GROUP, "-", "+", 1000)
+        if pending:
+            await self._client.xack(self._stream, BILLING_GROUP, *[p["message_id"] for p in pending])
+        return groups
+
+
+async def test_progress_read_while_billing_acknowledges(store: QuotaStore, client: RedisClient) -> None:
+    """XINFO says entries are pending, XPENDING then finds none: nothing is pending (it once
+    raised, which ended the gateway's reaper loop and its journal confirmations for good)."""
+    account, key = await account_with(store, ("g", 1000, 0, None))
+    stream = keyspace.usage_stream_key(keyspace.shard_of(account))
+    await admit(store, account, key, request_id="r1", prompt=10, max_tokens=5)
+    await settle(store, account, key, "r1", prompt=10, completion=5)
+    with contextlib.suppress(Exception):
+        await client.xgroup_create(stream, BILLING_GROUP, id="0", mkstream=True)
+    await client.xreadgroup(BILLING_GROUP, "c", {stream: ">"})  # delivered, not yet acked
+    delivered, oldest_pending = await group_progress(_AckingBetweenCalls(client, stream), stream)  # type: ignore[arg-type]
+    assert oldest_pending is None and delivered >= (1, 0)
+
+
+async def test_the_reaper_loop_outlives_an_unexpected_error(store: QuotaStore) -> None:
+    """A bug in one pass is logged; reaping and journal confirmation go on."""
+    account, key = await account_with(store, ("g", 1000, 0, None))
+    await admit(store, account, key, request_id="r1", prompt=10, max_tokens=5)
+    await settle(store, account, key, "r1", prompt=10, completion=5)
+    calls = 0
+    confirm = store.confirm_journal
+
+    async def failing_once(shard: int) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ValueError("a bug")
+        return await confirm(shard)
+
+    store.confirm_journal = failing_once  # type: ignore[method-assign]
+    owner = SimpleNamespace(settings=Settings(TOKENGATE_REAPER_INTERVAL=60), quota=store)
+    task = asyncio.create_task(GatewayState._reap_forever(owner))  # type: ignore[arg-type]
+    try:
+        await asyncio.sleep(2.5)  # two journal passes, a second apart
+        assert not task.done() and calls >= 2
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
