@@ -233,6 +233,17 @@ async def _recorded(conn: AsyncConnection, request_ids: list[str]) -> dict[str, 
 _IN_CHUNK = 500  # ids per IN (...): well under SQLite's bound-parameter limit
 
 
+async def recorded_ids(conn: AsyncConnection, request_ids: Iterable[str]) -> set[str]:
+    """Which of ``request_ids`` the ledger holds a usage record of (chunks of bound parameters)."""
+    ids, found = sorted(set(request_ids)), set[str]()
+    for start in range(0, len(ids), _IN_CHUNK):
+        chunk = ids[start : start + _IN_CHUNK]
+        c = usage_records.c
+        rows = await conn.execute(select(c.request_id).where(c.request_id.in_(chunk)))
+        found.update(row[0] for row in rows)
+    return found
+
+
 async def _sort_out_existing(conn: AsyncConnection, events: Sequence[UsageEvent], outcome: Recorded) -> None:
     """Ids already recorded: a duplicate if the content is the same, else a conflict."""
     if not events:

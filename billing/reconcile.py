@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from billing.accounts import limits_of
 from billing.db.schema import accounts, api_keys, usage_records
-from billing.ledger import LedgerGrant, ledger_grants
+from billing.ledger import LedgerGrant, ledger_grants, recorded_ids
 from billing.streams import Entry, entries_of
 from billing.trim import MARGIN_S
 from gateway import keyspace
@@ -143,7 +143,7 @@ class Reconciler:
                     for e in main + dead
                     if e.fields.get("account_id") in wanted
                 }
-                recorded = await _recorded(conn, rids)
+                recorded = await recorded_ids(conn, rids)
                 await self._check_ledger(conn, members, found, report)
         pending: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         counted: set[str] = set()
@@ -207,13 +207,3 @@ class Reconciler:
                 await self.copies.push_key(row.account_id, row.id, row.key_hash, limits_of(row))
             elif apply:
                 await self.copies.drop_key(row.account_id, row.id, row.key_hash)
-
-
-async def _recorded(conn: AsyncConnection, rids: set[str], chunk: int = 500) -> set[str]:
-    ids, found = sorted(rids), set[str]()
-    for i in range(0, len(ids), chunk):
-        rows = await conn.execute(
-            select(usage_records.c.request_id).where(usage_records.c.request_id.in_(ids[i : i + chunk]))
-        )
-        found.update(row[0] for row in rows)
-    return found

@@ -23,10 +23,9 @@ from collections import deque
 from dataclasses import dataclass
 
 from redis import exceptions as rx
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from billing.db.schema import usage_records
+from billing.ledger import recorded_ids
 from billing.streams import entries_of, shard_of_stream
 from gateway import keyspace
 from gateway.quota.journal import group_progress, stream_id
@@ -104,7 +103,8 @@ class StreamTrimmer:
         for _ in range(self.max_pages):
             page = entries_of(stream, await self.redis.xrange(stream, start, "+", count=self.scan))
             rids = [e.fields.get("request_id", "") for e in page]
-            recorded = await self._recorded(rids)
+            async with self.engine.connect() as conn:
+                recorded = await recorded_ids(conn, rids)
             for entry, rid in zip(page, rids, strict=True):
                 sid = stream_id(entry.id)
                 acked = sid <= delivered and (oldest_pending is None or sid < oldest_pending)
@@ -115,15 +115,6 @@ class StreamTrimmer:
                 break
             start = "(" + page[-1].id
         return last
-
-    async def _recorded(self, request_ids: list[str]) -> set[str]:
-        if not request_ids:
-            return set()
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(
-                select(usage_records.c.request_id).where(usage_records.c.request_id.in_(request_ids))
-            )
-            return {row[0] for row in rows}
 
     async def _forget_idle_consumers(self, stream: str) -> None:
         """Consumers of workers long gone, holding nothing, leave the group."""

@@ -13,7 +13,6 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import RedisError
 
 from gateway.accounts import AccountRegistry
 from gateway.auth import Authenticator
@@ -136,8 +135,8 @@ class GatewayState:
                         await self.quota.reap(shard, 100)  # which confirms the journal first
                     else:
                         await self.quota.confirm_journal(shard)
-                except (RedisError, OSError, QuotaUnavailable) as exc:
-                    log.warning("reaper: Redis unavailable (%s)", exc.__class__.__name__)
+                except QuotaUnavailable as exc:  # the store maps Redis's outages to it
+                    log.warning("reaper: Redis unavailable (%s)", (exc.__cause__ or exc).__class__.__name__)
                     break
                 except Exception:  # a bug here must not end reaping and journal confirmation
                     log.exception("reaper: pass over shard %d failed", shard)
