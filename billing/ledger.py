@@ -5,6 +5,9 @@ Every change of credits is an entry whose legs sum to zero (the database checks 
     purchase:<order_id>   grant +credits, sales -credits
     usage:<request_id>    grant -charge, usage +charge      (one pair per grant charged)
 
+A usage record's ``uncollected`` (what the request cost beyond what its balance could pay
+at settlement) is no entry: no credits moved, so it is no debit.
+
 A usage event is recorded at most once: its usage record is keyed by request id and the
 insert skips an id already there, so a redelivered or duplicated event changes nothing
 (``record_usage`` reports it as a duplicate, or as a conflict if its content differs).
@@ -169,16 +172,21 @@ def _unique(events: Iterable[UsageEvent], outcome: Recorded) -> dict[str, Checke
         parts = _check(event)
         first = unique.setdefault(event.request_id, (event, parts))[0]
         if first is not event:
-            if _same(first, (event.account_id, event.charge, event.grants)):
+            if _same(first, _identity(event)):
                 outcome.duplicates.append(event.request_id)
             else:
                 outcome.conflicts.append(event)
     return unique
 
 
+def _identity(event: UsageEvent) -> tuple[Any, ...]:
+    """What must match for a repeat of a request id to be a duplicate, not a conflict."""
+    return (event.account_id, event.charge, event.grants, event.uncollected)
+
+
 def _same(event: UsageEvent, known: tuple[Any, ...] | None) -> bool:
-    """Whether a record (account, charge, grants) is this event's (a duplicate, not a conflict)."""
-    return known == (event.account_id, event.charge, event.grants)
+    """Whether a record (account, charge, grants, uncollected) is this event's."""
+    return known == _identity(event)
 
 
 async def _insert_new(
@@ -218,15 +226,17 @@ async def _insert_new_sqlite(
 
 
 async def _recorded(conn: AsyncConnection, request_ids: list[str]) -> dict[str, tuple[Any, ...]]:
-    """(account, charge, grants) of the ids already recorded, in chunks of bound parameters."""
+    """(account, charge, grants, uncollected) of the ids already recorded, in chunks."""
     c = usage_records.c
     known: dict[str, tuple[Any, ...]] = {}
     for start in range(0, len(request_ids), _IN_CHUNK):
         chunk = request_ids[start : start + _IN_CHUNK]
         rows = await conn.execute(
-            select(c.request_id, c.account_id, c.charge, c.grants).where(c.request_id.in_(chunk))
+            select(c.request_id, c.account_id, c.charge, c.grants, c.uncollected).where(
+                c.request_id.in_(chunk)
+            )
         )
-        known.update((r[0], (r[1], r[2], r[3])) for r in rows)
+        known.update((r[0], (r[1], int(r[2]), r[3], int(r[4]))) for r in rows)
     return known
 
 

@@ -35,6 +35,7 @@ RECORD_FIELDS = (
     "completion_tokens",
     "cached_tokens",
     "charge",
+    "uncollected",
     "status",
     "counted_by",
     "stream",
@@ -73,8 +74,12 @@ def _decode(cursor: str) -> Any:
         raise BadRequest("not a cursor of this listing", param="cursor") from None
 
 
+_COLUMNS = RECORD_FIELDS[: RECORD_FIELDS.index("started_at")]  # read as they are stored
+SUMS = ("requests", "prompt_tokens", "completion_tokens", "charge", "uncollected")
+
+
 def record(row: Any) -> dict[str, Any]:
-    out = {name: getattr(row, name) for name in RECORD_FIELDS[:13]}
+    out = {name: getattr(row, name) for name in _COLUMNS}
     out["stream"] = bool(out["stream"])
     out["started_at"] = ms_to_iso(row.started_at_ms)
     out["finished_at"] = ms_to_iso(row.finished_at_ms)
@@ -131,6 +136,7 @@ async def _grouped(engine: AsyncEngine, q: UsageQuery) -> dict[str, Any]:
             func.sum(c.prompt_tokens).label("prompt_tokens"),
             func.sum(c.completion_tokens).label("completion_tokens"),
             func.sum(c.charge).label("charge"),
+            func.sum(c.uncollected).label("uncollected"),
         ),
         q,
     ).group_by(*keys)
@@ -145,7 +151,7 @@ async def _grouped(engine: AsyncEngine, q: UsageQuery) -> dict[str, Any]:
         for group in q.group_by:
             value = getattr(row, GROUPS[group])
             item[group] = day_of(int(value) * DAY_MS) if group == "day" else value
-        for name in ("requests", "prompt_tokens", "completion_tokens", "charge"):
+        for name in SUMS:
             item[name] = int(getattr(row, name) or 0)
         data.append(item)
     next_cursor = _encode({"offset": offset + q.limit}) if more else None

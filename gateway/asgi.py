@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -102,3 +103,20 @@ async def send_error(send: Send, error: GatewayError, request_id: str) -> None:
     extra = list(JSON_HEADERS)
     extra.extend((k.lower().encode(), v.encode()) for k, v in error.headers.items())
     await send_bytes(send, error.status, error.body(), request_id, extra)
+
+
+async def watch_disconnect(receive: Receive, task: asyncio.Task[object] | None) -> None:
+    """Cancel ``task`` (a relay) when the client goes away (uvicorn's send() stays silent)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            if task is not None:
+                task.cancel()
+            return
+
+
+def uncancel() -> None:
+    """Take back the cancellation :func:`watch_disconnect` requested (the relay ends itself)."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.prompt_rules import UNKNOWABLE_FIELDS, MediaLimits
 from gateway.routing.config import RoutingConfig
 from gateway.tokenizers import TokenizerError, load_tokenizer
 
@@ -74,23 +75,60 @@ class PriceSpec(_Strict):
         return int(self.output * 1000)
 
 
+class MediaSpec(_Strict):
+    """The prompt tokens one content part of each kind can take at most (placeholders and
+    markers included); a kind left out is refused with 400."""
+
+    image: int | None = Field(default=None, ge=1, le=10_000_000)
+    audio: int | None = Field(default=None, ge=1, le=10_000_000)
+    video: int | None = Field(default=None, ge=1, le=10_000_000)
+
+
 class ModelSpec(_Strict):
     name: str = Field(pattern=_NAME)
     served_name: str | None = None
     kind: Literal["chat", "embedding"] = "chat"
     tokenizer: str = "tiktoken:cl100k_base"
+    # Whether `tokenizer` is the model's own. Default: yes for hf:<dir> and bytes, no for
+    # tiktoken (a stand-in: reservations then hold the prompt's UTF-8 byte bound).
+    tokenizer_exact: bool | None = None
     context_window: int = Field(ge=16, le=10_000_000)
     price: PriceSpec
     deployments: list[str] = Field(min_length=1)
     # Routing preference: cluster names or regions, best first; others take the spill-over.
     prefer: list[str] = Field(default_factory=list)
+    media: MediaSpec | None = None
+    # Request fields that make the prompt unknowable, accepted for this model all the same.
+    allowed_fields: list[str] = Field(default_factory=list)
 
     @field_validator("tokenizer")
     @classmethod
     def _tokenizer_scheme(cls, spec: str) -> str:
-        if not re.match(r"^(tiktoken|hf):.+", spec):
-            raise ValueError("tokenizer is 'tiktoken:<encoding>' or 'hf:<local directory>'")
+        if spec != "bytes" and not re.match(r"^(tiktoken|hf):.+", spec):
+            raise ValueError("tokenizer is 'tiktoken:<encoding>', 'hf:<local directory>' or 'bytes'")
         return spec
+
+    @field_validator("allowed_fields")
+    @classmethod
+    def _known_fields(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if name not in UNKNOWABLE_FIELDS:
+                raise ValueError(f"{name!r} is none of the fields that need allowing: "
+                                 + ", ".join(UNKNOWABLE_FIELDS))
+        return names
+
+    @model_validator(mode="after")
+    def _media_for_chat(self) -> ModelSpec:
+        if self.media is not None and self.kind != "chat":
+            raise ValueError("media applies to chat models only")
+        return self
+
+    @property
+    def exact(self) -> bool:
+        """The resolved ``tokenizer_exact``."""
+        if self.tokenizer_exact is not None:
+            return self.tokenizer_exact
+        return not self.tokenizer.startswith("tiktoken:")
 
 
 class CatalogSpec(_Strict):
@@ -158,6 +196,9 @@ class Model:
     output_pm: int
     endpoints: tuple[Endpoint, ...]
     prefer: tuple[str, ...] = ()
+    tokenizer_exact: bool = True  # False: a stand-in; reservations use the byte bound
+    media: MediaLimits = field(default_factory=MediaLimits)
+    allowed_fields: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +211,18 @@ class Catalog:
 
     def get(self, name: str) -> Model | None:
         return self.models.get(name)
+
+
+def stand_in_warnings(catalog: Catalog) -> list[str]:
+    """One line per model whose prompts are estimated with a tokenizer not its own."""
+    return [
+        f"model {m.name!r} estimates prompts with a stand-in tokenizer ({m.tokenizer}): "
+        "reservations hold each prompt's UTF-8 byte bound (~5x its tokens for English text). "
+        "Point 'tokenizer: hf:<dir>' at the model's tokenizer.json, or set 'tokenizer_exact: true' "
+        "if this is its own tokenizer"
+        for m in catalog.models.values()
+        if not m.tokenizer_exact
+    ]
 
 
 class CatalogError(ValueError):
@@ -201,6 +254,9 @@ def build_catalog(spec: CatalogSpec, source: str = "", env: dict[str, str] | Non
             output_pm=m.price.output_pm,
             endpoints=tuple(ep for dep in m.deployments for ep in by_cluster[dep]),
             prefer=tuple(m.prefer),
+            tokenizer_exact=m.exact,
+            media=MediaLimits(**m.media.model_dump()) if m.media else MediaLimits(),
+            allowed_fields=frozenset(m.allowed_fields),
         )
         for m in spec.models
     }

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
-from gateway.catalog import CatalogError, load_catalog
+from gateway.catalog import CatalogError, load_catalog, stand_in_warnings
+
+log = logging.getLogger("tokengate.catalog")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -17,10 +20,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = args.config or Settings().config_path
     try:
-        load_catalog(config, tokenizers=True)  # fail fast, naming the field and line at fault
+        catalog = load_catalog(config, tokenizers=True)  # fail fast, naming the field and line at fault
     except CatalogError as exc:
         print(exc, file=sys.stderr)
         return 2
+    for warning in stand_in_warnings(catalog):  # once here, not once per worker
+        log.warning("warning: %s: %s", config, warning)
     # Worker processes read their settings from the environment they inherit.
     os.environ["TOKENGATE_CONFIG"] = config
     uvicorn.run(

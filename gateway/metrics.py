@@ -48,6 +48,13 @@ class GatewayMetrics:
             ["model", "type"],
             registry=self.registry,
         )
+        self.uncollected = Counter(
+            "tokengate_uncollected_credits",
+            "Credits requests cost beyond what their account could pay at settlement (the "
+            "reservation fell short and the balance ran out), by model. Normally 0.",
+            ["model"],
+            registry=self.registry,
+        )
         # labels() takes a lock and builds a key on every call; the request path records
         # through children cached by their (bounded) label values instead.
         self._answered: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
@@ -77,6 +84,11 @@ class GatewayMetrics:
             children[0].inc(prompt_tokens)
         if completion_tokens:
             children[1].inc(completion_tokens)
+
+    def unpaid(self, model: str, credits: int) -> None:
+        """Credits a settlement could not collect (rare: labels() per call is fine)."""
+        if credits > 0:
+            self.uncollected.labels(model).inc(credits)
 
     def watch(self, collector: Collector) -> None:
         """Add a collector that reads its values when Prometheus scrapes."""

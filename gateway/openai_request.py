@@ -2,6 +2,7 @@
 
 We read the fields that admission, routing and counting need, refuse bad input with a
 clear 400 naming the parameter, and leave everything else for the upstream to judge.
+Counting the prompt (``count_prompt_tokens``) lives in ``gateway.prompt_size``.
 """
 
 from __future__ import annotations
@@ -12,14 +13,11 @@ from typing import Any, Literal
 import orjson
 
 from gateway.errors import BadRequest
-from gateway.tokenizers import Tokenizer
+from gateway.prompt_size import PromptRules, PromptSize, count_prompt_tokens, prompt_list
+
+__all__ = ["Kind", "OpenAIRequest", "PromptRules", "PromptSize", "count_prompt_tokens", "parse_request"]
 
 Kind = Literal["chat", "completions", "embeddings"]
-
-# Chat templates add tokens per message (role markers, separators) and per request (the
-# assistant's turn, default system prompts such as Qwen's); these bounds exceed common ones.
-PER_MESSAGE_OVERHEAD = 16
-PER_REQUEST_OVERHEAD = 32
 
 
 @dataclass(slots=True)
@@ -51,12 +49,16 @@ def parse_request(kind: Kind, raw: bytes) -> OpenAIRequest:
     if not 1 <= n <= 128:
         raise BadRequest("'n' must be between 1 and 128", param="n")
     max_tokens = _max_tokens(body, kind)
+    best_of = _optional(body, "best_of", int, None)
+    if best_of is not None and best_of > n:  # the reservation pays for n sequences, not best_of
+        raise BadRequest(f"'best_of' ({best_of}) greater than 'n' ({n}) is not supported",
+                         param="best_of", code="unsupported_value")
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise BadRequest("'stream_options' must be an object", param="stream_options")
     options = options or {}
     _require_input(body, kind)
-    prompts = len(_prompts(body["prompt"])) if kind == "completions" else 1
+    prompts = len(prompt_list(body["prompt"])) if kind == "completions" else 1
     return OpenAIRequest(
         kind=kind,
         body=body,
@@ -102,58 +104,3 @@ def _require_input(body: dict[str, Any], kind: Kind) -> None:
     elif not isinstance(body.get("input"), str | list) or body.get("input") in ("", []):
         raise BadRequest("'input' must be a non-empty string or array", param="input")
 
-
-@dataclass(frozen=True, slots=True)
-class PromptSize:
-    """Token counts of a request's prompt(s), by the model's tokenizer."""
-
-    longest: int  # content tokens of the longest prompt (what must fit the context window)
-    longest_estimate: int  # that prompt's upper bound, template overhead included
-    estimate: int  # upper bound of all prompts together (what the reservation charges)
-
-
-def count_prompt_tokens(request: OpenAIRequest, tokenizer: Tokenizer) -> PromptSize:
-    """The prompt sizes of a request; several completions prompts or embedding inputs are
-    separate sequences, each of which must fit the window, and all of which are billed."""
-    body = request.body
-    if request.kind == "chat":
-        content = sum(_message_tokens(m, tokenizer) for m in body["messages"])
-        for extra in ("tools", "functions", "response_format"):
-            if body.get(extra):
-                content += len(tokenizer.encode(orjson.dumps(body[extra]).decode()))
-        estimate = content + PER_MESSAGE_OVERHEAD * len(body["messages"]) + PER_REQUEST_OVERHEAD
-        return PromptSize(content, estimate, estimate)
-    key = "prompt" if request.kind == "completions" else "input"
-    sizes = [_prompt_tokens(p, tokenizer) for p in _prompts(body[key])]
-    longest = max(sizes)
-    return PromptSize(longest, longest + PER_REQUEST_OVERHEAD, sum(sizes) + PER_REQUEST_OVERHEAD)
-
-
-def _prompts(value: Any) -> list[Any]:
-    if isinstance(value, str):
-        return [value]
-    if value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        return [value]  # one prompt given as token ids
-    return list(value)
-
-
-def _prompt_tokens(prompt: Any, tokenizer: Tokenizer) -> int:
-    if isinstance(prompt, str):
-        return len(tokenizer.encode(prompt))
-    if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
-        return len(prompt)
-    raise BadRequest("each prompt must be a string or an array of token ids", param="prompt")
-
-
-def _message_tokens(message: dict[str, Any], tokenizer: Tokenizer) -> int:
-    total = 0
-    for key, value in message.items():
-        if isinstance(value, str):
-            total += len(tokenizer.encode(value))
-        elif key == "content" and isinstance(value, list):
-            for part in value:
-                text = part.get("text") if isinstance(part, dict) else None
-                total += len(tokenizer.encode(text)) if isinstance(text, str) else 0
-        elif value is not None:
-            total += len(tokenizer.encode(orjson.dumps(value).decode()))
-    return total

@@ -12,11 +12,9 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import orjson
 
-from gateway.asgi import SSE_HEADERS, Receive, Send, send_bytes
 from gateway.auth import Authenticator, KeyRef
 from gateway.catalog import Catalog, Endpoint, Model
 from gateway.errors import (
@@ -27,14 +25,14 @@ from gateway.errors import (
     QuotaUnavailable,
     UpstreamError,
     UpstreamTimeout,
-    upstream_error_body,
 )
 from gateway.lease import LeaseKeeper, Progress
 from gateway.metrics import GatewayMetrics
 from gateway.openai_request import OpenAIRequest, count_prompt_tokens
-from gateway.quota.store import Admission, QuotaStore
+from gateway.prompt_size import counted_prompt
+from gateway.quota.store import Admission, Charged, QuotaStore
 from gateway.relay.http1 import UpstreamConnectError, UpstreamResponse
-from gateway.relay.meter import ModelRenamer, StreamMeter, Usage, usage_of_response
+from gateway.relay.outcome import Outcome
 from gateway.relay.upstream import UpstreamClient
 from gateway.routing.router import Router
 from gateway.settings import Settings
@@ -45,16 +43,6 @@ log = logging.getLogger("tokengate.pipeline")
 # OpenAI's (and vLLM's) legacy completions API stops at 16 tokens when max_tokens is absent;
 # chat has no such default (the rest of the context window, or what the balance pays).
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What settlement needs to know about how the relay ended."""
-
-    usage: Usage
-    status: str = "ok"
-    counted_by: str = "upstream"
-    endpoint: Endpoint | None = None
 
 
 class Pipeline:
@@ -90,12 +78,17 @@ class Pipeline:
         return model
 
     async def admit(self, key: KeyRef, request: OpenAIRequest, model: Model, request_id: str) -> Admission:
+        """Reserve the prompt's honest bound (``size.estimate``) plus the granted max_tokens.
+
+        The window checks and the ceiling use the tokenizer's count (a stand-in's too, so that
+        ordinary prompts are not refused because their bytes exceed the window); that count
+        is made only when the cheap ``size.bound`` does not already settle the question."""
         tokenizer = load_tokenizer(model.tokenizer)
-        size = count_prompt_tokens(request, tokenizer)
+        size = count_prompt_tokens(request, tokenizer, model)
         choices = request.choices
         window = model.context_window
         if request.kind == "embeddings":
-            if size.longest > window:
+            if size.bound > window and size.longest > window:
                 raise BadRequest(
                     f"This model's maximum context length is {window} tokens. However, an input "
                     f"has about {size.longest} tokens. Please shorten it.",
@@ -104,19 +97,24 @@ class Pipeline:
                 )
             requested, ceiling = None, 0
         else:
-            room = window - size.longest
-            if request.max_tokens is not None and request.max_tokens > room:
+            asked = request.max_tokens
+            if asked is not None and asked > window - size.bound and asked > window - size.longest:
                 raise BadRequest(
                     f"This model's maximum context length is {window} tokens. However, "
-                    f"you requested {request.max_tokens} completion tokens with about {size.longest} "
+                    f"you requested {asked} completion tokens with about {size.longest} "
                     "in the prompt. Please reduce the prompt or max_tokens.",
                     param="max_tokens",
                     code="context_length_exceeded",
                 )
-            ceiling = max(1, window - size.longest_estimate) * choices
-            max_tokens = request.max_tokens
+            max_tokens = asked
             if max_tokens is None and request.kind == "completions":
                 max_tokens = COMPLETIONS_DEFAULT_MAX_TOKENS
+            # The grant is at most window - prompt: with the bound when the ask fits under it
+            # (the same grant, no tokenizing), else with the tokenizer's count.
+            prompt = size.bound_estimate
+            if max_tokens is None or max_tokens > window - prompt:
+                prompt = size.longest_estimate
+            ceiling = max(1, window - prompt) * choices
             requested = max_tokens * choices if max_tokens is not None else None
         return await self.quota.admit(
             request_id=request_id,
@@ -132,6 +130,14 @@ class Pipeline:
             choices=choices,
         )
 
+    def prompt_counter(self, request: OpenAIRequest, model: Model, admission: Admission
+                       ) -> Callable[[], int]:
+        """How to count the prompt should the upstream report no usage (called only then):
+        the reservation's estimate for an exact tokenizer, else a count by the stand-in."""
+        if model.tokenizer_exact:
+            return lambda: admission.prompt_tokens
+        return functools.partial(counted_prompt, request, load_tokenizer(model.tokenizer), model)
+
     def upstream_body(self, request: OpenAIRequest, model: Model, admission: Admission) -> bytes:
         body = request.body
         body["model"] = model.served_name
@@ -139,7 +145,7 @@ class Pipeline:
             per_choice = admission.max_tokens // request.choices  # >= 1: admit_v3 grants per choice
             body.pop("max_completion_tokens", None)
             body["max_tokens"] = per_choice
-        if request.stream:
+            body["stream"] = True  # always a stream upstream, whole answers too: relay.answer
             options = dict(body.get("stream_options") or {})
             options["include_usage"] = True
             options["continuous_usage_stats"] = True
@@ -148,19 +154,21 @@ class Pipeline:
 
     async def open_upstream(
         self, model: Model, path: str, body: bytes, affinity: int = 0, request_id: str = "",
-        stream: bool = False,
+        tried: list[Endpoint] | None = None,
     ) -> tuple[Endpoint, UpstreamResponse]:
         """Connect to an endpoint, failing over to another one before the first byte.
 
         Every attempt sends the same body under the same request id and reservation. A
         connect error, a 5xx or a 429 (saturated) moves on to the router's next pick, which
         avoids the endpoints (and, while it can, the clusters) already tried. Once response
-        headers are in, the request stays where it is. ``affinity`` is the prompt's prefix key.
+        headers are in, the request stays where it is. ``affinity`` is the prompt's prefix key;
+        ``tried`` the endpoints this request already tried (appended to), all attempts
+        together bounded by ``upstream_attempts``.
         """
         router = self.router
-        tried: list[Endpoint] = []
+        tried = [] if tried is None else tried
         error: GatewayError | None = None
-        for _ in range(self.settings.upstream_attempts):
+        while len(tried) < self.settings.upstream_attempts:
             try:
                 endpoint = router.pick(model, affinity, tried)
             except NoHealthyEndpoint:
@@ -170,7 +178,7 @@ class Pipeline:
             tried.append(endpoint)
             router.started(endpoint)
             try:
-                response = await self.upstream.post(endpoint, path, body, request_id, stream)
+                response = await self.upstream.post(endpoint, path, body, request_id)
                 if response.status < 500 and response.status != 429:
                     router.responded(endpoint)
                     return endpoint, response
@@ -180,11 +188,14 @@ class Pipeline:
                 router.finished(endpoint, ok=True)  # the request went away, not the endpoint
                 raise
             except OSError as exc:
-                if _silent(exc):  # connected, then nothing: it may be at work, so no retry
-                    self._failed(endpoint, "timeout")
+                if _silent(exc):  # connected, then nothing: busy or stuck, and maybe at work on
+                    # it, so no retry; not a failure either (health probes tell a dead server)
+                    router.saturated(endpoint)
+                    router.finished(endpoint, ok=True)
+                    self.metrics.upstream_errors.labels(endpoint.cluster, endpoint.url, "timeout").inc()
                     raise UpstreamTimeout(
                         f"upstream {endpoint.cluster} sent no response within "
-                        f"{self.settings.answer_timeout(stream):g}s",
+                        f"{self.settings.first_byte_timeout:g}s",
                         code="upstream_timeout",
                     ) from None
                 self._failed(endpoint, "connect")  # refused, reset, connect timeout: next one
@@ -213,108 +224,6 @@ class Pipeline:
         self.router.finished(endpoint, ok=False)
         self.metrics.upstream_errors.labels(endpoint.cluster, endpoint.url, kind).inc()
 
-    async def relay_json(
-        self,
-        send: Send,
-        request_id: str,
-        response: UpstreamResponse,
-        model: Model,
-        headers: list[tuple[bytes, bytes]],
-        estimate: int,
-    ) -> Outcome:
-        try:
-            body = await response.read()
-        except TimeoutError:
-            response.close()
-            raise UpstreamTimeout("upstream stopped answering", code="upstream_timeout") from None
-        except OSError as exc:
-            response.close()
-            raise UpstreamError(f"upstream failed mid-response: {exc.__class__.__name__}") from None
-        except BaseException:
-            response.close()
-            raise
-        response.release()
-        if response.status >= 400:  # the upstream refused the request: relayed, free
-            await send_bytes(send, response.status, upstream_error_body(response.status, body), request_id,
-                             [(b"content-type", b"application/json"), *headers])
-            return Outcome(Usage(), status="upstream_error", counted_by="gateway")
-        usage = usage_of_response(body)
-        await send_bytes(send, response.status, ModelRenamer(model.name)(body),
-                         request_id, [(b"content-type", b"application/json"), *headers])
-        if usage is None:
-            return Outcome(Usage(estimate, 0, 0), counted_by="gateway")
-        return Outcome(usage)
-
-    async def relay_stream(
-        self,
-        lease: LeaseKeeper,
-        send: Send,
-        receive: Receive,
-        request_id: str,
-        response: UpstreamResponse,
-        request: OpenAIRequest,
-        model: Model,
-        admission: Admission,
-        headers: list[tuple[bytes, bytes]],
-        estimate: int,
-    ) -> Outcome:
-        """Pass SSE bytes through, counting; end cleanly on upstream faults and disconnects.
-
-        ``lease`` renews the reservation meanwhile, checkpointing the meter's count."""
-        meter = StreamMeter(
-            ModelRenamer(model.name),
-            request.client_include_usage,
-            request.client_continuous_usage,
-            load_tokenizer(model.tokenizer),
-        )
-        start = [(b"x-request-id", request_id.encode()), *SSE_HEADERS, *headers]
-        await send({"type": "http.response.start", "status": 200, "headers": start})
-        watcher = asyncio.ensure_future(_wait_disconnect(receive, asyncio.current_task()))
-        lease.progress = meter.progress
-        failure: GatewayError | None = None
-        status = "ok"
-        reserved = admission.max_tokens
-        try:
-            while data := await response.read_some():  # TimeoutError after the idle timeout
-                out = meter.feed(data)
-                if out:
-                    await send({"type": "http.response.body", "body": out, "more_body": True})
-                if meter.done:  # [DONE] relayed: the stream is complete, whatever follows
-                    break
-                if meter.completion_so_far() > reserved:
-                    failure = UpstreamError("stream cut: the upstream exceeded the reserved tokens")
-                    break
-                if lease.lost:
-                    failure = UpstreamError("stream cut: its reservation expired")
-                    break
-        except asyncio.CancelledError:
-            if not watcher.done() or watcher.cancelled():
-                raise
-            _uncancel()
-            status = "ok" if meter.done else "client_gone"
-        except TimeoutError:
-            failure = UpstreamTimeout("upstream went silent mid-stream", code="upstream_timeout")
-        except OSError as exc:
-            failure = UpstreamError(f"upstream connection lost mid-stream: {exc.__class__.__name__}")
-        finally:
-            watcher.cancel()
-            if meter.done:
-                response.release()  # back to the pool when the upstream's body has ended
-            else:
-                response.close()  # aborts the upstream request: vLLM stops generating
-        if status == "ok" and failure is None and not meter.done and meter.error is None:
-            failure = UpstreamError("upstream closed the stream before it was complete")
-        if failure is not None:
-            status = "partial"
-            await send({"type": "http.response.body", "body": failure.sse_event(), "more_body": False})
-        elif status == "ok":
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        if meter.error is not None and status == "ok":
-            status = "upstream_error"
-        if meter.final is not None and status == "ok":
-            return Outcome(meter.final)
-        return Outcome(meter.delivered(estimate), status=status, counted_by="gateway")
-
     def keep_lease(self, key: KeyRef, request_id: str) -> LeaseKeeper:
         """Renew the reservation's lease until :meth:`LeaseKeeper.stop` (see gateway.lease)."""
         lease_ms = int(self.settings.lease_seconds * 1000)
@@ -342,10 +251,12 @@ class Pipeline:
 
         Never raises: the response is already with the client. Should this process die
         before Redis returns, the reservation's lease expires and the reaper settles it.
+        Credits the balance could not pay (the actual cost beyond the reservation, past
+        what was available) are counted and logged: never unbilled silently.
         """
         usage = outcome.usage
         endpoint = outcome.endpoint
-        settle = functools.partial(
+        charge = functools.partial(
             self.quota.settle,
             request_id=request_id,
             account_id=key.account_id,
@@ -359,15 +270,21 @@ class Pipeline:
             cluster=endpoint.cluster if endpoint else "",
             endpoint=endpoint.url if endpoint else "",
         )
+
         try:
-            await settle()
+            charged = await charge()
         except QuotaUnavailable:
             log.warning("settlement of %s deferred: Redis unreachable", request_id)
-            await self._settle_later(request_id, settle)
-            return
+            charged = await self._settle_later(request_id, charge)
         except Exception:
             log.exception("settlement of %s failed; its lease will expire it", request_id)
             return
+        if charged is None:
+            return  # already settled (or given up on: the reaper settles it)
+        if charged.uncollected > 0:
+            self.metrics.unpaid(model.name, charged.uncollected)
+            log.warning("request %s: %d credits uncollected (actual cost above the reservation, "
+                        "balance exhausted)", request_id, charged.uncollected)
         self.metrics.billed(model.name, usage.prompt_tokens, usage.completion_tokens)
 
     def settle_in_background(
@@ -389,41 +306,26 @@ class Pipeline:
             await asyncio.wait(self.settling, timeout=timeout)
 
     async def _settle_later(
-        self, request_id: str, settle: Callable[[], Awaitable[int | None]]
-    ) -> None:
+        self, request_id: str, settle: Callable[[], Awaitable[Charged | None]]
+    ) -> Charged | None:
         delay = 0.1
         deadline = time.monotonic() + self.settings.lease_seconds * 10
         while time.monotonic() < deadline:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
             try:
-                await settle()
+                charged = await settle()
             except QuotaUnavailable:
                 continue
             log.warning("deferred settlement of %s done", request_id)
-            return
+            return charged
         log.error("gave up settling %s; its lease will expire it", request_id)
+        return None
 
 
 def _silent(exc: BaseException) -> bool:
     """The first-byte timeout (TimeoutError, an OSError), not a connect timeout."""
     return isinstance(exc, TimeoutError) and not isinstance(exc, UpstreamConnectError)
-
-
-async def _wait_disconnect(receive: Receive, task: asyncio.Task[object] | None) -> None:
-    """Cancel the relaying task when the client goes away (uvicorn's send() stays silent)."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            if task is not None:
-                task.cancel()
-            return
-
-
-def _uncancel() -> None:
-    task = asyncio.current_task()
-    if task is not None:
-        task.uncancel()
 
 
 def now_ms() -> int:

@@ -25,9 +25,11 @@ class Settings(BaseSettings):
     # Limits and timeouts of the relay (seconds unless named otherwise).
     max_body_bytes: int = Field(default=4 * 1024 * 1024, validation_alias="TOKENGATE_MAX_BODY_BYTES")
     connect_timeout: float = Field(default=3.0, validation_alias="TOKENGATE_CONNECT_TIMEOUT")
-    # A stream's first byte comes after queueing and prefill; a whole (non-streamed) answer
-    # comes only after the whole generation. TOKENGATE_RESPONSE_TIMEOUT (default: the first-byte
-    # timeout) lets those wait longer without slowing the detection of a hung stream.
+    # The upstream's response head must come within first_byte_timeout (vLLM sends it before
+    # queueing and prefill); then the body may take as long as it keeps coming (idle_timeout
+    # between two reads). A whole (non-streamed) answer is relayed from a stream too, so it
+    # is not cut early; TOKENGATE_RESPONSE_TIMEOUT optionally bounds its total time (past it
+    # the generation is stopped upstream and billed for what was generated).
     first_byte_timeout: float = Field(default=60.0, validation_alias="TOKENGATE_FIRST_BYTE_TIMEOUT")
     response_timeout_s: float | None = Field(
         default=None, gt=0, validation_alias="TOKENGATE_RESPONSE_TIMEOUT"
@@ -41,10 +43,3 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=30.0, gt=0, validation_alias="TOKENGATE_LEASE_SECONDS")
     reaper_interval: float = Field(default=5.0, gt=0, validation_alias="TOKENGATE_REAPER_INTERVAL")
     auth_cache_seconds: float = Field(default=10.0, ge=0, validation_alias="TOKENGATE_AUTH_CACHE_SECONDS")
-
-    def answer_timeout(self, stream: bool) -> float:
-        """Seconds the upstream may take to start answering: a stream's first byte, or a
-        whole answer (which starts only once generated)."""
-        if stream or self.response_timeout_s is None:
-            return self.first_byte_timeout
-        return self.response_timeout_s

@@ -31,6 +31,7 @@ from gateway.routing.observe import RoutingCollector
 from gateway.routing.router import Router
 from gateway.settings import Settings
 from gateway.tokenizers import load_tokenizer
+from gateway.usage import UsageEvent
 
 log = logging.getLogger("tokengate")
 JOURNAL_CONFIRM_SECONDS = 1.0  # how often acknowledged usage events leave the journal
@@ -117,6 +118,13 @@ class GatewayState:
         if self.quota.fast is not None:
             await self.quota.fast.aclose()
 
+    def _uncollected(self, event: UsageEvent) -> None:
+        """An expiry's cost beyond what the balance could pay: counted and logged, as the
+        request path's settlement does (Pipeline.settle)."""
+        if event.uncollected > 0:
+            self.metrics.unpaid(event.model, event.uncollected)
+            log.warning("request %s (expired): %d credits uncollected", event.request_id, event.uncollected)
+
     async def _reap_forever(self) -> None:
         """Settle reservations whose gateway died (lease past its deadline) as 'expired',
         every reaper interval; between reaps, confirm the settlement journal every second,
@@ -132,7 +140,8 @@ class GatewayState:
             for shard in shards:
                 try:
                     if reap:
-                        await self.quota.reap(shard, 100)  # which confirms the journal first
+                        for event in await self.quota.reap(shard, 100):  # confirms the journal first
+                            self._uncollected(event)
                     else:
                         await self.quota.confirm_journal(shard)
                 except QuotaUnavailable as exc:  # the store maps Redis's outages to it

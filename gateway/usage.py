@@ -9,9 +9,12 @@ rebuilds the event with :meth:`UsageEvent.from_fields` and inserts it idempotent
 The stream entry's field names are this dataclass's field names, and the values are
 strings: integers in decimal, ``stream`` as ``"1"``/``"0"``, times as Redis ``TIME`` in
 milliseconds, ``grants`` as the charge by grant (``"g1:30,g2:5"``, drawing order; empty for
-a charge of 0). ``gateway/quota/lua/settle_v2.lua`` writes the same fields (plus ``epoch``,
-the balance life it was charged to, which only the gateway's journal reads); change both
-together. Times leave the system as ISO 8601 UTC (:func:`ms_to_iso`).
+a charge of 0). ``charge`` is what was collected (the sum of ``grants``); ``uncollected``
+is what the request cost beyond it, which the balance could not pay at settlement (normally
+0; absent from events written before it existed). ``gateway/quota/lua/settle_v3.lua``
+writes the same fields (plus ``epoch``, the balance life it was charged to, which only the
+gateway's journal reads); change both together. Times leave the system as ISO 8601 UTC
+(:func:`ms_to_iso`).
 """
 
 from __future__ import annotations
@@ -45,10 +48,12 @@ _INT_FIELDS = (
     "completion_tokens",
     "cached_tokens",
     "charge",
+    "uncollected",
     "started_at_ms",
     "finished_at_ms",
 )
-_OPTIONAL = frozenset({"grants"})  # absent from events written before grants existed
+# Absent from events written before these fields existed (their defaults apply).
+_OPTIONAL = frozenset({"grants", "uncollected"})
 _NOT_IN_RECORD = frozenset({"started_at_ms", "finished_at_ms", "grants"})
 
 
@@ -121,6 +126,7 @@ class UsageEvent:
     started_at_ms: int
     finished_at_ms: int
     grants: str = ""  # which grants paid the charge: 'g1:30,g2:5'
+    uncollected: int = 0  # credits due beyond the charge that the balance could not pay
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -144,7 +150,7 @@ class UsageEvent:
         return ms_to_iso(self.finished_at_ms)
 
     def to_fields(self) -> dict[str, str]:
-        """The Redis Stream entry (all values strings), as ``settle_v2.lua`` writes it."""
+        """The Redis Stream entry (all values strings), as ``settle_v3.lua`` writes it."""
         fields: dict[str, str] = {}
         for name in EVENT_FIELDS:
             value = getattr(self, name)

@@ -124,6 +124,8 @@ usage_records = Table(
     Column("started_at_ms", Ms, nullable=False),
     Column("finished_at_ms", Ms, nullable=False),
     Column("grants", Text, nullable=False),  # the charge by grant, 'g1:30,g2:5'
+    # what the request cost beyond `charge` that its balance could not pay (migration 0002)
+    Column("uncollected", Amount, nullable=False, server_default="0"),
     Column("recorded_at_ms", Ms, nullable=False),
     CheckConstraint(
         "prompt_tokens >= 0 AND completion_tokens >= 0 AND cached_tokens >= 0 AND charge >= 0",
@@ -131,6 +133,7 @@ usage_records = Table(
     ),
     CheckConstraint("status IN ('ok', 'partial', 'client_gone', 'upstream_error', 'expired')", name="status"),
     CheckConstraint("counted_by IN ('upstream', 'gateway')", name="counted_by"),
+    CheckConstraint("uncollected >= 0", name="uncollected"),
     Index("ix_usage_account_time", "account_id", "finished_at_ms", "request_id"),
     Index("ix_usage_time", "finished_at_ms", "request_id"),
 )

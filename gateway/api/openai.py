@@ -14,10 +14,17 @@ from dataclasses import dataclass
 
 from gateway.asgi import ClientGone, Receive, Scope, Send, read_body, send_error, send_json
 from gateway.auth import bearer_token
+from gateway.catalog import Endpoint, Model
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound
-from gateway.openai_request import Kind, parse_request
-from gateway.pipeline import Outcome, Pipeline
+from gateway.lease import LeaseKeeper
+from gateway.openai_request import Kind, OpenAIRequest, parse_request
+from gateway.pipeline import Pipeline
+from gateway.quota.admission import Admission
+from gateway.relay.answer import AttemptFailed, relay_json, relay_whole
+from gateway.relay.http1 import UpstreamResponse
 from gateway.relay.meter import Usage
+from gateway.relay.outcome import Outcome
+from gateway.relay.stream import relay_stream
 
 log = logging.getLogger("tokengate.api")
 _REQUEST_ID_OK = re.compile(rb"[A-Za-z0-9._:-]+")
@@ -112,30 +119,47 @@ class OpenAIHandler:
         try:
             body = pipeline.upstream_body(request, model, admission)
             affinity = pipeline.router.affinity_key(request.body)
-            endpoint, response = await pipeline.open_upstream(model, "/v1/" + ROUTE_PATHS[kind], body,
-                                                              affinity, request_id, request.stream)
-            ok = False
-            try:
-                if request.stream and response.status == 200:
-                    outcome = await pipeline.relay_stream(
-                        keeper, send, receive, request_id, response, request, model, admission,
-                        admission.header_pairs(), admission.prompt_tokens,
-                    )
-                else:
-                    outcome = await pipeline.relay_json(
-                        send, request_id, response, model, admission.header_pairs(),
-                        admission.prompt_tokens,
-                    )
-                # Only a stream the upstream broke off counts against the endpoint; an
-                # error it answered (4xx) or a client that left says nothing of its health.
-                ok = outcome.status != "partial"
-            finally:
-                pipeline.router.finished(endpoint, ok=ok)
-                outcome.endpoint = endpoint
-                facts.waited = response.waited
+            tried: list[Endpoint] = []
+            broken = Usage()  # what attempts that broke off a whole answer had generated
+            while True:
+                endpoint, response = await pipeline.open_upstream(
+                    model, "/v1/" + ROUTE_PATHS[kind], body, affinity, request_id, tried)
+                fault = True
+                try:
+                    outcome = await self.relay(request, keeper, send, receive, request_id, response,
+                                               model, admission)
+                    fault = outcome.upstream_fault
+                except AttemptFailed as failed:
+                    broken = broken.plus(failed.generated)
+                    outcome = Outcome(broken, status="upstream_error", counted_by="gateway")
+                    if len(tried) >= pipeline.settings.upstream_attempts:
+                        raise failed.error from None
+                    continue
+                finally:
+                    pipeline.router.finished(endpoint, ok=not fault)
+                    outcome.endpoint = endpoint
+                    facts.waited = response.waited
+                if broken != Usage():  # billed with the answer: the upstream did generate it
+                    outcome.usage = outcome.usage.plus(broken)
+                    outcome.counted_by = "gateway"
+                break
         finally:
             keeper.stop()
             pipeline.settle_in_background(key, model, request_id, request.stream, outcome)
+
+    async def relay(self, request: OpenAIRequest, keeper: LeaseKeeper, send: Send, receive: Receive,
+                    request_id: str, response: UpstreamResponse, model: Model,
+                    admission: Admission) -> Outcome:
+        """Relay the upstream's answer as the client asked for it: a stream, or one body."""
+        headers, prompt = admission.header_pairs(), self.pipeline.prompt_counter(request, model, admission)
+        if response.status != 200 or request.kind == "embeddings":
+            return await relay_json(send, request_id, response, model, headers, prompt)
+        if request.stream:
+            return await relay_stream(keeper, send, receive, request_id, response, request, model,
+                                      admission.max_tokens, headers, prompt)
+        return await relay_whole(keeper, send, receive, request_id, response, request, model,
+                                 admission.max_tokens, headers, prompt,
+                                 self.pipeline.settings.response_timeout_s)
 
 
 @dataclass(slots=True)

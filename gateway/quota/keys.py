@@ -49,7 +49,7 @@ def checkpoint_keys(account_id: str, key_id: str) -> tuple[str, ...]:
 
 @lru_cache(maxsize=65536)
 def settle_keys(account_id: str, key_id: str) -> tuple[str, ...]:
-    """KEYS of settle_v2.lua."""
+    """KEYS of settle_v3.lua."""
     shard = keyspace.shard_of(account_id)
     return (
         keyspace.balance_key(account_id),

@@ -1,7 +1,7 @@
 """The reservation record a request holds in Redis between admission and settlement.
 
 ``admit_v3.lua`` writes it into the account's reservations HASH (request id -> record),
-``checkpoint_v2.lua`` updates it, ``settle_v2.lua`` consumes and deletes it; its absence
+``checkpoint_v2.lua`` updates it, ``settle_v3.lua`` consumes and deletes it; its absence
 is what makes a second settlement a no-op. The layout (see ``lua/lib_v2.lua``) is ten
 integers, the key id, the allocation of the reserve over grants (``g1:30,g2:5``) and then
 the model, joined by ``|``; the model comes last so that it may itself contain ``|``.

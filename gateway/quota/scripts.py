@@ -73,7 +73,7 @@ class Scripts:
 
         return cls(
             admit=hot("admit_v3"),
-            settle=hot("settle_v2"),
+            settle=hot("settle_v3"),
             checkpoint=hot("checkpoint_v2"),
             expired_leases=client.register_script(source("expired_leases_v1")),
             credit=client.register_script(source("credit_v2")),

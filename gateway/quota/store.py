@@ -7,12 +7,14 @@ overdraw a balance. The lifecycle of a request:
     admit       -> Admission (reserves credits from the account's grants that are live and
                    valid for the model, soonest expiry first; counts rate limits; takes a lease)
     checkpoint  -> renews the lease and records the tokens delivered so far
-    settle      -> charges min(actual cost, reserve) to the grants reserved from, releases
-                   the rest, appends the UsageEvent to the shard's stream; a second settle
+    settle      -> charges the actual cost: up to the reserve to the grants reserved from
+                   (releasing the reservation), the excess to the available credits valid for
+                   the model, never below zero (what they cannot pay is ``uncollected`` on
+                   the event); appends the UsageEvent to the shard's stream; a second settle
                    is a no-op
     reap        -> settles the requests whose lease passed (their gateway died) as
-                   ``expired``: charged the last checkpoint, or nothing without one; and
-                   confirms the settlement journal (see ``journal.py``)
+                   ``expired``: charged the last checkpoint (by the same rule), or nothing
+                   without one; and confirms the settlement journal (see ``journal.py``)
 
 All money is integer credits. ``spent`` accumulates every charge, the charges of expired
 requests included, so the sum of the charges of an account's usage events equals its
@@ -43,10 +45,19 @@ from gateway.quota.scripts import RedisClient
 from gateway.redisio import FastRedis
 from gateway.usage import COUNTED_BY, STATUS_EXPIRED, STATUSES, UsageEvent
 
-__all__ = ["Admission", "QuotaStore"]
+__all__ = ["Admission", "Charged", "QuotaStore"]
 
 
 HELD_LIMIT = 100_000  # admissions remembered; the oldest are forgotten past this
+
+
+@dataclass(frozen=True, slots=True)
+class Charged:
+    """What one settlement charged: ``charge`` collected from the balance, and
+    ``uncollected``, the rest of the actual cost that the balance could not pay (normally 0)."""
+
+    charge: int
+    uncollected: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +73,7 @@ class _Held:
     model: str
 
     def packed(self) -> str:
-        """One argument for settle_v2.lua (the model last: it may contain '|')."""
+        """One argument for settle_v3.lua (the model last: it may contain '|')."""
         return (f"{self.epoch}|{self.reserve}|{self.input_pm}|{self.output_pm}|"
                 f"{self.started_ms}|{self.allocation}|{self.model}")  # fmt: skip
 
@@ -156,8 +167,9 @@ class QuotaStore(AccountStore):
         deadline = await self._hot(self.scripts.checkpoint, keys, args)
         return int(deadline) > 0
 
-    async def settle(self, **request: Unpack[Settlement]) -> int | None:
-        """Charge the request and append its usage event; the charge, or None if already settled.
+    async def settle(self, **request: Unpack[Settlement]) -> Charged | None:
+        """Charge the request and append its usage event; what it charged (and could not
+        collect), or None if already settled.
 
         Safe to retry after any error: the reservation's absence makes it a no-op. (The
         request path's settlement: it reads the charge off the reply without building the
@@ -254,15 +266,25 @@ class Settlement(TypedDict):
     endpoint: str
 
 
-def _charge_of(reply: Sequence[Any]) -> int | None:
-    """The charge of an ``ok`` settle reply (its event's ``charge`` field); None otherwise."""
+def _charge_of(reply: Sequence[Any]) -> Charged | None:
+    """The ``charge`` and ``uncollected`` fields of an ``ok`` settle reply's event; None
+    otherwise. (The request path's: no UsageEvent is built.)"""
     if reply[0] not in (b"ok", "ok"):
         return None
     flat = reply[2:]
+    found: dict[str, int] = {}
     for at in range(0, len(flat) - 1, 2):
-        if flat[at] in (b"charge", "charge"):
-            return int(flat[at + 1])
-    raise ValueError("settle reply without a charge")
+        name = flat[at]
+        if name in _CHARGED:
+            found[_CHARGED[name]] = int(flat[at + 1])
+            if len(found) == 2:
+                return Charged(found["charge"], found["uncollected"])
+    raise ValueError("settle reply without a charge and uncollected")
+
+
+_CHARGED: dict[bytes | str, str] = {
+    b"charge": "charge", "charge": "charge", b"uncollected": "uncollected", "uncollected": "uncollected"
+}
 
 
 def _event_of(reply: Sequence[Any]) -> UsageEvent | None:

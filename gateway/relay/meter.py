@@ -16,6 +16,7 @@ carries the running count, so a stream cut anywhere is billed for what was deliv
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,11 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+
+    def plus(self, other: Usage) -> Usage:
+        return Usage(self.prompt_tokens + other.prompt_tokens,
+                     self.completion_tokens + other.completion_tokens,
+                     self.cached_tokens + other.cached_tokens)
 
     @classmethod
     def from_json(cls, usage: dict[str, Any]) -> Usage:
@@ -100,6 +106,8 @@ class StreamMeter:
         self._tokenizer = tokenizer
         self._pending = b""
         self._texts: list[str] = []  # only used when the upstream sends no running usage
+        self._text_bytes = 0  # their UTF-8 size: a bound on their tokens (byte-level BPE)
+        self._counted = (0, 0)  # (text bytes, tokens) at the last count
         self.running: Usage | None = None
         self.choices: dict[int, Usage] = {}
         self.final: Usage | None = None
@@ -156,8 +164,8 @@ class StreamMeter:
             return None
         out = block if self._show_running else _without_usage(parts)
         last = block[block.rfind(_HAS_USAGE) + len(_HAS_USAGE) - 1 :]  # the last usage on
-        usage = Usage(_int_after(last, _PROMPT), _int_after(last, _COMPLETION),
-                      _int_after(last, _CACHED))
+        usage = Usage(int_after(last, _PROMPT), int_after(last, _COMPLETION),
+                      int_after(last, _CACHED))
         self.choices[0] = usage
         self.running = usage
         return out
@@ -232,11 +240,48 @@ class StreamMeter:
         self.running = usage
 
     def _collect_text(self, payload: bytes) -> None:
+        """Keep what a chunk generated (text, reasoning, tool calls) for our own count."""
         for choice in orjson.loads(payload).get("choices") or ():
+            if not isinstance(choice, dict):
+                continue
+            if "delta" not in choice:
+                self._keep(choice.get("text"))
+                continue
             delta = choice.get("delta") or {}
-            text = delta.get("content") if "delta" in choice else choice.get("text")
-            if isinstance(text, str):
-                self._texts.append(text)
+            self._keep(delta.get("content"))
+            self._keep(delta.get("reasoning_content", delta.get("reasoning")))
+            for call in delta.get("tool_calls") or ():
+                function = call.get("function") if isinstance(call, dict) else None
+                if isinstance(function, dict):
+                    self._keep(function.get("name"))
+                    self._keep(function.get("arguments"))
+            function = delta.get("function_call")
+            if isinstance(function, dict):
+                self._keep(function.get("name"))
+                self._keep(function.get("arguments"))
+
+    def _keep(self, text: object) -> None:
+        if isinstance(text, str) and text:
+            self._texts.append(text)
+            self._text_bytes += len(text.encode())
+
+    def exceeds(self, limit: int) -> bool:
+        """Whether more than ``limit`` completion tokens were generated: the upstream's running
+        count, else ours. Ours is recounted only once enough bytes arrived since the last count
+        to pass ``limit`` (a token is at least a byte), so a long stream is not re-tokenized
+        at every read."""
+        if self.choices:
+            return self.completion_so_far() > limit
+        counted_bytes, counted = self._counted
+        if counted + self._text_bytes - counted_bytes <= limit:
+            return False
+        self._counted = (self._text_bytes, self._count_texts())
+        return self._counted[1] > limit
+
+    def _count_texts(self) -> int:
+        if self._tokenizer is None or not self._texts:
+            return 0
+        return len(self._tokenizer.encode("".join(self._texts)))
 
     def completion_so_far(self) -> int:
         """Completion tokens the upstream reported so far, over all choices."""
@@ -247,20 +292,18 @@ class StreamMeter:
     def progress(self) -> tuple[int, int | None]:
         """(completion tokens delivered so far, prompt tokens if the upstream reported
         them): what a checkpoint records for the reaper."""
-        delivered = self.delivered(0)
+        delivered = self.delivered()
         return delivered.completion_tokens, delivered.prompt_tokens or None
 
-    def delivered(self, prompt_estimate: int) -> Usage:
-        """What was delivered, by the gateway's own count (for streams cut short)."""
+    def delivered(self, prompt: Callable[[], int] = lambda: 0) -> Usage:
+        """What was delivered: the upstream's running usage, else the gateway's own count
+        (``prompt`` counts the prompt, called only then)."""
         if self.choices:
             per_choice = list(self.choices.values())
-            completion = sum(u.completion_tokens for u in per_choice)
-            prompt = max(u.prompt_tokens for u in per_choice)
-            return Usage(prompt, completion, max(u.cached_tokens for u in per_choice))
-        completion = 0
-        if self._tokenizer is not None and self._texts:
-            completion = len(self._tokenizer.encode("".join(self._texts)))
-        return Usage(prompt_estimate, completion, 0)
+            return Usage(max(u.prompt_tokens for u in per_choice),
+                         sum(u.completion_tokens for u in per_choice),
+                         max(u.cached_tokens for u in per_choice))
+        return Usage(prompt(), self._count_texts(), 0)
 
 
 def usage_of_response(body: bytes) -> Usage | None:
@@ -290,7 +333,7 @@ def _without_usage(parts: list[bytes]) -> bytes:
     return b"".join(out)
 
 
-def _int_after(text: bytes, name: bytes) -> int:
+def int_after(text: bytes, name: bytes) -> int:
     """The integer after the first ``name`` in ``text`` (0 if absent)."""
     at = text.find(name)
     if at < 0:

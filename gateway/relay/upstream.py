@@ -23,11 +23,8 @@ class UpstreamClient:
     async def close(self) -> None:
         self._pool.close()
 
-    async def post(
-        self, endpoint: Endpoint, path: str, body: bytes, request_id: str, stream: bool = False
-    ) -> UpstreamResponse:
-        """POST a JSON body; returns when the status line is in: within the first-byte
-        timeout for a stream, the response timeout for a whole answer.
+    async def post(self, endpoint: Endpoint, path: str, body: bytes, request_id: str) -> UpstreamResponse:
+        """POST a JSON body; returns when the status line is in (within the first-byte timeout).
 
         The request id goes along as ``X-Request-Id``, so the upstream's logs (vLLM's, with
         ``--enable-request-id-headers``) name the same request as the gateway's.
@@ -41,7 +38,7 @@ class UpstreamClient:
         settings = self._settings
         return await self._pool.post(
             endpoint.url, path, body, auth + b"X-Request-Id: " + request_id.encode() + b"\r\n",
-            first_byte_timeout=settings.answer_timeout(stream),
+            first_byte_timeout=settings.first_byte_timeout,
             idle_timeout=settings.idle_timeout,
         )
 

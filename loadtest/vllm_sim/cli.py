@@ -89,6 +89,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--embedding-dim", type=int, default=d.embedding_dim)
     p.add_argument("--kv-capacity-tokens", type=int, default=None)
+    p.add_argument("--no-usage", action="store_true",
+                   help="report no usage at all, as some OpenAI-compatible servers do")
+    p.add_argument("--ignore-max-tokens", action="store_true",
+                   help="answer at natural length whatever max_tokens asks (a misbehaving server)")
     p.add_argument(
         "--fault",
         default=None,
@@ -120,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
                     embedding_dim=args.embedding_dim,
                     kv_capacity_tokens=args.kv_capacity_tokens,
                     fault=FaultSpec(**fault.to_dict()),
+                    report_usage=not args.no_usage,
+                    ignore_max_tokens=args.ignore_max_tokens,
                 ),
                 args.host,
                 port,

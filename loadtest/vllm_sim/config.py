@@ -97,6 +97,9 @@ class SimConfig:
     embedding_dim: int = 64
     kv_capacity_tokens: int | None = None
     fault: FaultSpec = field(default_factory=FaultSpec)
+    # Misbehaviours of other OpenAI-compatible servers, for the gateway's metering tests:
+    report_usage: bool = True  # False: never any usage (streams and whole answers)
+    ignore_max_tokens: bool = False  # True: answers run to their natural length regardless
 
     def __post_init__(self) -> None:
         if self.max_model_len < 1 or self.capacity < 1 or self.embedding_dim < 1:

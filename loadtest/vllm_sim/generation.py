@@ -176,7 +176,8 @@ async def _respond_whole(run: _Run, fault: FaultSpec, request: web.Request) -> w
     model = run.state.model
     texts = [model.text(seq) for seq in job.seqs]
     build = chat_response if job.chat else completion_response
-    body = build(job.request_id, job.created, job.model, texts, job.seqs, job.prompt_tokens)
+    body = build(job.request_id, job.created, job.model, texts, job.seqs, job.prompt_tokens,
+                 run.state.config.report_usage)
     return web.Response(body=body, content_type="application/json")
 
 

@@ -74,6 +74,14 @@ def check_model(state: SimState, body: dict[str, Any]) -> None:
         )
 
 
+def _usage_flags(state: SimState, body: dict[str, Any]) -> tuple[bool, bool, bool]:
+    """_stream_flags, but a server that reports no usage ignores what was asked for."""
+    stream, include, continuous = _stream_flags(body)
+    if not state.config.report_usage:
+        return stream, False, False
+    return stream, include, continuous
+
+
 def _stream_flags(body: dict[str, Any]) -> tuple[bool, bool, bool]:
     stream = bool(body.get("stream"))
     opts = body.get("stream_options")
@@ -119,6 +127,8 @@ def _limit(state: SimState, prompt_len: int, requested: int | None, param: str) 
             "input_tokens",
         )
     limit = max_len - prompt_len if requested is None else min(max_len - prompt_len, requested)
+    if state.config.ignore_max_tokens:
+        limit = max_len - prompt_len
     if limit < 1:
         raise validation_error(
             f"max_tokens must be at least 1, got {limit}. (parameter=max_tokens, value={limit})",
@@ -149,7 +159,7 @@ def _n(body: dict[str, Any]) -> int:
 def parse_chat(state: SimState, body: dict[str, Any], headers: CIMultiDictProxy[str]) -> Job:
     if "messages" not in body:
         raise ApiError("1 validation error:\n  Field required", "Bad Request", 400, "body.messages")
-    stream, include, continuous = _stream_flags(body)
+    stream, include, continuous = _usage_flags(state, body)
     n = _n(body)
     if body.get("max_completion_tokens") is not None:
         param, requested = "max_completion_tokens", _int_field(body, "max_completion_tokens", None)
@@ -202,7 +212,7 @@ def _prompts(body: dict[str, Any]) -> list[str | list[int]]:
 
 
 def parse_completion(state: SimState, body: dict[str, Any], headers: CIMultiDictProxy[str]) -> Job:
-    stream, include, continuous = _stream_flags(body)
+    stream, include, continuous = _usage_flags(state, body)
     n = _n(body)
     requested = _int_field(body, "max_tokens", 16)  # CompletionRequest's default
     prompts = _prompts(body)

@@ -125,7 +125,8 @@ class StreamFormat:
 
 
 def chat_response(
-    request_id: str, created: int, model: str, texts: list[str], seqs: list[Seq], prompt_tokens: int
+    request_id: str, created: int, model: str, texts: list[str], seqs: list[Seq], prompt_tokens: int,
+    usage: bool = True,
 ) -> bytes:
     """Non-streaming ChatCompletionResponse.model_dump()."""
     choices = [
@@ -164,11 +165,14 @@ def chat_response(
         "ec_transfer_params": None,
         "metrics": None,
     }
+    if not usage:
+        del body["usage"]
     return orjson.dumps(body)
 
 
 def completion_response(
-    request_id: str, created: int, model: str, texts: list[str], seqs: list[Seq], prompt_tokens: int
+    request_id: str, created: int, model: str, texts: list[str], seqs: list[Seq], prompt_tokens: int,
+    usage: bool = True,
 ) -> bytes:
     """Non-streaming CompletionResponse.model_dump()."""
     choices = [
@@ -198,6 +202,8 @@ def completion_response(
         "ec_transfer_params": None,
         "metrics": None,
     }
+    if not usage:
+        del body["usage"]
     return orjson.dumps(body)
 
 

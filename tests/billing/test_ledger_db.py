@@ -1,20 +1,24 @@
 """The database itself guards the ledger (PostgreSQL and SQLite): balance, immutability,
-no overdraft; and the migrations go up and down."""
+no overdraft; and the migrations go up and down, on records already there too."""
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import pytest
-from sqlalchemy import exc, insert, text, update
+from sqlalchemy import CheckConstraint, exc, insert, inspect, select, text, update
+from sqlalchemy.engine import Connection
 
 from billing.db import migrate
 from billing.db.engine import async_url, create_engine
-from billing.db.schema import grants, ledger_entries, ledger_legs
+from billing.db.schema import accounts, grants, ledger_entries, ledger_legs, usage_records
 from billing.ledger import Leg, post
 from billing.service import Billing
 
+from .conftest import PG_ADMIN, _pg
 from .helpers import Pack, funded
 
 pytestmark = pytest.mark.timeout(60)
@@ -91,5 +95,64 @@ async def test_migrations_go_up_and_down(tmp_path: Path) -> None:
         async with engine.connect() as conn:
             tables = await conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'table'"))
             assert {row[0] for row in tables} <= {"alembic_version"}
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def blank_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """An empty database of each backend (PostgreSQL: created for the test, then dropped)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'blank.db'}"
+        return
+    name = "tg_blank_" + secrets.token_hex(4)
+    try:
+        await _pg(f"CREATE DATABASE {name}")
+    except (OSError, asyncpg.PostgresError, TimeoutError) as error:
+        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN}: {error}")
+    try:
+        yield PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+    finally:
+        await _pg(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def _shape(sync: Connection) -> tuple[set[str], set[str | None]]:
+    found = inspect(sync)
+    columns = {c["name"] for c in found.get_columns("usage_records")}
+    return columns, {c["name"] for c in found.get_check_constraints("usage_records")}
+
+
+async def test_0002_adds_uncollected_to_records_already_there(blank_url: str) -> None:
+    engine = create_engine(blank_url)
+    try:
+        await migrate.upgrade(engine, "0001")
+        async with engine.begin() as conn:
+            await conn.execute(insert(accounts).values(id="a", name="a", created_at_ms=1))
+            await conn.execute(
+                text(
+                    "INSERT INTO usage_records (request_id, account_id, key_id, model, cluster, endpoint, "
+                    "prompt_tokens, completion_tokens, cached_tokens, charge, status, counted_by, stream, "
+                    "started_at_ms, finished_at_ms, grants, recorded_at_ms) VALUES ('old', 'a', 'k', 'm', "
+                    "'c', 'e', 1, 2, 0, 5, 'ok', 'upstream', false, 1, 2, '', 3)"
+                )
+            )
+        await migrate.upgrade(engine)
+        assert await migrate.current(engine) == migrate.HEAD == "0002"
+        async with engine.connect() as conn:
+            old = (await conn.execute(select(usage_records.c.uncollected))).scalar_one()
+            columns, checks = await conn.run_sync(_shape)
+        assert old == 0
+        # a fresh schema (billing/db/schema.py) and an upgraded database agree
+        assert columns == {c.name for c in usage_records.columns}
+        assert checks == {c.name for c in usage_records.constraints if isinstance(c, CheckConstraint)}
+        with pytest.raises(exc.IntegrityError):
+            async with engine.begin() as conn:
+                await conn.execute(
+                    update(usage_records).where(usage_records.c.request_id == "old").values(uncollected=-1)
+                )
+        await migrate.downgrade(engine, "0001")
+        async with engine.connect() as conn:
+            columns, checks = await conn.run_sync(_shape)
+        assert "uncollected" not in columns and "ck_usage_records_uncollected" not in checks
     finally:
         await engine.dispose()

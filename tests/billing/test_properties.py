@@ -8,6 +8,8 @@ at every step:
   reserved + spent <= credits (no overdraft);
 * the ledger: purchased = available + spent + expired at any instant; the usage records'
   charges equal the usage legs; grants.remaining equals the legs;
+* each settlement: charge + uncollected = the full cost of the tokens reported, at least
+  the part of it within the reserve collected;
 * once the worker drained the streams: the ledger equals Redis at Redis time, grant by
   grant (but for what requests in flight hold); each request id recorded once.
 """
@@ -36,6 +38,7 @@ from billing.ledger import LedgerGrant, ledger_balance, ledger_grants
 from billing.reconcile import Reconciler
 from billing.service import Billing
 from gateway.errors import BalanceExhausted
+from gateway.quota import cost
 from gateway.quota.store import QuotaStore
 from gateway.usage import UsageEvent, format_allocation, parse_allocation
 
@@ -109,7 +112,7 @@ class LedgerMachine(RuleBasedStateMachine):
             self.settle(rid, prompt, completion)
 
     def settle(self, rid: str, prompt: int, completion: int) -> None:
-        event: UsageEvent | None = self.run(
+        usage: UsageEvent | None = self.run(
             self.store.settle_event(
                 request_id=rid,
                 account_id=self.who.account_id,
@@ -123,8 +126,12 @@ class LedgerMachine(RuleBasedStateMachine):
                 endpoint="e",
             )
         )
-        assert event is not None and event.charge <= self.in_flight.pop(rid)
-        self.charged[rid] = event.charge
+        reserve, due = self.in_flight.pop(rid), cost(prompt, completion, 1000, 2000)
+        assert usage is not None and usage.charge + usage.uncollected == due  # billed = reported
+        assert usage.charge >= min(due, reserve)  # the reserve part is always collected
+        if due > reserve:
+            event("settle: uncollected" if usage.uncollected else "settle: excess collected")
+        self.charged[rid] = usage.charge
 
     @precondition(lambda self: self.in_flight)
     @rule(data=st.data(), prompt=st.integers(0, 40), completion=st.integers(0, 200))

@@ -19,6 +19,7 @@ import openai
 import pytest
 from tokenizers import Tokenizer as HFTokenizer
 
+from gateway.prompt_rules import byte_bound
 from gateway.tokenizers import load_tokenizer
 from tests.e2e.conftest import (
     CONTEXT,
@@ -234,10 +235,11 @@ def test_estimate_uses_the_configured_tokenizer(gateway: Gateway, vllm_servers: 
     """
     prompt = "长江 flows past 武汉 and 宜昌 — 12345 naïve cafés! " * 6
     hf = HFTokenizer.from_file(str(tiny_model / "tokenizer.json"))
-    counts = {
+    counts = {  # the model's own tokenizer counts; a stand-in (tiktoken) reserves the byte bound
         HF_MODEL: len(hf.encode(prompt, add_special_tokens=False).ids),
-        TIKTOKEN_MODEL: len(load_tokenizer("tiktoken:cl100k_base").encode(prompt)),
+        TIKTOKEN_MODEL: byte_bound(prompt),
     }
+    assert len(load_tokenizer("tiktoken:cl100k_base").encode(prompt)) < byte_bound(prompt)
     assert counts[HF_MODEL] != counts[TIKTOKEN_MODEL]
     estimate = counts[model] + 32  # a completions prompt: content + PER_REQUEST_OVERHEAD
     price_in, price_out = PRICES[model]

@@ -54,9 +54,10 @@ class Sims:
         return data
 
 
-def start_sims(count: int, models: str) -> Sims:
+def start_sims(count: int, models: str, *options: str) -> Sims:
+    """``count`` simulators in one process; ``options`` are vllm_sim's (``--itl-ms``, ...)."""
     ports = [free_port() for _ in range(count)]
-    args = [sys.executable, "-m", "loadtest.vllm_sim"]
+    args = [sys.executable, "-m", "loadtest.vllm_sim", *options]
     for port in ports:
         args += ["--port", str(port), "--model", models]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import httpx
+import openai
 import pytest
 
-from tests.gateway.conftest import CHAT_MODEL, EMBED_MODEL, Gateway
+from tests.gateway.conftest import CHAT_MODEL, EMBED_MODEL, Gateway, openai_client
 
 CHAT = "/v1/chat/completions"
 
@@ -72,6 +73,7 @@ def test_unknown_routes_add_no_metric_series(gateway: Gateway, api_key: str) -> 
     ("path", "body", "param"),
     [
         ("/v1/completions", {"model": CHAT_MODEL, "prompt": []}, "prompt"),
+        ("/v1/completions", {"model": CHAT_MODEL, "prompt": "x", "best_of": 3}, "best_of"),  # n is 1
         ("/v1/embeddings", {"model": EMBED_MODEL, "input": "hello " * 9000}, "input"),  # window 8192
         ("/v1/embeddings", {"model": EMBED_MODEL, "input": ["short", "hello " * 9000]}, "input"),
     ],
@@ -92,3 +94,34 @@ def test_gateway_still_serves_after_bad_input(gateway: Gateway, api_key: str) ->
                           "max_tokens": 3})
     assert ok.status_code == 200
     assert gateway.process.poll() is None
+
+
+def test_unknowable_prompts_are_refused_in_openais_shape(gateway: Gateway, api_key: str) -> None:
+    """A request's own chat template and an image for a model that prices no images: the
+    reservation could not bound their prompt, so the official client gets a 400."""
+    client = openai_client(gateway.v1, api_key)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=CHAT_MODEL, messages=[{"role": "user", "content": "hi"}],
+                                       max_tokens=3, extra_body={"chat_template": "{{ messages }}"})
+    error = caught.value
+    assert (error.status_code, error.param, error.code) == (400, "chat_template", "unsupported_parameter")
+    assert error.response.json()["error"]["type"] == "invalid_request_error"
+    assert error.response.headers["x-request-id"]
+
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=CHAT_MODEL, max_tokens=3, messages=[
+            {"role": "user", "content": [{"type": "text", "text": "what is this?"}, image]}])
+    error = caught.value
+    assert (error.status_code, error.param, error.code) == (400, "messages", "unsupported_content")
+    assert "image_url" in error.message and CHAT_MODEL in error.message
+    body = error.response.json()
+    assert set(body["error"]) == {"message", "type", "code", "param"}
+
+
+def test_serve_warns_about_stand_in_tokenizers(gateway: Gateway) -> None:
+    """Every model of the test catalog estimates with tiktoken: each is named at start."""
+    log = gateway.log.read_text()
+    for model in (CHAT_MODEL, EMBED_MODEL):
+        assert f"model '{model}' estimates prompts with a stand-in tokenizer (tiktoken:cl100k_base)" in log
+    assert "byte bound" in log

@@ -11,6 +11,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from gateway import keyspace
 from gateway.quota import Admission, QuotaStore
 from gateway.quota.scripts import RedisClient
+from gateway.quota.store import Charged
 from gateway.usage import UsageEvent
 
 PRICES = {"input_pm": 1000, "output_pm": 2000}  # 1 credit per prompt token, 2 per output
@@ -57,6 +58,22 @@ async def funded_key(
     return account, key
 
 
+async def account_with(store: QuotaStore, *grants: tuple[str, int, int, list[str] | None]) -> tuple[str, str]:
+    """A fresh account with grants (id, credits, expires ms (0: never), models) and a key."""
+    account, key = new_id("acct"), new_id("key")
+    await store.init_balance(account)
+    for grant_id, credits, expires, models in grants:
+        await store.credit(account, credits, grant_id=grant_id, expires_ms=expires, models=models)
+    await store.set_key_record(account, key)
+    return account, key
+
+
+async def redis_ms(client: RedisClient) -> int:
+    """Redis's clock (the one grants expire by), in ms."""
+    seconds, micros = await client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
 async def admit(
     store: QuotaStore,
     account: str,
@@ -96,13 +113,29 @@ async def settle(
     completion: int,
     status: str = "ok",
 ) -> int | None:
+    """Settle; the charge collected (None: settled before)."""
+    charged = await settle_charged(store, account, key, request_id, prompt, completion, status)
+    return None if charged is None else charged.charge
+
+
+async def settle_charged(
+    store: QuotaStore,
+    account: str,
+    key: str,
+    request_id: str,
+    prompt: int,
+    completion: int,
+    status: str = "ok",
+    cached: int = 0,
+) -> Charged | None:
+    """Settle; what was charged and left uncollected (None: settled before)."""
     return await store.settle(
         request_id=request_id,
         account_id=account,
         key_id=key,
         prompt_tokens=prompt,
         completion_tokens=completion,
-        cached_tokens=0,
+        cached_tokens=cached,
         status=status,
         counted_by="upstream",
         stream=False,

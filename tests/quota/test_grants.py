@@ -19,22 +19,7 @@ from gateway.quota.scripts import RedisClient
 from gateway.settings import Settings
 from gateway.state import GatewayState
 
-from .helpers import admit, new_id, settle, usage_events
-
-
-async def redis_ms(client: RedisClient) -> int:
-    seconds, micros = await client.time()
-    return int(seconds) * 1000 + int(micros) // 1000
-
-
-async def account_with(store: QuotaStore, *grants: tuple[str, int, int, list[str] | None]) -> tuple[str, str]:
-    """A fresh account with grants (id, credits, expires ms (0: never), models) and a key."""
-    account, key = new_id("acct"), new_id("key")
-    await store.init_balance(account)
-    for grant_id, credits, expires, models in grants:
-        await store.credit(account, credits, grant_id=grant_id, expires_ms=expires, models=models)
-    await store.set_key_record(account, key)
-    return account, key
+from .helpers import account_with, admit, redis_ms, settle, usage_events
 
 
 async def test_credits_are_drawn_soonest_expiry_first(store: QuotaStore, client: RedisClient) -> None:

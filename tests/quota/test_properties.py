@@ -4,6 +4,9 @@ Accounting (what the invariants below check, per account):
   purchased == available + reserved + spent + expired   (available is derived)
   reserved  == sum of the reserves of the requests in flight
   spent     == sum of the charges of the account's usage events, ``expired`` ones included
+  charge    == the full cost of the tokens when the balance can pay it: up to the reserve from
+               the reservation, the excess from the available credits, never below zero;
+               charge + uncollected == the full cost, always
   expired   == 0 here: it is billing's (credits of lapsed packages), never a lease expiry
   reserved + spent + expired <= purchased, and each request id has at most one event.
 """
@@ -50,13 +53,13 @@ class InFlight:
     ck_completion: int = 0
     ck_prompt: int | None = None
 
-    def expiry_charge(self) -> int:
-        """The charge the store promises for an expired lease (see settle_v2.lua)."""
+    def expiry_cost(self) -> int:
+        """The full cost of an expired lease: its checkpoint's tokens (see settle_v3.lua)."""
         if self.ck_prompt is not None:
             prompt = self.ck_prompt
         else:
             prompt = self.prompt if self.ck_completion > 0 else 0
-        return min(cost(prompt, self.ck_completion, self.in_pm, self.out_pm), self.reserve)
+        return cost(prompt, self.ck_completion, self.in_pm, self.out_pm)
 
 
 class QuotaMachine(RuleBasedStateMachine):
@@ -70,7 +73,7 @@ class QuotaMachine(RuleBasedStateMachine):
         self.client = connect(self.kind, self.nodes)
         self.store = QuotaStore(self.client)
         self.account, self.key = new_id("acct"), new_id("key")
-        self.purchased = self.spent = 0
+        self.purchased = self.spent = self.uncollected = self.due = 0
         self.in_flight: dict[str, InFlight] = {}
         self.finished: set[str] = set()
 
@@ -136,6 +139,28 @@ class QuotaMachine(RuleBasedStateMachine):
         self.in_flight[rid] = InFlight(adm.reserve, prompt, prices[0], prices[1], short)
         return rid
 
+    def collectable(self, req: InFlight, due: int) -> int:
+        """What settling ``req`` at cost ``due`` charges now: up to its reserve, then what the
+        balance has free once its reservation is released (one grant kind here)."""
+        part = min(due, req.reserve)
+        reserved = sum(r.reserve for r in self.in_flight.values())
+        free = self.purchased - (reserved - req.reserve) - (self.spent + part)
+        return part + max(0, min(due - part, free))
+
+    def charged(self, rid: str, due: int, charge: int, uncollected: int) -> None:
+        """Book a settlement the store reported (the request leaves the flight)."""
+        req = self.in_flight[rid]
+        assert charge == self.collectable(req, due)
+        assert charge + uncollected == due
+        event("settle: above the reserve" if due > req.reserve else "settle: within the reserve")
+        if uncollected:
+            event("settle: uncollected")
+        del self.in_flight[rid]
+        self.spent += charge
+        self.uncollected += uncollected
+        self.due += due
+        self.finished.add(rid)
+
     def live(self, data: st.DataObject) -> str:
         return data.draw(st.sampled_from(list(self.in_flight)), label="in flight")
 
@@ -170,7 +195,7 @@ class QuotaMachine(RuleBasedStateMachine):
 
     @rule(rid=requests, prompt=st.integers(0, 200), completion=st.integers(0, 300), status=STATUSES)
     def settle(self, rid: str, prompt: int, completion: int, status: str) -> None:
-        charge = self.run(
+        charged = self.run(
             self.store.settle(
                 request_id=rid,
                 account_id=self.account,
@@ -184,15 +209,14 @@ class QuotaMachine(RuleBasedStateMachine):
                 endpoint="e",
             )
         )
-        req = self.in_flight.pop(rid, None)
+        req = self.in_flight.get(rid)
         if req is None:
-            assert charge is None
+            assert charged is None
             event("settle: duplicate or never admitted")
             return
-        event("settle: capped at reserve" if charge == req.reserve else "settle: below reserve")
-        assert charge == min(cost(prompt, completion, req.in_pm, req.out_pm), req.reserve)
-        self.spent += charge
-        self.finished.add(rid)
+        assert charged is not None
+        due = cost(prompt, completion, req.in_pm, req.out_pm)
+        self.charged(rid, due, charged.charge, charged.uncollected)
 
     @rule()
     def expire(self) -> None:
@@ -201,12 +225,10 @@ class QuotaMachine(RuleBasedStateMachine):
         for usage in events:
             if usage.account_id != self.account:
                 continue  # a stale lease another test left on the shared server
-            req = self.in_flight.pop(usage.request_id)
+            req = self.in_flight[usage.request_id]
             assert req.short and usage.status == "expired"
-            assert usage.charge == req.expiry_charge()
             event("expire: checkpointed" if req.ck_completion else "expire: no checkpoint")
-            self.spent += usage.charge
-            self.finished.add(usage.request_id)
+            self.charged(usage.request_id, req.expiry_cost(), usage.charge, usage.uncollected)
         assert not [r for r in self.in_flight.values() if r.short]
 
     @invariant()
@@ -224,6 +246,8 @@ class QuotaMachine(RuleBasedStateMachine):
         events = self.run(usage_events(self.client, self.account))
         assert sorted(e.request_id for e in events) == sorted(self.finished)
         assert sum(e.charge for e in events) == self.spent
+        assert sum(e.uncollected for e in events) == self.uncollected
+        assert self.spent + self.uncollected == self.due
         assert set(self.run(self.store.reservations(self.account))) == set(self.in_flight)
 
 

@@ -54,19 +54,6 @@ async def test_settle_twice_charges_once_and_writes_one_event(
     )
 
 
-async def test_settle_never_charges_more_than_the_reserve(
-    store: QuotaStore, client: RedisClient
-) -> None:
-    account, key = await funded_key(store, 1000)
-    adm = await admit(store, account, key, request_id="r1", prompt=10, max_tokens=5)
-    charge = await settle(store, account, key, "r1", prompt=500, completion=900)
-    assert charge == adm.reserve == 20
-    bal = await store.balance(account)
-    assert (bal["spent"], bal["reserved"]) == (20, 0)
-    [event] = await usage_events(client, account)
-    assert (event.prompt_tokens, event.completion_tokens, event.charge) == (500, 900, 20)
-
-
 async def test_settle_without_a_balance_records_usage_but_invents_no_balance(
     store: QuotaStore, client: RedisClient
 ) -> None:

@@ -140,7 +140,20 @@ def test_usage_event_round_trips_through_stream_fields() -> None:
     assert "started_at_ms" not in record
 
 
-@pytest.mark.parametrize("changes", [{"status": "done"}, {"counted_by": "guess"}, {"charge": -1}])
+def test_uncollected_is_an_optional_integer_of_the_event_and_its_record() -> None:
+    event = make_event(uncollected=12)
+    fields = event.to_fields()
+    assert fields["uncollected"] == "12" and UsageEvent.from_fields(fields) == event
+    assert event.to_record()["uncollected"] == 12
+    del fields["uncollected"]  # written before the field existed
+    assert UsageEvent.from_fields(fields).uncollected == 0
+    with pytest.raises(ValueError):
+        UsageEvent.from_fields({**fields, "uncollected": "1.5"})
+
+
+@pytest.mark.parametrize(
+    "changes", [{"status": "done"}, {"counted_by": "guess"}, {"charge": -1}, {"uncollected": -1}]
+)
 def test_usage_event_refuses_unknown_values(changes: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         make_event(**changes)

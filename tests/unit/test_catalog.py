@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.catalog import CatalogError, load_catalog, parse_catalog
+from gateway.catalog import CatalogError, load_catalog, parse_catalog, stand_in_warnings
+from gateway.prompt_rules import MediaLimits
 
 GOOD = """\
 clusters:
@@ -65,3 +66,50 @@ def test_bad_catalog_names_field_and_line(change: tuple[str, str], where: str | 
 def test_invalid_yaml_is_reported() -> None:
     with pytest.raises(CatalogError, match="invalid YAML"):
         parse_catalog("clusters: [", "x.yaml")
+
+
+# --- tokenizer exactness, media, allowed fields --------------------------------------------
+
+
+def test_tokenizer_exactness_defaults() -> None:
+    models = "\n".join(
+        f"  - name: m{i}\n    tokenizer: {spec}\n{extra}    context_window: 4096\n"
+        "    price: {input: 1, output: 1}\n    deployments: [a]"
+        for i, (spec, extra) in enumerate([
+            ("tiktoken:cl100k_base", ""), ("tiktoken:o200k_base", "    tokenizer_exact: true\n"),
+            ("bytes", ""), ("hf:/models/qwen", ""), ("hf:/models/other", "    tokenizer_exact: false\n"),
+        ])
+    )
+    catalog = parse_catalog(GOOD.split("models:")[0] + "models:\n" + models)
+    exact = {name: m.tokenizer_exact for name, m in catalog.models.items()}
+    assert exact == {"m0": False, "m1": True, "m2": True, "m3": True, "m4": False}
+    assert [w.split("'")[1] for w in stand_in_warnings(catalog)] == ["m0", "m4"]
+    assert "tiktoken:cl100k_base" in stand_in_warnings(catalog)[0]
+    assert "byte bound" in stand_in_warnings(catalog)[0]
+
+
+def test_media_and_allowed_fields_reach_the_model() -> None:
+    text = GOOD.replace("    deployments: [a, b]", "    deployments: [a, b]\n"
+                        "    media: {image: 1280, audio: 750}\n    allowed_fields: [chat_template_kwargs]")
+    model = parse_catalog(text).models["m"]
+    assert model.media == MediaLimits(image=1280, audio=750)
+    assert model.allowed_fields == frozenset({"chat_template_kwargs"})
+    plain = parse_catalog(GOOD).models["m"]
+    assert (plain.media, plain.allowed_fields) == (MediaLimits(), frozenset())
+
+
+@pytest.mark.parametrize(
+    ("addition", "where"),
+    [
+        ("    media: {image: 1280, hologram: 5}", ":16: models.0.media.hologram"),
+        ("    media: {image: 0}", ":16: models.0.media.image"),
+        ("    allowed_fields: [temperature]", ":16: models.0.allowed_fields"),
+        ("    tokenizer_exact: perhaps", ":16: models.0.tokenizer_exact"),
+        ("    kind: embedding\n    media: {image: 10}", "media applies to chat models only"),
+        ("    tokenizer: bites", ":16: models.0.tokenizer"),
+    ],
+)
+def test_bad_new_keys_name_field_and_line(addition: str, where: str) -> None:
+    with pytest.raises(CatalogError) as caught:
+        parse_catalog(GOOD + addition + "\n", "models.yaml")
+    assert where in str(caught.value)

@@ -74,7 +74,7 @@ def test_split_anywhere_gives_same_output() -> None:
 def test_cut_stream_is_counted_from_running_usage() -> None:
     meter = StreamMeter(ModelRenamer("m"), False, False)
     meter.feed(ROLE + token(1, " a") + token(2, " b")[:40])
-    delivered = meter.delivered(prompt_estimate=99)
+    delivered = meter.delivered(lambda: 99)
     assert (delivered.prompt_tokens, delivered.completion_tokens) == (7, 1)
     assert meter.final is None and not meter.done
 
@@ -163,7 +163,7 @@ def test_whole_blocks_equal_event_by_event(stream: bytes, include: bool, continu
         assert fast.running == slow.running and fast.choices == slow.choices
         assert fast.completion_so_far() == slow.completion_so_far()
     assert (fast.final, fast.done, fast.error) == (slow.final, slow.done, slow.error)
-    assert fast.delivered(5) == slow.delivered(5)
+    assert fast.delivered(lambda: 5) == slow.delivered(lambda: 5)
 
 
 @settings(max_examples=200, deadline=None)

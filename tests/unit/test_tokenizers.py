@@ -32,3 +32,11 @@ def test_unknown_specs_are_refused_by_name() -> None:
         load_tokenizer("sentencepiece:x")
     with pytest.raises(TokenizerError, match="no_such_encoding"):
         load_tokenizer("tiktoken:no_such_encoding")
+
+
+def test_bytes_tokenizer_is_one_token_per_utf8_byte() -> None:
+    tokenizer = load_tokenizer("bytes")
+    assert tokenizer.encode("a长") == [97, 0xE9, 0x95, 0xBF]
+    assert tokenizer.decode(tokenizer.encode("长江 🙂")) == "长江 🙂"
+    assert tokenizer.decode([104, 105, 100257, -1]) == "hi"  # ids that are no byte are skipped
+    assert tokenizer.decode([0xE9]) == "\ufffd"  # half a character is not an error

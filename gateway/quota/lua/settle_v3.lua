@@ -1,6 +1,11 @@
--- settle_v2: charge a request's tokens (never more than its reserve) to the grants it
--- reserved from, release the rest and append its usage event, atomically. Idempotent by
--- request id.
+-- settle_v3: charge a request's tokens, release its reservation and append its usage event,
+-- atomically. Idempotent by request id.
+-- The full cost of the tokens is due (invariant 2: billed = what the upstream reports). The
+-- part up to the reserve is charged to the grants reserved from; the excess, when the
+-- admission's estimate fell short, to the account's available credits (grants live by Redis
+-- time and valid for the model, in drawing order, never below zero). What those cannot pay
+-- at this instant is recorded as 'uncollected' (v2 charged min(cost, reserve) and dropped
+-- the rest silently).
 -- KEYS: 1 balance, 2 reservations, 3 rate window, 4 key inflight, 5 shard leases,
 --       6 usage stream, 7 grants
 -- ARGV: 1 request_id, 2 account_id, 3 key_id, 4 mode 'settle'|'expire', 5 prompt tokens,
@@ -15,7 +20,8 @@
 -- A reservation that is gone although the balance epoch differs from the admission's (or the
 -- balance is gone) was lost with Redis data, not settled: the request was served, so it is
 -- charged from what its gateway remembers (13) and its event appended; the grants are
--- charged only if a rebuilt balance exists (a rebuild never saw that reservation).
+-- charged only if a rebuilt balance exists (a rebuild never saw that reservation), and the
+-- excess only from such a balance's available credits.
 local rid, account, key_id, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 local raw = redis.call('HGET', KEYS[2], rid)
@@ -56,15 +62,50 @@ if mode == 'expire' then
   end
   status, counted_by, stream, cluster, endpoint = 'expired', 'gateway', '0', '', ''
 end
-local charge = math.min(cost(prompt, completion, r.in_pm, r.out_pm), r.reserve)
+local due = cost(prompt, completion, r.in_pm, r.out_pm)
 local reserved = decode_alloc(r.alloc)
-local charged = take(reserved, charge)
+local charged = take(reserved, math.min(due, r.reserve))
+local charge = 0
+for i = 1, #charged do charge = charge + charged[i][2] end
+local paid = charged  -- the charge by grant, as the event lists it
 
 -- A missing balance (Redis lost data) stays missing: writing grants would invent one.
 if epoch then
-  local _, by_id = load_grants(KEYS[7])
+  local grants, by_id = load_grants(KEYS[7])
   charge_grants(KEYS[7], by_id, reserved, charged, not lost)
+  -- The excess over the reserve, from what is free now that this reservation is released.
+  local excess, extra = due - charge, nil
+  for i = 1, #grants do
+    if excess <= 0 then break end
+    local g = grants[i]
+    local free = g.credits - g.reserved - g.spent
+    if free > 0 and grant_live(g, now) and grant_allows(g, r.model) then
+      local n = math.min(free, excess)
+      g.spent = g.spent + n
+      redis.call('HSET', KEYS[7], g.id, encode_grant(g))
+      extra = extra or {}
+      extra[g.id] = n
+      excess = excess - n
+      charge = charge + n
+    end
+  end
+  if extra then
+    -- Both parts merged per grant, in drawing order; a reserved grant the hash lacks comes
+    -- last (charged as the reservation said: the ledger may still hold it).
+    local part, merged = {}, {}
+    for i = 1, #charged do part[charged[i][1]] = (part[charged[i][1]] or 0) + charged[i][2] end
+    for i = 1, #grants do
+      local id = grants[i].id
+      local n = (part[id] or 0) + (extra[id] or 0)
+      if n > 0 then merged[#merged + 1] = {id, n} end
+    end
+    for i = 1, #charged do
+      if not by_id[charged[i][1]] then merged[#merged + 1] = charged[i] end
+    end
+    paid = merged
+  end
 end
+local uncollected = due - charge
 redis.call('HDEL', KEYS[2], rid)
 redis.call('ZREM', KEYS[5], member)
 redis.call('ZREM', KEYS[4], rid)
@@ -81,14 +122,16 @@ if give > 0 then
   end
 end
 
--- gateway/usage.py reads these fields; 'grants' says which grants paid the charge and
--- 'epoch' which balance it was charged to ('' = none: the balance was missing).
+-- gateway/usage.py reads these fields; 'grants' says which grants paid the charge (its sum),
+-- 'uncollected' what was due beyond it, and 'epoch' which balance it was charged to
+-- ('' = none: the balance was missing).
 local event = {
   'request_id', rid, 'account_id', account, 'key_id', key_id, 'model', r.model,
   'cluster', cluster, 'endpoint', endpoint, 'prompt_tokens', fmt(prompt),
   'completion_tokens', fmt(completion), 'cached_tokens', fmt(cached), 'charge', fmt(charge),
+  'uncollected', fmt(uncollected),
   'status', status, 'counted_by', counted_by, 'stream', stream,
   'started_at_ms', fmt(r.started), 'finished_at_ms', fmt(now),
-  'grants', encode_alloc(charged), 'epoch', epoch or ''}
+  'grants', encode_alloc(paid), 'epoch', epoch or ''}
 local id = redis.call('XADD', KEYS[6], '*', unpack(event))
 return {'ok', id, unpack(event)}

@@ -1,0 +1,213 @@
+"""Relaying a whole answer: one JSON body to the client, counted however the upstream sent it.
+
+A generation (chat, completions) is asked of the upstream as a stream and assembled here
+(:mod:`gateway.relay.assemble`), so whatever the gateway gives up on is billed for what was
+generated. A body the upstream sent whole (an error, embeddings, an upstream that ignored
+``stream``) is relayed as it came and counted from its ``usage``, else from its content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, Literal
+
+import orjson
+
+from gateway.asgi import JSON_HEADERS, Receive, Send, send_bytes, uncancel, watch_disconnect
+from gateway.catalog import Model
+from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, upstream_error_body
+from gateway.lease import LeaseKeeper
+from gateway.openai_request import OpenAIRequest
+from gateway.relay.assemble import AnswerAssembler
+from gateway.relay.http1 import UpstreamResponse
+from gateway.relay.meter import ModelRenamer, Usage, usage_of_response
+from gateway.relay.outcome import Outcome, counted
+from gateway.tokenizers import Tokenizer, load_tokenizer
+from gateway.usage import (
+    COUNTED_BY_GATEWAY,
+    STATUS_CLIENT_GONE,
+    STATUS_OK,
+    STATUS_PARTIAL,
+    STATUS_UPSTREAM_ERROR,
+)
+
+
+class AttemptFailed(Exception):
+    """The upstream broke a whole answer off (connection lost, body cut short) before anything
+    reached the client, so another endpoint may answer it; ``generated`` is what the broken
+    attempt had generated, which the request's usage record must still carry."""
+
+    def __init__(self, error: GatewayError, generated: Usage) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.generated = generated
+
+
+async def relay_json(
+    send: Send,
+    request_id: str,
+    response: UpstreamResponse,
+    model: Model,
+    headers: list[tuple[bytes, bytes]],
+    prompt: Callable[[], int],
+    head: bytes = b"",
+) -> Outcome:
+    """Relay a body the upstream sent whole (``head``: what was read of it already)."""
+    try:
+        body = head + await response.read()
+    except TimeoutError:
+        response.close()
+        raise UpstreamTimeout("upstream stopped answering", code="upstream_timeout") from None
+    except OSError as exc:
+        response.close()
+        raise UpstreamError(f"upstream failed mid-response: {exc.__class__.__name__}") from None
+    except BaseException:
+        response.close()
+        raise
+    response.release()
+    if response.status >= 400:  # the upstream refused the request: relayed, free
+        await send_bytes(send, response.status, upstream_error_body(response.status, body), request_id,
+                         [*JSON_HEADERS, *headers])
+        return Outcome(Usage(), status=STATUS_UPSTREAM_ERROR, counted_by=COUNTED_BY_GATEWAY)
+    await send_bytes(send, response.status, ModelRenamer(model.name)(body), request_id,
+                     [*JSON_HEADERS, *headers])
+    usage = usage_of_response(body)
+    if usage is not None:
+        return Outcome(usage)
+    return Outcome(Usage(prompt(), answer_tokens(body, load_tokenizer(model.tokenizer)), 0),
+                   counted_by=COUNTED_BY_GATEWAY)
+
+
+async def relay_whole(
+    lease: LeaseKeeper,
+    send: Send,
+    receive: Receive,
+    request_id: str,
+    response: UpstreamResponse,
+    request: OpenAIRequest,
+    model: Model,
+    reserved: int,
+    headers: list[tuple[bytes, bytes]],
+    prompt: Callable[[], int],
+    deadline_s: float | None,
+) -> Outcome:
+    """Assemble the upstream's stream into one answer; stop (and bill what was generated)
+    when the client leaves, the upstream falls silent for the idle timeout or passes
+    ``deadline_s`` in all, or more than ``reserved`` completion tokens came."""
+    kind: Literal["chat", "completions"] = "chat" if request.kind == "chat" else "completions"
+    answer = AnswerAssembler(kind, model.name, load_tokenizer(model.tokenizer))
+    lease.progress = answer.progress
+    watcher = asyncio.ensure_future(watch_disconnect(receive, asyncio.current_task()))
+    failure: GatewayError | None = None
+    fault = cut = whole = False
+    status = STATUS_OK
+    head = b""
+    try:
+        async with asyncio.timeout(deadline_s):
+            while data := await response.read_some():  # TimeoutError after the idle timeout
+                if not head:
+                    head = data
+                    whole = data.lstrip()[:1] == b"{"
+                    if whole:  # the upstream answered whole, not as a stream: relay_json
+                        break
+                answer.feed(data)
+                if answer.done:
+                    break
+                if answer.exceeds(reserved):
+                    cut = True
+                    break
+                if lease.lost:
+                    failure = UpstreamError("answer cut: its reservation expired")
+                    break
+    except asyncio.CancelledError:
+        if not watcher.done() or watcher.cancelled():
+            raise
+        uncancel()
+        status = STATUS_CLIENT_GONE
+    except TimeoutError:  # slow, not broken: the endpoint keeps its good name
+        failure = UpstreamTimeout("upstream took too long to answer", code="upstream_timeout")
+    except OSError as exc:
+        failure = UpstreamError(f"upstream connection lost mid-answer: {exc.__class__.__name__}")
+        fault = True
+    finally:
+        watcher.cancel()
+        whole = whole and status == STATUS_OK and failure is None
+        if answer.done:
+            response.release()
+        elif not whole:  # relay_json reads a whole answer on
+            response.close()  # aborts the upstream request: vLLM stops generating
+    if whole:
+        return await relay_json(send, request_id, response, model, headers, prompt, head)
+    return await _answer(send, request_id, answer, headers, prompt, status, failure, fault, cut)
+
+
+async def _answer(
+    send: Send,
+    request_id: str,
+    answer: AnswerAssembler,
+    headers: list[tuple[bytes, bytes]],
+    prompt: Callable[[], int],
+    status: str,
+    failure: GatewayError | None,
+    fault: bool,
+    cut: bool,
+) -> Outcome:
+    """Send what the relay ended with; the outcome bills what the upstream generated."""
+    generated = answer.delivered(prompt)
+    if status == STATUS_CLIENT_GONE:
+        return Outcome(generated, status=status, counted_by=COUNTED_BY_GATEWAY)
+    if failure is None and not answer.done and answer.error is None and not cut:
+        failure = UpstreamError("upstream closed the answer before it was complete")
+        fault = True
+    if failure is not None and fault:
+        raise AttemptFailed(failure, generated)  # nothing reached the client: it may be retried
+    if failure is not None:
+        await send_bytes(send, failure.status, failure.body(), request_id, [*JSON_HEADERS, *headers])
+        return Outcome(generated, status=STATUS_UPSTREAM_ERROR, counted_by=COUNTED_BY_GATEWAY)
+    if answer.error is not None:
+        code = _error_status(answer.error)
+        await send_bytes(send, code, upstream_error_body(code, answer.error), request_id,
+                         [*JSON_HEADERS, *headers])
+        return Outcome(generated, status=STATUS_UPSTREAM_ERROR, counted_by=COUNTED_BY_GATEWAY)
+    if cut:
+        await send_bytes(send, 200, answer.body(generated, cut=True), request_id, [*JSON_HEADERS, *headers])
+        return Outcome(generated, status=STATUS_PARTIAL, counted_by=COUNTED_BY_GATEWAY)
+    usage = answer.final if answer.final is not None else generated
+    await send_bytes(send, 200, answer.body(usage), request_id, [*JSON_HEADERS, *headers])
+    return counted(answer.final, generated)
+
+
+def _error_status(payload: bytes) -> int:
+    """The status of an error event sent mid-stream: its code if a client error, else 502."""
+    try:
+        error = orjson.loads(payload).get("error") or {}
+    except (orjson.JSONDecodeError, AttributeError):
+        return 502
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, int) and 400 <= code < 500 else 502
+
+
+def answer_tokens(body: bytes, tokenizer: Tokenizer) -> int:
+    """The gateway's count of what a whole answer generated (for one that reports no usage)."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return 0
+    texts: list[str] = []
+    for choice in (doc.get("choices") if isinstance(doc, dict) else None) or ():
+        if isinstance(choice, dict):
+            _texts_of(choice, texts)
+    return len(tokenizer.encode("".join(texts))) if texts else 0
+
+
+def _texts_of(choice: dict[str, Any], texts: list[str]) -> None:
+    message = choice.get("message")
+    parts: list[Any] = [choice.get("text")]
+    if isinstance(message, dict):
+        parts += [message.get("content"), message.get("reasoning_content"), message.get("reasoning")]
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict):
+                parts += [function.get("name"), function.get("arguments")]
+    texts.extend(p for p in parts if isinstance(p, str))

@@ -1,0 +1,326 @@
+"""A whole (non-streamed) answer, assembled from the upstream's stream.
+
+The gateway asks the upstream for a stream even when the client wants one JSON answer:
+every chunk then carries the running usage, so a generation the gateway gives up on (the
+client left, a timeout, a cut at the reservation, an upstream dying mid-way) is billed for
+what the upstream had generated, and a long generation is not mistaken for a hung endpoint.
+The client still gets the answer vLLM would have sent whole (``chat.completion`` or
+``text_completion``), with the public model name.
+
+Most events are ordinary content chunks of choice 0 (``"delta":{"content":"..."}`` or
+``"text":"..."``, no finish reason yet). Their text is kept as the escaped JSON string body
+it arrives as (the concatenation of escaped bodies is itself one), cut out with two byte
+searches; every other event (the role chunk, the last chunk of a choice, tool calls,
+reasoning, logprobs, ``n > 1``, the usage trailer, errors) is parsed with orjson.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+from gateway.relay.meter import Usage, int_after
+from gateway.tokenizers import Tokenizer
+
+_DATA = b"data: "
+_DONE = b"[DONE]"
+_CHAT_TEXT = b'"choices":[{"index":0,"delta":{"content":"'
+_TEXT = b'"choices":[{"index":0,"text":"'
+# What follows an ordinary chunk's text: no logprobs, no finish reason (so not its last).
+_CHAT_TAIL = b'"},"logprobs":null,"finish_reason":null'
+_TEXT_TAIL = b'","logprobs":null,"finish_reason":null'
+_USAGE = b',"usage":{"'
+_PROMPT = b'"prompt_tokens":'
+_COMPLETION = b'"completion_tokens":'
+_CACHED = b'"cached_tokens":'
+_BACKSLASH = 0x5C
+
+
+@dataclass(slots=True)
+class _Choice:
+    """One choice as it accumulates; texts are escaped JSON string bodies."""
+
+    index: int
+    text: list[bytes] = field(default_factory=list)
+    reasoning: list[bytes] = field(default_factory=list)
+    tools: dict[int, dict[str, Any]] = field(default_factory=dict)
+    function_call: dict[str, str] | None = None
+    logprobs: dict[str, list[Any]] | None = None
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None
+    role: str = "assistant"
+
+
+class AnswerAssembler:
+    """Feed it the upstream's SSE bytes; ``body()`` is the answer the client gets.
+
+    Its counting matches :class:`gateway.relay.meter.StreamMeter`'s: ``choices`` holds the
+    running usage per choice, ``final`` the trailer's, ``done`` is set by ``[DONE]`` and
+    ``error`` by an error event.
+    """
+
+    def __init__(self, kind: Literal["chat", "completions"], public_model: str,
+                 tokenizer: Tokenizer | None = None) -> None:
+        self._chat = kind == "chat"
+        self._model = public_model
+        self._tokenizer = tokenizer
+        self._key, self._tail = (_CHAT_TEXT, _CHAT_TAIL) if self._chat else (_TEXT, _TEXT_TAIL)
+        self._head: bytes | None = None  # an ordinary chunk's bytes up to its text
+        self._pending = b""
+        self._texts: dict[int, _Choice] = {}
+        self._meta: dict[str, Any] = {}
+        self.choices: dict[int, Usage] = {}
+        self.final: Usage | None = None
+        self.final_raw: dict[str, Any] | None = None
+        self.done = False
+        self.error: bytes | None = None
+        self.text_bytes = 0  # generated text so far, in (escaped) bytes: a bound on its tokens
+        self._counted = (0, 0)  # (text bytes, tokens) at the last count
+
+    # --- feeding ----------------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        buffer = self._pending + data if self._pending else data
+        end = buffer.rfind(b"\n\n")
+        if end < 0:
+            self._pending = buffer
+            return
+        self._pending = buffer[end + 2 :]
+        last_ordinary = b""
+        for event in buffer[:end].split(b"\n\n"):
+            event = event.strip(b"\r\n")
+            if self._ordinary(event):
+                last_ordinary = event
+            elif event.startswith(_DATA):
+                if last_ordinary:  # its running usage is older than this event's
+                    self._running_of_ordinary(last_ordinary)
+                    last_ordinary = b""
+                self._event(event[6:])
+        if last_ordinary:
+            self._running_of_ordinary(last_ordinary)
+
+    def _ordinary(self, event: bytes) -> bool:
+        """Take an ordinary content chunk of choice 0 with two byte searches; False if not one."""
+        head = self._head
+        if head is None:
+            at = event.find(self._key)
+            if at < 0 or not event.startswith(b'data: {"id":'):
+                return False
+            self._head = head = event[: at + len(self._key)]
+        elif not event.startswith(head):
+            return False
+        end = event.find(self._tail, len(head))
+        if end < 0 or event[end - 1] == _BACKSLASH:  # maybe an escaped quote: parse it
+            return False
+        piece = event[len(head) : end]
+        choice = self._texts.get(0)
+        if choice is None:
+            choice = self._texts[0] = _Choice(0)
+        choice.text.append(piece)
+        self.text_bytes += len(piece)
+        return True
+
+    def _running_of_ordinary(self, event: bytes) -> None:
+        at = event.rfind(_USAGE)
+        if at > 0:
+            usage = event[at:]
+            self.choices[0] = Usage(int_after(usage, _PROMPT), int_after(usage, _COMPLETION),
+                                    int_after(usage, _CACHED))
+
+    def _event(self, payload: bytes) -> None:
+        if payload == _DONE:
+            self.done = True
+            return
+        try:
+            doc = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return  # not JSON: nothing to count or assemble
+        if not isinstance(doc, dict):
+            return
+        if "error" in doc and "choices" not in doc:
+            self.error = payload
+            return
+        for name in ("id", "created", "system_fingerprint"):
+            if name in doc and name not in self._meta:
+                self._meta[name] = doc[name]
+        usage = doc.get("usage")
+        choices = doc.get("choices") or []
+        if isinstance(usage, dict):
+            if not choices:
+                self.final = Usage.from_json(usage)
+                self.final_raw = usage
+            else:
+                index = choices[0].get("index", 0) if isinstance(choices[0], dict) else 0
+                self.choices[index if isinstance(index, int) else 0] = Usage.from_json(usage)
+        for choice in choices:
+            if isinstance(choice, dict):
+                self._merge(choice)
+
+    def _merge(self, raw: dict[str, Any]) -> None:
+        index = raw.get("index", 0)
+        index = index if isinstance(index, int) else 0
+        choice = self._texts.get(index)
+        if choice is None:
+            choice = self._texts[index] = _Choice(index)
+        if self._chat:
+            delta = raw.get("delta") or {}
+            if isinstance(delta.get("role"), str):
+                choice.role = delta["role"]
+            self._append(choice.text, delta.get("content"))
+            self._append(choice.reasoning, delta.get("reasoning_content", delta.get("reasoning")))
+            for call in delta.get("tool_calls") or ():
+                if isinstance(call, dict):
+                    self._merge_tool_call(choice, call)
+            if isinstance(delta.get("function_call"), dict):
+                old = choice.function_call or {"name": "", "arguments": ""}
+                new = delta["function_call"]
+                old["name"] += str(new.get("name") or "")
+                old["arguments"] += str(new.get("arguments") or "")
+                self.text_bytes += len(str(new.get("arguments") or ""))
+                choice.function_call = old
+        else:
+            self._append(choice.text, raw.get("text"))
+        logprobs = raw.get("logprobs")
+        if isinstance(logprobs, dict):
+            merged = choice.logprobs if choice.logprobs is not None else {}
+            for name, values in logprobs.items():
+                if isinstance(values, list):
+                    merged.setdefault(name, []).extend(values)
+            choice.logprobs = merged
+        if raw.get("finish_reason") is not None:
+            choice.finish_reason = raw["finish_reason"]
+        if raw.get("stop_reason") is not None:
+            choice.stop_reason = raw["stop_reason"]
+
+    def _append(self, pieces: list[bytes], text: Any) -> None:
+        if isinstance(text, str) and text:
+            piece = orjson.dumps(text)[1:-1]
+            pieces.append(piece)
+            self.text_bytes += len(piece)
+
+    def _merge_tool_call(self, choice: _Choice, call: dict[str, Any]) -> None:
+        position = call.get("index", len(choice.tools))
+        position = position if isinstance(position, int) else len(choice.tools)
+        tool = choice.tools.setdefault(position, {"id": None, "type": "function",
+                                                  "function": {"name": "", "arguments": ""}})
+        if call.get("id"):
+            tool["id"] = call["id"]
+        if call.get("type"):
+            tool["type"] = call["type"]
+        function = call.get("function") or {}
+        name, arguments = function.get("name"), function.get("arguments")
+        if isinstance(name, str):
+            tool["function"]["name"] += name
+            self.text_bytes += len(name)
+        if isinstance(arguments, str):
+            tool["function"]["arguments"] += arguments
+            self.text_bytes += len(arguments.encode())
+
+    # --- counting (as StreamMeter's) ---------------------------------------------------------
+
+    def completion_so_far(self) -> int:
+        """Completion tokens the upstream reported so far, over all choices (0 without usage)."""
+        if len(self.choices) == 1:
+            return next(iter(self.choices.values())).completion_tokens
+        return sum(u.completion_tokens for u in self.choices.values())
+
+    def exceeds(self, limit: int) -> bool:
+        """Whether more than ``limit`` completion tokens were generated (see StreamMeter)."""
+        if self.choices:
+            return self.completion_so_far() > limit
+        counted_bytes, counted = self._counted
+        if counted + self.text_bytes - counted_bytes <= limit:
+            return False
+        self._counted = (self.text_bytes, self.counted_completion())
+        return self._counted[1] > limit
+
+    def progress(self) -> tuple[int, int | None]:
+        delivered = self.delivered()
+        return delivered.completion_tokens, delivered.prompt_tokens or None
+
+    def delivered(self, prompt: Callable[[], int] = lambda: 0) -> Usage:
+        """What the upstream generated by the last event: its running usage, else our count."""
+        if self.choices:
+            per_choice = list(self.choices.values())
+            return Usage(max(u.prompt_tokens for u in per_choice),
+                         sum(u.completion_tokens for u in per_choice),
+                         max(u.cached_tokens for u in per_choice))
+        return Usage(prompt(), self.counted_completion(), 0)
+
+    def counted_completion(self) -> int:
+        """The gateway's own count of the generated text (content, reasoning, tool calls)."""
+        if self._tokenizer is None or not self._texts:
+            return 0
+        encode = self._tokenizer.encode
+        total = 0
+        for choice in self._texts.values():
+            for text in (_decoded(choice.text), _decoded(choice.reasoning)):
+                total += len(encode(text)) if text else 0
+            for tool in choice.tools.values():
+                function = tool["function"]
+                total += len(encode(function["name"] + function["arguments"]))
+            if choice.function_call:
+                total += len(encode(choice.function_call["name"] + choice.function_call["arguments"]))
+        return total
+
+    # --- the answer ---------------------------------------------------------------------------
+
+    def body(self, usage: Usage, cut: bool = False) -> bytes:
+        """The whole answer as vLLM would have sent it; ``cut``: unfinished choices end as
+        ``length`` (the gateway stopped them at the reservation)."""
+        choices = [self._choice(self._texts[i], cut) for i in sorted(self._texts)]
+        doc: dict[str, Any] = {
+            "id": self._meta.get("id", ""),
+            "object": "chat.completion" if self._chat else "text_completion",
+            "created": self._meta.get("created", 0),
+            "model": self._model,
+            "choices": choices,
+            "usage": self._usage(usage),
+        }
+        if "system_fingerprint" in self._meta:
+            doc["system_fingerprint"] = self._meta["system_fingerprint"]
+        return orjson.dumps(doc)
+
+    def _choice(self, choice: _Choice, cut: bool) -> dict[str, Any]:
+        finish = choice.finish_reason or ("length" if cut else None)
+        out: dict[str, Any] = {"index": choice.index}
+        if self._chat:
+            message: dict[str, Any] = {"role": choice.role}
+            text = _decoded(choice.text)
+            message["content"] = text if text or not (choice.tools or choice.function_call) else None
+            if choice.reasoning:
+                message["reasoning_content"] = _decoded(choice.reasoning)
+            if choice.tools:
+                message["tool_calls"] = [choice.tools[i] for i in sorted(choice.tools)]
+            if choice.function_call:
+                message["function_call"] = choice.function_call
+            out["message"] = message
+        else:
+            out["text"] = _decoded(choice.text)
+        out["logprobs"] = choice.logprobs
+        out["finish_reason"] = finish
+        out["stop_reason"] = choice.stop_reason
+        return out
+
+    def _usage(self, usage: Usage) -> dict[str, Any]:
+        if self.final_raw is not None and self.final is not None and self.final == usage:
+            return self.final_raw
+        out: dict[str, Any] = {
+            "prompt_tokens": usage.prompt_tokens,
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+            "completion_tokens": usage.completion_tokens,
+        }
+        if usage.cached_tokens:
+            out["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens}
+        return out
+
+
+def _decoded(pieces: list[bytes]) -> str:
+    """Escaped JSON string bodies, joined and decoded once."""
+    if not pieces:
+        return ""
+    text = orjson.loads(b'"' + b"".join(pieces) + b'"')
+    return str(text)

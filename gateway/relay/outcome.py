@@ -1,0 +1,33 @@
+"""What a relay reports back: the usage to settle, how it ended, and whose fault it was."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.catalog import Endpoint
+from gateway.relay.meter import Usage
+from gateway.usage import COUNTED_BY_GATEWAY, COUNTED_BY_UPSTREAM, STATUS_OK
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What settlement needs to know about how the relay ended.
+
+    ``upstream_fault``: the endpoint broke the request (connection lost, body cut short); it
+    counts against the endpoint's health. A slow generation, a client that left, a cut at
+    the reservation or an error the upstream answered say nothing of its health.
+    """
+
+    usage: Usage
+    status: str = STATUS_OK
+    counted_by: str = COUNTED_BY_UPSTREAM
+    endpoint: Endpoint | None = None
+    upstream_fault: bool = False
+
+
+def counted(usage: Usage | None, fallback: Usage, status: str = STATUS_OK, *,
+            fault: bool = False) -> Outcome:
+    """The upstream's own usage when it sent one, else ``fallback`` counted by the gateway."""
+    if usage is not None:
+        return Outcome(usage, status=status, upstream_fault=fault)
+    return Outcome(fallback, status=status, counted_by=COUNTED_BY_GATEWAY, upstream_fault=fault)
