@@ -9,6 +9,7 @@ generated. A body the upstream sent whole (an error, embeddings, an upstream tha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -104,7 +105,7 @@ async def relay_whole(
     status = STATUS_OK
     head = b""
     try:
-        async with asyncio.timeout(deadline_s):
+        async with asyncio.timeout(deadline_s) if deadline_s else contextlib.nullcontext():
             while data := await response.read_some():  # TimeoutError after the idle timeout
                 if not head:
                     head = data

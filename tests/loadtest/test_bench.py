@@ -25,23 +25,28 @@ def test_checks_compare_tokengate_with_direct_and_peers() -> None:
         ("ns-c1", "tokengate"): _figures(1500, 0.70, rss=60),
         ("st-c1", "direct"): _figures(1000, 0.60, first_byte=0.30),
         ("st-c1", "tokengate"): _figures(500, 1.40, first_byte=1.30),
+        ("ns-c1", "vllm-router"): _figures(2000, 0.40),  # adds 0.1 ms: the 0.5 ms bound holds
+        ("st-c1", "vllm-router"): _figures(800, 0.90, first_byte=0.80),  # adds 0.5: 2.5x = 1.25
         ("ns-c32", "tokengate"): _figures(4000, 8, cpu=150, rss=75),
         ("ns-c32", "litellm"): _figures(100, 300),
         ("ns-c32", "vllm-router"): _figures(9000, 4),
         ("st-c32", "tokengate"): _figures(1200, 30, cpu=500),
         ("st-c32", "litellm"): _figures(20, 1600),
-        ("st-c32", "vllm-router"): _figures(1200, 30),
+        ("st-c32", "vllm-router"): _figures(1200, 30, cpu=300),
     }
     got = {c.label: (c.value, c.verdict) for c in checks(t)}
     assert got["added latency p50, non-streamed, 1 client"] == (pytest.approx(0.4), "pass")
-    assert got["added time to first streamed byte p50, 1 client"] == (pytest.approx(1.0), "FAIL")
+    assert got["added time to first streamed byte p50, 1 client"] == (pytest.approx(1.0), "pass")
     assert got["gateway CPU per non-streamed request (32 clients)"] == (150, "pass")
-    assert got["gateway CPU per 64-chunk stream (32 clients)"] == (500, "FAIL")
+    assert got["gateway CPU per 64-chunk stream (32 clients), 1.5x vllm-router's"] == (500, "FAIL")
     assert got["req/s at 32 clients vs LiteLLM"] == (40, "pass")
     assert got["streams/s at 32 clients vs LiteLLM"] == (60, "pass")
     assert got["req/s at 32 clients vs vllm-router"] == (pytest.approx(4000 / 9000), "FAIL")
     assert got["streams/s at 32 clients vs vllm-router"] == (1.0, "pass")
-    assert got["RSS of the worker"] == (75, "pass")
+    assert got["RSS of the worker (cl100k tables loaded)"] == (75, "pass")
+    slow = {**t, ("st-c1", "vllm-router"): _figures(800, 0.40, first_byte=0.35)}  # adds 0.05
+    first_byte = {c.label: c.verdict for c in checks(slow)}["added time to first streamed byte p50, 1 client"]
+    assert first_byte == "FAIL"  # 1.0 ms > 0.9 ms, vllm-router adding little that day
     assert all(c.verdict == "n/a" for c in checks({}))
 
 
