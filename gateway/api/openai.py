@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from gateway.asgi import ClientGone, Receive, Scope, Send, read_body, send_error, send_json
 from gateway.auth import bearer_token
 from gateway.catalog import Endpoint, Model
-from gateway.errors import GatewayError, MethodNotAllowed, NotFound
+from gateway.errors import GatewayError, MethodNotAllowed, NotFound, UpstreamTimeout
 from gateway.lease import LeaseKeeper
 from gateway.openai_request import Kind, OpenAIRequest, parse_request
 from gateway.pipeline import Pipeline
@@ -129,6 +129,9 @@ class OpenAIHandler:
                     outcome = await self.relay(request, keeper, send, receive, request_id, response,
                                                model, admission)
                     fault = outcome.upstream_fault
+                except UpstreamTimeout:  # slow, not broken (an embedding answer read too long)
+                    fault = False
+                    raise
                 except AttemptFailed as failed:
                     broken = broken.plus(failed.generated)
                     outcome = Outcome(broken, status="upstream_error", counted_by="gateway")

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import orjson
 
-from gateway.relay.meter import Usage, int_after
+from gateway.relay.meter import Usage, last_usage
 from gateway.tokenizers import Tokenizer
 
 _DATA = b"data: "
@@ -35,10 +35,6 @@ _CHAT_TAIL = b'"},"logprobs":null,"finish_reason":null'
 _TEXT_TAIL = b'","logprobs":null,"finish_reason":null'
 _FINISHED = b'"finish_reason":"'
 _SEAM = b"\n\n"
-_USAGE = b',"usage":{"'
-_PROMPT = b'"prompt_tokens":'
-_COMPLETION = b'"completion_tokens":'
-_CACHED = b'"cached_tokens":'
 
 
 @dataclass(slots=True)
@@ -100,11 +96,9 @@ class AnswerAssembler:
             self._events(events[:start])
         self._choice(0).text.extend(pieces)
         self.text_bytes += sum(map(len, pieces))
-        at = events.rfind(_USAGE, last, stop)  # the running usage of the run's last chunk
-        if at > 0:
-            usage = events[at:stop]
-            self.choices[0] = Usage(int_after(usage, _PROMPT), int_after(usage, _COMPLETION),
-                                    int_after(usage, _CACHED))
+        running = last_usage(events, last, stop)  # the run's last chunk's
+        if running is not None:
+            self.choices[0] = running
         if stop < end:
             self._events(events[stop:])
 

@@ -163,11 +163,9 @@ class StreamMeter:
         if len(parts) != events + 1:
             return None
         out = block if self._show_running else _without_usage(parts)
-        last = block[block.rfind(_HAS_USAGE) + len(_HAS_USAGE) - 1 :]  # the last usage on
-        usage = Usage(int_after(last, _PROMPT), int_after(last, _COMPLETION),
-                      int_after(last, _CACHED))
-        self.choices[0] = usage
-        self.running = usage
+        usage = last_usage(block)
+        if usage is not None:  # always: every event of the block has one
+            self.choices[0] = self.running = usage
         return out
 
     def _event(self, event: bytes) -> bytes:
@@ -331,6 +329,16 @@ def _without_usage(parts: list[bytes]) -> bytes:
             end = after
         out.append(part[end + 1 :])
     return b"".join(out)
+
+
+def last_usage(events: bytes, start: int = 0, end: int | None = None) -> Usage | None:
+    """The usage object of the last event of ``events[start:end]`` that carries one, read
+    with byte searches (compact JSON, usage last: vLLM's chunks); None if none does."""
+    at = events.rfind(_HAS_USAGE, start, len(events) if end is None else end)
+    if at < 0:
+        return None
+    usage = events[at + len(_HAS_USAGE) - 1 : end]
+    return Usage(int_after(usage, _PROMPT), int_after(usage, _COMPLETION), int_after(usage, _CACHED))
 
 
 def int_after(text: bytes, name: bytes) -> int:
