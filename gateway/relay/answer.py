@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Literal
 
 import orjson
 
@@ -20,11 +20,11 @@ from gateway.catalog import Model
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, upstream_error_body
 from gateway.lease import LeaseKeeper
 from gateway.openai_request import OpenAIRequest
-from gateway.relay.assemble import AnswerAssembler
+from gateway.relay.assemble import AnswerAssembler, answer_tokens
 from gateway.relay.http1 import UpstreamResponse
 from gateway.relay.meter import ModelRenamer, Usage, usage_of_response
 from gateway.relay.outcome import Outcome, counted
-from gateway.tokenizers import Tokenizer, load_tokenizer
+from gateway.tokenizers import load_tokenizer
 from gateway.usage import (
     COUNTED_BY_GATEWAY,
     STATUS_CLIENT_GONE,
@@ -187,28 +187,3 @@ def _error_status(payload: bytes) -> int:
         return 502
     code = error.get("code") if isinstance(error, dict) else None
     return code if isinstance(code, int) and 400 <= code < 500 else 502
-
-
-def answer_tokens(body: bytes, tokenizer: Tokenizer) -> int:
-    """The gateway's count of what a whole answer generated (for one that reports no usage)."""
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return 0
-    texts: list[str] = []
-    for choice in (doc.get("choices") if isinstance(doc, dict) else None) or ():
-        if isinstance(choice, dict):
-            _texts_of(choice, texts)
-    return len(tokenizer.encode("".join(texts))) if texts else 0
-
-
-def _texts_of(choice: dict[str, Any], texts: list[str]) -> None:
-    message = choice.get("message")
-    parts: list[Any] = [choice.get("text")]
-    if isinstance(message, dict):
-        parts += [message.get("content"), message.get("reasoning_content"), message.get("reasoning")]
-        for call in message.get("tool_calls") or ():
-            function = call.get("function") if isinstance(call, dict) else None
-            if isinstance(function, dict):
-                parts += [function.get("name"), function.get("arguments")]
-    texts.extend(p for p in parts if isinstance(p, str))

@@ -334,3 +334,59 @@ def _decoded(pieces: list[bytes]) -> str:
         return ""
     text = orjson.loads(b'"' + b"".join(pieces) + b'"')
     return str(text)
+
+
+def answer_as_stream(body: bytes, public_model: str, include_usage: bool) -> bytes | None:
+    """A whole answer (from an upstream that does not stream) as the SSE events a streaming
+    client expects: one chunk per choice with all its text, the usage trailer when asked
+    for, ``[DONE]``. None if ``body`` is not an answer."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("choices"), list):
+        return None
+    chat = doc.get("object") != "text_completion"
+    head = {"id": doc.get("id", ""), "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": doc.get("created", 0), "model": public_model}
+    events = []
+    for choice in doc["choices"]:
+        if not isinstance(choice, dict):
+            continue
+        part: dict[str, Any] = {"index": choice.get("index", 0)}
+        if chat:
+            message = choice.get("message") or {}
+            part["delta"] = {k: v for k, v in message.items() if v is not None}
+        else:
+            part["text"] = choice.get("text", "")
+        part["logprobs"] = choice.get("logprobs")
+        part["finish_reason"] = choice.get("finish_reason")
+        events.append({**head, "choices": [part]})
+    if include_usage and isinstance(doc.get("usage"), dict):
+        events.append({**head, "choices": [], "usage": doc["usage"]})
+    return b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+
+
+def answer_tokens(body: bytes, tokenizer: Tokenizer) -> int:
+    """The gateway's count of what a whole answer generated (for one that reports no usage)."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return 0
+    texts: list[str] = []
+    for choice in (doc.get("choices") if isinstance(doc, dict) else None) or ():
+        if isinstance(choice, dict):
+            _texts_of(choice, texts)
+    return len(tokenizer.encode("".join(texts))) if texts else 0
+
+
+def _texts_of(choice: dict[str, Any], texts: list[str]) -> None:
+    message = choice.get("message")
+    parts: list[Any] = [choice.get("text")]
+    if isinstance(message, dict):
+        parts += [message.get("content"), message.get("reasoning_content"), message.get("reasoning")]
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict):
+                parts += [function.get("name"), function.get("arguments")]
+    texts.extend(p for p in parts if isinstance(p, str))

@@ -10,8 +10,9 @@ from gateway.catalog import Model
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
 from gateway.lease import LeaseKeeper
 from gateway.openai_request import OpenAIRequest
+from gateway.relay.assemble import answer_as_stream, answer_tokens
 from gateway.relay.http1 import UpstreamResponse
-from gateway.relay.meter import ModelRenamer, StreamMeter
+from gateway.relay.meter import ModelRenamer, StreamMeter, Usage, usage_of_response
 from gateway.relay.outcome import Outcome
 from gateway.tokenizers import load_tokenizer
 from gateway.usage import (
@@ -54,8 +55,15 @@ async def relay_stream(
     failure: GatewayError | None = None
     fault = False
     status = STATUS_OK
+    whole: bytes | None = None
+    first = True
     try:
         while data := await response.read_some():  # TimeoutError after the idle timeout
+            if first:
+                first = False
+                if data.lstrip()[:1] == b"{":  # the upstream does not stream: one body
+                    whole = data + await response.read()
+                    break
             out = meter.feed(data)
             if out:
                 await send({"type": "http.response.body", "body": out, "more_body": True})
@@ -79,10 +87,12 @@ async def relay_stream(
         fault = True
     finally:
         watcher.cancel()
-        if meter.done:
+        if meter.done or whole is not None:
             response.release()  # back to the pool when the upstream's body has ended
         else:
             response.close()  # aborts the upstream request: vLLM stops generating
+    if whole is not None:
+        return await _whole_as_stream(send, whole, request, model, prompt)
     if status == STATUS_OK and failure is None and not meter.done and meter.error is None:
         failure = UpstreamError("upstream closed the stream before it was complete")
         fault = True
@@ -97,3 +107,21 @@ async def relay_stream(
         return Outcome(meter.final)
     return Outcome(meter.delivered(prompt), status=status, counted_by=COUNTED_BY_GATEWAY,
                    upstream_fault=fault)
+
+
+async def _whole_as_stream(send: Send, body: bytes, request: OpenAIRequest, model: Model,
+                           prompt: Callable[[], int]) -> Outcome:
+    """An upstream that answered a stream request with one body: its answer as SSE, billed
+    from its usage, else counted from its content."""
+    events = answer_as_stream(body, model.name, request.client_include_usage)
+    if events is None:
+        error = UpstreamError("upstream sent neither a stream nor an answer")
+        await send({"type": "http.response.body", "body": error.sse_event(), "more_body": False})
+        return Outcome(Usage(), status=STATUS_UPSTREAM_ERROR, counted_by=COUNTED_BY_GATEWAY,
+                       upstream_fault=True)
+    await send({"type": "http.response.body", "body": events, "more_body": False})
+    usage = usage_of_response(body)
+    if usage is not None:
+        return Outcome(usage)
+    generated = Usage(prompt(), answer_tokens(body, load_tokenizer(model.tokenizer)), 0)
+    return Outcome(generated, counted_by=COUNTED_BY_GATEWAY)

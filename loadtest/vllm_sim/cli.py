@@ -93,6 +93,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="report no usage at all, as some OpenAI-compatible servers do")
     p.add_argument("--ignore-max-tokens", action="store_true",
                    help="answer at natural length whatever max_tokens asks (a misbehaving server)")
+    p.add_argument("--ignore-stream", action="store_true",
+                   help="always answer with one JSON body, even when a stream is asked for")
     p.add_argument(
         "--fault",
         default=None,
@@ -126,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                     fault=FaultSpec(**fault.to_dict()),
                     report_usage=not args.no_usage,
                     ignore_max_tokens=args.ignore_max_tokens,
+                    ignore_stream=args.ignore_stream,
                 ),
                 args.host,
                 port,

@@ -100,6 +100,7 @@ class SimConfig:
     # Misbehaviours of other OpenAI-compatible servers, for the gateway's metering tests:
     report_usage: bool = True  # False: never any usage (streams and whole answers)
     ignore_max_tokens: bool = False  # True: answers run to their natural length regardless
+    ignore_stream: bool = False  # True: always one JSON body, whatever "stream" asks
 
     def __post_init__(self) -> None:
         if self.max_model_len < 1 or self.capacity < 1 or self.embedding_dim < 1:

@@ -75,8 +75,11 @@ def check_model(state: SimState, body: dict[str, Any]) -> None:
 
 
 def _usage_flags(state: SimState, body: dict[str, Any]) -> tuple[bool, bool, bool]:
-    """_stream_flags, but a server that reports no usage ignores what was asked for."""
+    """_stream_flags, but a server that reports no usage, or never streams, ignores what
+    was asked for."""
     stream, include, continuous = _stream_flags(body)
+    if state.config.ignore_stream:
+        return False, False, False
     if not state.config.report_usage:
         return stream, False, False
     return stream, include, continuous

@@ -92,3 +92,34 @@ def test_an_upstream_past_max_tokens_is_cut_and_billed_for_what_it_sent(
         text = choice["message"]["content"]
     assert event.completion_tokens == len(CL100K.encode(text))
     assert event.charge == cost(event.prompt_tokens, event.completion_tokens, 1000, 2000)
+
+
+@pytest.fixture(scope="module")
+def whole_gateway(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """A gateway in front of servers that never stream and report no usage."""
+    sims: Sims = start_sims(2, SERVED_CHAT, "--ignore-stream", "--no-usage")
+    tmp = tmp_path_factory.mktemp("whole")
+    gw = start_gateway(write_config(tmp / "models.yaml", sims), redis_url, tmp / "gateway.log")
+    yield gw
+    stop_process(gw.process)
+    stop_process(sims.process)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_upstream_that_cannot_stream_is_relayed_and_counted(whole_gateway: Gateway,
+                                                               stream: bool) -> None:
+    client = openai_client(whole_gateway.v1, whole_gateway.new_key())
+    if stream:
+        response = client.chat.completions.with_raw_response.create(
+            model=CHAT_MODEL, messages=MESSAGES, max_tokens=50, stream=True)
+        text = "".join(c.choices[0].delta.content or "" for c in response.parse() if c.choices)
+    else:
+        response = client.chat.completions.with_raw_response.create(
+            model=CHAT_MODEL, messages=MESSAGES, max_tokens=50)
+        reply = response.parse()
+        assert reply.model == CHAT_MODEL
+        text = reply.choices[0].message.content or ""
+    event = wait_for_event(whole_gateway.redis_url, response.headers["x-request-id"])
+    assert (event.status, event.counted_by) == ("ok", "gateway")
+    assert event.completion_tokens == len(CL100K.encode(text)) > 0
+    assert event.charge == cost(event.prompt_tokens, event.completion_tokens, 1000, 2000)

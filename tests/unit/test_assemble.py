@@ -9,8 +9,7 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.relay.answer import answer_tokens
-from gateway.relay.assemble import AnswerAssembler
+from gateway.relay.assemble import AnswerAssembler, answer_as_stream, answer_tokens
 from gateway.relay.meter import ModelRenamer, StreamMeter, Usage
 from gateway.tokenizers import load_tokenizer
 from loadtest.vllm_sim.textgen import Seq, SimModel
@@ -141,3 +140,20 @@ def test_answer_tokens_counts_a_whole_answer_without_usage() -> None:
         {"function": {"name": "f", "arguments": "{}"}}]}}, {"text": "more"}]})
     assert answer_tokens(body, CL100K) == len(CL100K.encode("hello worldf{}more"))
     assert answer_tokens(b"not json", CL100K) == 0
+
+
+def test_a_whole_answer_becomes_the_stream_a_client_asked_for() -> None:
+    body = orjson.dumps({"id": "c1", "object": "chat.completion", "created": 3, "model": "org/M",
+                         "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi",
+                                                              "tool_calls": None},
+                                      "logprobs": None, "finish_reason": "stop"}],
+                         "usage": {"prompt_tokens": 4, "completion_tokens": 1, "total_tokens": 5}})
+    events = answer_as_stream(body, "public", include_usage=True)
+    assert events is not None and events.endswith(b"data: [DONE]\n\n")
+    chunks = [orjson.loads(e[6:]) for e in events.split(b"\n\n") if e.startswith(b"data: {")]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "hi"}
+    assert chunks[0]["model"] == "public" and chunks[0]["object"] == "chat.completion.chunk"
+    assert chunks[1] == {"id": "c1", "object": "chat.completion.chunk", "created": 3,
+                         "model": "public", "choices": [], "usage": orjson.loads(body)["usage"]}
+    assert answer_as_stream(body, "public", include_usage=False).count(b"data: ") == 2  # type: ignore[union-attr]
+    assert answer_as_stream(b'{"error": 1}', "m", True) is None
