@@ -215,7 +215,9 @@ class StreamMeter:
     def _usage_slow(self, payload: bytes) -> bytes:
         doc = orjson.loads(payload)
         raw = doc.pop("usage", None)
-        if raw is None:
+        if raw is None:  # "usage": null on every chunk, as OpenAI sends with include_usage
+            if self._tokenizer is not None:
+                self._collect_from(doc)
             return orjson.dumps(doc) if not self._show_final else payload
         usage = Usage.from_json(raw)
         if not doc.get("choices"):
@@ -238,8 +240,11 @@ class StreamMeter:
         self.running = usage
 
     def _collect_text(self, payload: bytes) -> None:
+        self._collect_from(orjson.loads(payload))
+
+    def _collect_from(self, doc: dict[str, Any]) -> None:
         """Keep what a chunk generated (text, reasoning, tool calls) for our own count."""
-        for choice in orjson.loads(payload).get("choices") or ():
+        for choice in doc.get("choices") or ():
             if not isinstance(choice, dict):
                 continue
             if "delta" not in choice:

@@ -157,3 +157,16 @@ def test_a_whole_answer_becomes_the_stream_a_client_asked_for() -> None:
                          "model": "public", "choices": [], "usage": orjson.loads(body)["usage"]}
     assert answer_as_stream(body, "public", include_usage=False).count(b"data: ") == 2  # type: ignore[union-attr]
     assert answer_as_stream(b'{"error": 1}', "m", True) is None
+
+
+def test_openai_style_null_usage_chunks_are_counted_by_us() -> None:
+    """OpenAI sends "usage": null on every chunk until the trailer: a stream cut before the
+    trailer is counted from its text."""
+    chunks = [chunk({"content": w}, usage=None) for w in (" one", " two", " three")]
+    for doc in chunks:
+        doc["usage"] = None
+    meter = StreamMeter(ModelRenamer("m"), False, False, CL100K)
+    out = meter.feed(sse(*chunks))
+    assert b'"usage"' not in out  # hidden from a client that did not ask
+    assert meter.delivered(lambda: 7) == Usage(7, len(CL100K.encode(" one two three")), 0)
+    assert meter.exceeds(2) and not meter.exceeds(3)
