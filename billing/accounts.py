@@ -19,9 +19,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from billing.clock import Clock, ms_to_iso, wall_ms
 from billing.db.engine import transaction
 from billing.db.schema import accounts, api_keys
-from gateway.accounts import AccountRegistry, KeyLimits
-from gateway.auth import display_prefix, hash_key, new_secret
-from gateway.errors import NotFound, QuotaUnavailable
+from gateway.contract import (
+    AccountRegistry,
+    KeyLimits,
+    NotFound,
+    QuotaUnavailable,
+    display_prefix,
+    hash_key,
+    new_secret,
+)
 
 log = logging.getLogger("tokengate.billing")
 LIMIT_FIELDS = ("models", "rpm", "tpm", "max_concurrency", "disabled")

@@ -15,9 +15,7 @@ from billing.balances import account_balance
 from billing.packages import NewPackage
 from billing.service import Billing
 from billing.usage_query import UsageQuery, export_csv, usage_page
-from gateway.accounts import KeyLimits
-from gateway.errors import BadRequest, NotFound
-from gateway.usage import iso_to_ms
+from gateway.contract import BadRequest, KeyLimits, NotFound, iso_to_ms, key_authenticator
 
 Name = Field(min_length=1, max_length=200)
 Ident = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
@@ -102,7 +100,7 @@ async def update_key(key_id: str, body: KeyChanges, request: Request, billing: B
     key = await billing.accounts.update_key(key_id, changes)
     if key is None:
         raise NotFound(f"no key {key_id!r}")
-    request.app.state.gateway.authenticator.forget(key_id)
+    key_authenticator(request.app.state).forget(key_id)
     return key
 
 
@@ -110,7 +108,7 @@ async def update_key(key_id: str, body: KeyChanges, request: Request, billing: B
 async def delete_key(key_id: str, request: Request, billing: BillingDep) -> Response:
     if not await billing.accounts.revoke_key(key_id):
         raise NotFound(f"no key {key_id!r}")
-    request.app.state.gateway.authenticator.forget(key_id)
+    key_authenticator(request.app.state).forget(key_id)
     return Response(status_code=204)
 
 

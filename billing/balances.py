@@ -18,9 +18,7 @@ from billing.clock import Clock, ms_to_iso, wall_ms
 from billing.db.engine import transaction
 from billing.db.schema import grants
 from billing.ledger import ledger_balance, ledger_grants
-from gateway.errors import BalanceUnknown
-from gateway.quota.accounts import AccountStore
-from gateway.quota.grants import GrantState
+from gateway.contract import AccountStore, BalanceUnknown, GrantState
 
 
 def _grant(state: GrantState, meta: Any) -> dict[str, Any]:

@@ -15,8 +15,7 @@ from billing.db.engine import create_engine
 from billing.reconcile import Reconciler
 from billing.service import Billing
 from billing.worker import BillingWorker, WorkerOptions
-from gateway.settings import Settings
-from gateway.state import connect_redis
+from gateway.contract import Settings, connect_redis
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

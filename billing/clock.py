@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from gateway.usage import iso_to_ms, ms_to_iso
+from gateway.contract import iso_to_ms, ms_to_iso
 
 __all__ = ["DAY_MS", "Clock", "day_of", "iso_to_ms", "ms_to_iso", "wall_ms"]
 

@@ -6,7 +6,7 @@ LedgerUnavailable   503 service_unavailable   (the database cannot answer now)
 
 from __future__ import annotations
 
-from gateway.errors import GatewayError, ServiceUnavailable
+from gateway.contract import GatewayError, ServiceUnavailable
 
 
 class Conflict(GatewayError):

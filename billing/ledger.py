@@ -24,25 +24,29 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Table, bindparam, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing.db.schema import grants, ledger_entries, ledger_legs, usage_records
-from gateway.usage import EVENT_FIELDS, UsageEvent
+from gateway.contract import EVENT_FIELDS, UsageEvent
 
 
 class LedgerRefused(ValueError):
     """The ledger cannot record this input as it is (a poison event, a bad purchase)."""
 
 
+# The books a leg posts to: a grant's credits, what was sold, what was used.
+Book = Literal["grant", "sales", "usage"]
+
+
 @dataclass(frozen=True, slots=True)
 class Leg:
     account_id: str
     grant_id: str
-    book: str  # grant | sales | usage
+    book: Book
     amount: int
 
 

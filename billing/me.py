@@ -12,8 +12,7 @@ from billing.api import FromQ, LimitQ, ToQ, usage_query
 from billing.balances import account_balance
 from billing.service import Billing
 from billing.usage_query import usage_page
-from gateway.auth import KeyRef
-from gateway.errors import AuthenticationFailed
+from gateway.contract import AuthenticationFailed, KeyRef, key_authenticator
 
 KEY_FIELDS = ("id", "name", "prefix", "models", "rpm", "tpm", "max_concurrency")
 
@@ -30,7 +29,7 @@ async def caller(request: Request, billing: BillingDep) -> tuple[KeyRef, dict[st
     """The key presented (``Authorization: Bearer tg-...``) and its record, if it is live."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    ref: KeyRef = await request.app.state.gateway.authenticator.authenticate(
+    ref: KeyRef = await key_authenticator(request.app.state).authenticate(
         token.strip() if scheme.lower() == "bearer" else None
     )
     key = await billing.accounts.get_key(ref.key_id)  # the ledger: not revoked, not disabled

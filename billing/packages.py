@@ -22,8 +22,7 @@ from billing.db.engine import transaction
 from billing.db.schema import accounts, grants, packages
 from billing.errors import Conflict
 from billing.ledger import post, purchase_legs
-from gateway.errors import BalanceUnknown, NotFound, QuotaUnavailable
-from gateway.quota.accounts import AccountStore
+from gateway.contract import AccountStore, BalanceUnknown, NotFound, QuotaUnavailable
 
 log = logging.getLogger("tokengate.billing")
 

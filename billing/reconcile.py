@@ -36,11 +36,15 @@ from billing.db.schema import accounts, api_keys, usage_records
 from billing.ledger import LedgerGrant, ledger_grants, recorded_ids
 from billing.streams import Entry, entries_of
 from billing.trim import MARGIN_S
-from gateway import keyspace
-from gateway.accounts import AccountRegistry
-from gateway.quota.accounts import AccountStore, new_epoch
-from gateway.quota.keys import dead_letter_key, grants_key
-from gateway.usage import parse_allocation
+from gateway.contract import (
+    AccountRegistry,
+    AccountStore,
+    dead_letter_key,
+    grants_key,
+    keyspace,
+    new_epoch,
+    parse_allocation,
+)
 
 log = logging.getLogger("tokengate.billing")
 

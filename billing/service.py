@@ -13,9 +13,7 @@ from billing.clock import Clock, wall_ms
 from billing.db import migrate
 from billing.db.engine import create_engine, is_sqlite
 from billing.packages import PackageService
-from gateway.accounts import AccountRegistry
-from gateway.quota.accounts import AccountStore
-from gateway.quota.scripts import RedisClient
+from gateway.contract import AccountRegistry, AccountStore, RedisClient
 
 log = logging.getLogger("tokengate.billing")
 

@@ -16,10 +16,7 @@ from typing import Any
 from redis import exceptions as rx
 from redis.asyncio.cluster import RedisCluster
 
-from gateway import keyspace
-from gateway.keyspace import reply_text
-from gateway.quota.keys import BILLING_GROUP, dead_letter_key
-from gateway.quota.scripts import RedisClient
+from gateway.contract import BILLING_GROUP, RedisClient, dead_letter_key, keyspace, reply_text
 
 
 @dataclass(frozen=True, slots=True)

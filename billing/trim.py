@@ -27,10 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from billing.ledger import recorded_ids
 from billing.streams import entries_of, shard_of_stream
-from gateway import keyspace
-from gateway.quota.journal import group_progress, stream_id
-from gateway.quota.keys import BILLING_GROUP, dead_letter_key
-from gateway.quota.scripts import RedisClient
+from gateway.contract import BILLING_GROUP, RedisClient, dead_letter_key, group_progress, keyspace, stream_id
 
 log = logging.getLogger("tokengate.billing")
 MARGIN_S = 60.0

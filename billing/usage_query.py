@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from billing.clock import DAY_MS, day_of, ms_to_iso
 from billing.db.engine import transaction
 from billing.db.schema import usage_records
-from gateway.errors import BadRequest
+from gateway.contract import BadRequest
 
 GROUPS = {"day": "day", "model": "model", "key": "key_id"}
 RECORD_FIELDS = (

@@ -37,10 +37,7 @@ from billing.db.engine import WriterConnection, is_unavailable
 from billing.ledger import Recorded, record_usage
 from billing.streams import Entry, UsageStreams
 from billing.trim import StreamTrimmer
-from gateway.heap import settle_heap
-from gateway.quota.accounts import UNAVAILABLE
-from gateway.quota.scripts import RedisClient
-from gateway.usage import UsageEvent
+from gateway.contract import UNAVAILABLE, RedisClient, UsageEvent, settle_heap
 
 log = logging.getLogger("tokengate.billing")
 

@@ -20,6 +20,8 @@ from gateway.prompt_rules import UNKNOWABLE_FIELDS, MediaLimits
 from gateway.routing.config import RoutingConfig
 from gateway.tokenizers import TokenizerError, load_tokenizer
 
+ModelKind = Literal["chat", "embedding"]  # what a model serves: /v1/chat|completions or /v1/embeddings
+
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$"
 
 
@@ -87,7 +89,7 @@ class MediaSpec(_Strict):
 class ModelSpec(_Strict):
     name: str = Field(pattern=_NAME)
     served_name: str | None = None
-    kind: Literal["chat", "embedding"] = "chat"
+    kind: ModelKind = "chat"
     tokenizer: str = "tiktoken:cl100k_base"
     # Whether `tokenizer` is the model's own. Default: yes for hf:<dir> and bytes, no for
     # tiktoken (a stand-in: reservations then hold the prompt's UTF-8 byte bound).
@@ -189,7 +191,7 @@ class Endpoint:
 class Model:
     name: str
     served_name: str
-    kind: str
+    kind: ModelKind
     tokenizer: str
     context_window: int
     input_pm: int

@@ -1,4 +1,5 @@
-"""The ``tokengate`` command: serve, sim, quickstart, billing (worker, reconcile, migrate)."""
+"""The ``tokengate`` command: serve, sim, quickstart, billing (worker, reconcile, migrate), and
+the admin commands over the admin API (accounts, keys, packages, purchases, usage)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import argparse
 import logging
 import os
 import sys
+from typing import NoReturn
 
+from gateway.admincli import COMMANDS as ADMIN_COMMANDS
 from gateway.catalog import CatalogError, load_catalog, stand_in_warnings
 
 log = logging.getLogger("tokengate.catalog")
@@ -59,8 +62,15 @@ def _sim(argv: list[str]) -> int:
     return sim_main(argv)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (``tokengate: ...``) and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"tokengate: {message} (see: {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="tokengate", description="Token-metered OpenAI gateway")
+    root = _Parser(prog="tokengate", description="Token-metered OpenAI gateway")
     sub = root.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the gateway")
@@ -81,6 +91,10 @@ def parser() -> argparse.ArgumentParser:
     from billing.cli import add_parser as add_billing
 
     add_billing(sub)
+
+    from gateway.admincli import add_parsers as add_admin
+
+    add_admin(sub)
     return root
 
 
@@ -91,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command in ADMIN_COMMANDS:
+        from gateway.admincli import run as run_admin
+
+        return run_admin(args)
     if args.command == "billing":
         from billing.cli import run as run_billing
 

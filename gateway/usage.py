@@ -1,4 +1,4 @@
-"""The usage event: the one contract between the gateway (which settles) and billing.
+"""The usage event: what settlement appends and billing records (part of ``gateway.contract``).
 
 Settlement appends one event per request id to the shard's Redis Stream
 (``keyspace.usage_stream_key``) in the same Lua script that charges the balance, so an
@@ -23,21 +23,25 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Final, Literal, get_args
 
 from gateway.keyspace import reply_text
 
-STATUS_OK = "ok"
-STATUS_PARTIAL = "partial"
-STATUS_CLIENT_GONE = "client_gone"
-STATUS_UPSTREAM_ERROR = "upstream_error"
-STATUS_EXPIRED = "expired"
-STATUSES = frozenset(
-    {STATUS_OK, STATUS_PARTIAL, STATUS_CLIENT_GONE, STATUS_UPSTREAM_ERROR, STATUS_EXPIRED}
-)
+# How a request ended and who counted its tokens. The aliases are for the type checker
+# only (no cost per request); the constants are the values code writes.
+Status = Literal["ok", "partial", "client_gone", "upstream_error", "expired"]
+CountedBy = Literal["upstream", "gateway"]
 
-COUNTED_BY_UPSTREAM = "upstream"
-COUNTED_BY_GATEWAY = "gateway"
-COUNTED_BY = frozenset({COUNTED_BY_UPSTREAM, COUNTED_BY_GATEWAY})
+STATUS_OK: Final = "ok"
+STATUS_PARTIAL: Final = "partial"
+STATUS_CLIENT_GONE: Final = "client_gone"
+STATUS_UPSTREAM_ERROR: Final = "upstream_error"
+STATUS_EXPIRED: Final = "expired"
+STATUSES: frozenset[str] = frozenset(get_args(Status))
+
+COUNTED_BY_UPSTREAM: Final = "upstream"
+COUNTED_BY_GATEWAY: Final = "gateway"
+COUNTED_BY: frozenset[str] = frozenset(get_args(CountedBy))
 
 FieldsIn = Mapping[bytes, bytes] | Mapping[str, str] | Mapping[bytes | str, bytes | str]
 
@@ -120,8 +124,8 @@ class UsageEvent:
     completion_tokens: int
     cached_tokens: int
     charge: int
-    status: str
-    counted_by: str
+    status: Status
+    counted_by: CountedBy
     stream: bool
     started_at_ms: int
     finished_at_ms: int

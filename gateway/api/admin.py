@@ -2,19 +2,21 @@
 
 The routes that touch the ledger (accounts, keys, packages, purchases, usage, export) live
 with it in ``billing/api.py``; this router mounts them behind the admin credential, beside
-the gateway's own (config reload).
+the gateway's own (config reload) and the lists of accounts and keys (``billing/directory.py``).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 
+from billing.api import BillingDep
 from billing.api import router as billing_admin
+from billing.directory import MAX_ACCOUNTS, list_accounts, list_keys
 from gateway.auth import is_admin
 from gateway.catalog import CatalogError
-from gateway.errors import AuthenticationFailed, BadRequest
+from gateway.errors import AuthenticationFailed, BadRequest, NotFound
 from gateway.state import GatewayState
 from gateway.tokenizers import TokenizerError
 
@@ -40,6 +42,38 @@ router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
 
 
 router.include_router(billing_admin)  # accounts, keys, packages, purchases, usage
+
+
+def only_params(*names: str) -> Any:
+    """A dependency refusing (400) query parameters other than ``names``."""
+
+    def check(request: Request) -> None:
+        for name in request.query_params:
+            if name not in names:
+                allowed = ", ".join(names) or "none"
+                raise BadRequest(f"unknown query parameter {name!r} (allowed: {allowed})", param=name)
+
+    return Depends(check)
+
+
+@router.get("/accounts", dependencies=[only_params("q", "limit", "cursor")])
+async def accounts_list(
+    billing: BillingDep,
+    q: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_ACCOUNTS)] = 50,
+    cursor: Annotated[str | None, Query(max_length=400)] = None,
+) -> dict[str, Any]:
+    """Accounts, newest first: ``q`` matches a name (case-insensitive substring) or an exact id."""
+    return await list_accounts(billing.engine, q, limit, cursor)
+
+
+@router.get("/accounts/{account_id}/keys", dependencies=[only_params()])
+async def keys_list(account_id: str, billing: BillingDep) -> dict[str, Any]:
+    """The account's keys that are not revoked, without their secrets."""
+    keys = await list_keys(billing.engine, account_id)
+    if keys is None:
+        raise NotFound(f"no account {account_id!r}")
+    return {"data": keys}
 
 
 @router.post("/config/reload")

@@ -31,6 +31,7 @@ from gateway.usage import (
     STATUS_OK,
     STATUS_PARTIAL,
     STATUS_UPSTREAM_ERROR,
+    Status,
 )
 
 
@@ -102,7 +103,7 @@ async def relay_whole(
     watcher = asyncio.ensure_future(watch_disconnect(receive, asyncio.current_task()))
     failure: GatewayError | None = None
     fault = cut = whole = False
-    status = STATUS_OK
+    status: Status = STATUS_OK
     head = b""
     try:
         async with asyncio.timeout(deadline_s) if deadline_s else contextlib.nullcontext():
@@ -149,7 +150,7 @@ async def _answer(
     answer: AnswerAssembler,
     headers: list[tuple[bytes, bytes]],
     prompt: Callable[[], int],
-    status: str,
+    status: Status,
     failure: GatewayError | None,
     fault: bool,
     cut: bool,

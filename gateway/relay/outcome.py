@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from gateway.catalog import Endpoint
 from gateway.relay.meter import Usage
-from gateway.usage import COUNTED_BY_GATEWAY, COUNTED_BY_UPSTREAM, STATUS_OK
+from gateway.usage import COUNTED_BY_GATEWAY, COUNTED_BY_UPSTREAM, STATUS_OK, CountedBy, Status
 
 
 @dataclass(slots=True)
@@ -19,13 +19,13 @@ class Outcome:
     """
 
     usage: Usage
-    status: str = STATUS_OK
-    counted_by: str = COUNTED_BY_UPSTREAM
+    status: Status = STATUS_OK
+    counted_by: CountedBy = COUNTED_BY_UPSTREAM
     endpoint: Endpoint | None = None
     upstream_fault: bool = False
 
 
-def counted(usage: Usage | None, fallback: Usage, status: str = STATUS_OK, *,
+def counted(usage: Usage | None, fallback: Usage, status: Status = STATUS_OK, *,
             fault: bool = False) -> Outcome:
     """The upstream's own usage when it sent one, else ``fallback`` counted by the gateway."""
     if usage is not None:

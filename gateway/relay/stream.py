@@ -21,6 +21,7 @@ from gateway.usage import (
     STATUS_OK,
     STATUS_PARTIAL,
     STATUS_UPSTREAM_ERROR,
+    Status,
 )
 
 
@@ -54,7 +55,7 @@ async def relay_stream(
     lease.progress = meter.progress
     failure: GatewayError | None = None
     fault = False
-    status = STATUS_OK
+    status: Status = STATUS_OK
     whole: bytes | None = None
     first = True
     try:
