@@ -47,8 +47,10 @@ class GatewayApp:
                 await app.state.billing.close()
                 await self.state.close()
 
-        self.control = FastAPI(title="tokengate", lifespan=lifespan, docs_url="/admin/docs",
-                               openapi_url="/admin/openapi.json", redoc_url=None)
+        # The schema and its docs are served by admin routes (behind the admin credential),
+        # not by FastAPI's public defaults.
+        self.control = FastAPI(title="tokengate", lifespan=lifespan, docs_url=None,
+                               openapi_url=None, redoc_url=None)
         self.control.include_router(health.router)
         self.control.include_router(admin.router)
         self.control.include_router(endpoints.router)

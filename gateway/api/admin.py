@@ -7,9 +7,12 @@ the gateway's own (config reload) and the lists of accounts and keys (``billing/
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from billing.api import BillingDep
 from billing.api import router as billing_admin
@@ -42,6 +45,22 @@ router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
 
 
 router.include_router(billing_admin)  # accounts, keys, packages, purchases, usage
+
+
+@router.get("/openapi.json", include_in_schema=False)
+async def openapi_schema(request: Request) -> JSONResponse:
+    """The admin API's OpenAPI schema, for the admin only: it maps the whole control surface."""
+    return JSONResponse(request.app.openapi())
+
+
+@router.get("/docs", include_in_schema=False)
+async def openapi_docs(request: Request) -> HTMLResponse:
+    """Swagger UI over that schema, which the page carries inline (so the browser, which
+    cannot send the bearer credential, never fetches it)."""
+    page = get_swagger_ui_html(openapi_url="/admin/openapi.json", title="tokengate admin API")
+    spec = json.dumps(request.app.openapi()).replace("</", "<\\/")  # stays inside its <script>
+    html = bytes(page.body).decode()
+    return HTMLResponse(html.replace("url: '/admin/openapi.json',", f"spec: {spec},"))
 
 
 def only_params(*names: str) -> Any:
