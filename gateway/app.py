@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 
 from billing.service import Billing
 from gateway.api import admin, endpoints, health, me
+from gateway.api.admin_guard import AdminGuard
 from gateway.api.openai import OpenAIHandler, client_request_id, new_request_id
 from gateway.asgi import Receive, Scope, Send, with_header
 from gateway.catalog import Catalog
@@ -58,6 +59,8 @@ class GatewayApp:
         self.control.add_exception_handler(GatewayError, _gateway_error)  # type: ignore[arg-type]
         self.control.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
         self.control.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
+        admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
+        self.admin_guard = AdminGuard(self.control, admin_key, settings.max_body_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -70,7 +73,11 @@ class GatewayApp:
         if self.handler is not None and path.startswith("/v1/") and not path.startswith("/v1/me"):
             await self.handler(scope, receive, send)
             return
-        await self.control(scope, receive, with_header(send, b"x-request-id", new_request_id().encode()))
+        request_id = new_request_id()
+        if path.startswith("/admin"):  # credential and body bound before FastAPI reads a byte
+            await self.admin_guard(scope, receive, send, request_id)
+            return
+        await self.control(scope, receive, with_header(send, b"x-request-id", request_id.encode()))
 
 
 async def _gateway_error(request: Request, error: GatewayError) -> Response:
