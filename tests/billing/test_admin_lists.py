@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,8 +34,13 @@ def gateway(ledger_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 def make_accounts(gw: Gateway, names: list[str]) -> list[dict[str, Any]]:
+    """Accounts created a few milliseconds apart: newest first has no order within one ms."""
+    made = []
     with gw.admin() as admin:
-        return [admin.post("/admin/accounts", json={"name": n}).raise_for_status().json() for n in names]
+        for name in names:
+            made.append(admin.post("/admin/accounts", json={"name": name}).raise_for_status().json())
+            time.sleep(0.003)
+    return made
 
 
 def all_pages(gw: Gateway, **params: Any) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ it is no debit, so reconcile stays clean."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import dataclasses
 import io
@@ -61,6 +62,7 @@ async def test_uncollected_is_recorded_shown_and_exported(
     who = await funded(billing, [Pack(100)])
     first = await request(store, who, prompt=10, completion=10)  # 30
     assert first is not None and (first.charge, first.uncollected) == (30, 0)
+    await asyncio.sleep(0.01)  # newest first: two requests of one millisecond have no order
     event = await overspend(store, who)  # 50 reserved + the 20 left; 180 of 250 uncollected
     assert (event.charge, event.uncollected) == (70, 180) == (70, cost(50, 100, 1000, 2000) - 70)
     await drain(billing, redis)
