@@ -20,10 +20,10 @@ from gateway.catalog import Model
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, upstream_error_body
 from gateway.lease import LeaseKeeper
 from gateway.openai_request import OpenAIRequest
-from gateway.relay.assemble import AnswerAssembler, answer_tokens
+from gateway.relay.assemble import AnswerAssembler
 from gateway.relay.http1 import UpstreamResponse
-from gateway.relay.meter import ModelRenamer, Usage, usage_of_response
-from gateway.relay.outcome import Outcome, counted
+from gateway.relay.meter import ModelRenamer, Usage
+from gateway.relay.outcome import Outcome, counted, of_answer
 from gateway.tokenizers import load_tokenizer
 from gateway.usage import (
     COUNTED_BY_GATEWAY,
@@ -74,11 +74,7 @@ async def relay_json(
         return Outcome(Usage(), status=STATUS_UPSTREAM_ERROR, counted_by=COUNTED_BY_GATEWAY)
     await send_bytes(send, response.status, ModelRenamer(model.name)(body), request_id,
                      [*JSON_HEADERS, *headers])
-    usage = usage_of_response(body)
-    if usage is not None:
-        return Outcome(usage)
-    return Outcome(Usage(prompt(), answer_tokens(body, load_tokenizer(model.tokenizer)), 0),
-                   counted_by=COUNTED_BY_GATEWAY)
+    return of_answer(body, load_tokenizer(model.tokenizer), prompt)
 
 
 async def relay_whole(

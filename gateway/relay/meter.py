@@ -82,7 +82,61 @@ class ModelRenamer:
         return payload[:start] + self.new + payload[end + 1 :]
 
 
-class StreamMeter:
+class GenerationTally:
+    """How much an upstream generated so far: its running usage per choice when it sends one,
+    else the gateway's own count of the generated text (``count_generated``).
+
+    The stream meter and the whole-answer assembler both keep one, so that a cut at the
+    reservation, a checkpoint and a settlement read the same figures however they were sent.
+    """
+
+    def __init__(self) -> None:
+        self.choices: dict[int, Usage] = {}  # the running usage per choice, when reported
+        self.final: Usage | None = None  # the closing usage, when reported
+        self.text_bytes = 0  # generated text so far, in bytes: a bound on its tokens
+        self._counted = (0, 0)  # (text bytes, tokens) at the last count
+
+    def count_generated(self) -> int:
+        """The gateway's own count of the generated text (for upstreams without usage)."""
+        raise NotImplementedError
+
+    def completion_so_far(self) -> int:
+        """Completion tokens the upstream reported so far, over all choices."""
+        if len(self.choices) == 1:
+            return next(iter(self.choices.values())).completion_tokens
+        return sum(u.completion_tokens for u in self.choices.values())
+
+    def exceeds(self, limit: int) -> bool:
+        """Whether more than ``limit`` completion tokens were generated: the upstream's running
+        count, else ours. Ours is recounted only once enough bytes arrived since the last count
+        to pass ``limit`` (a token is at least a byte), so a long stream is not re-tokenized
+        at every read."""
+        if self.choices:
+            return self.completion_so_far() > limit
+        counted_bytes, counted = self._counted
+        if counted + self.text_bytes - counted_bytes <= limit:
+            return False
+        self._counted = (self.text_bytes, self.count_generated())
+        return self._counted[1] > limit
+
+    def progress(self) -> tuple[int, int | None]:
+        """(completion tokens generated so far, prompt tokens if the upstream reported
+        them): what a checkpoint records for the reaper."""
+        delivered = self.delivered()
+        return delivered.completion_tokens, delivered.prompt_tokens or None
+
+    def delivered(self, prompt: Callable[[], int] = lambda: 0) -> Usage:
+        """What was generated: the upstream's running usage, else the gateway's own count
+        (``prompt`` counts the prompt, called only then)."""
+        if self.choices:
+            per_choice = list(self.choices.values())
+            return Usage(max(u.prompt_tokens for u in per_choice),
+                         sum(u.completion_tokens for u in per_choice),
+                         max(u.cached_tokens for u in per_choice))
+        return Usage(prompt(), self.count_generated(), 0)
+
+
+class StreamMeter(GenerationTally):
     """Splits an upstream SSE byte stream into events, counts usage, rewrites what must change.
 
     ``feed`` returns the bytes to forward to the client. ``running`` is the upstream's running
@@ -98,6 +152,7 @@ class StreamMeter:
         *,
         whole_blocks: bool = True,
     ) -> None:
+        super().__init__()
         self._rename = rename
         self._whole_blocks = whole_blocks
         self._upstream_model: bytes | None = None  # b'"model":"<as the upstream calls it>"'
@@ -106,11 +161,7 @@ class StreamMeter:
         self._tokenizer = tokenizer
         self._pending = b""
         self._texts: list[str] = []  # only used when the upstream sends no running usage
-        self._text_bytes = 0  # their UTF-8 size: a bound on their tokens (byte-level BPE)
-        self._counted = (0, 0)  # (text bytes, tokens) at the last count
         self.running: Usage | None = None
-        self.choices: dict[int, Usage] = {}
-        self.final: Usage | None = None
         self.done = False
         self.error: bytes | None = None
 
@@ -266,47 +317,12 @@ class StreamMeter:
     def _keep(self, text: object) -> None:
         if isinstance(text, str) and text:
             self._texts.append(text)
-            self._text_bytes += len(text.encode())
+            self.text_bytes += len(text.encode())
 
-    def exceeds(self, limit: int) -> bool:
-        """Whether more than ``limit`` completion tokens were generated: the upstream's running
-        count, else ours. Ours is recounted only once enough bytes arrived since the last count
-        to pass ``limit`` (a token is at least a byte), so a long stream is not re-tokenized
-        at every read."""
-        if self.choices:
-            return self.completion_so_far() > limit
-        counted_bytes, counted = self._counted
-        if counted + self._text_bytes - counted_bytes <= limit:
-            return False
-        self._counted = (self._text_bytes, self._count_texts())
-        return self._counted[1] > limit
-
-    def _count_texts(self) -> int:
+    def count_generated(self) -> int:
         if self._tokenizer is None or not self._texts:
             return 0
         return len(self._tokenizer.encode("".join(self._texts)))
-
-    def completion_so_far(self) -> int:
-        """Completion tokens the upstream reported so far, over all choices."""
-        if len(self.choices) == 1:
-            return next(iter(self.choices.values())).completion_tokens
-        return sum(u.completion_tokens for u in self.choices.values())
-
-    def progress(self) -> tuple[int, int | None]:
-        """(completion tokens delivered so far, prompt tokens if the upstream reported
-        them): what a checkpoint records for the reaper."""
-        delivered = self.delivered()
-        return delivered.completion_tokens, delivered.prompt_tokens or None
-
-    def delivered(self, prompt: Callable[[], int] = lambda: 0) -> Usage:
-        """What was delivered: the upstream's running usage, else the gateway's own count
-        (``prompt`` counts the prompt, called only then)."""
-        if self.choices:
-            per_choice = list(self.choices.values())
-            return Usage(max(u.prompt_tokens for u in per_choice),
-                         sum(u.completion_tokens for u in per_choice),
-                         max(u.cached_tokens for u in per_choice))
-        return Usage(prompt(), self._count_texts(), 0)
 
 
 def usage_of_response(body: bytes) -> Usage | None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.catalog import Endpoint
-from gateway.relay.meter import Usage
+from gateway.relay.assemble import answer_tokens
+from gateway.relay.meter import Usage, usage_of_response
+from gateway.tokenizers import Tokenizer
 from gateway.usage import COUNTED_BY_GATEWAY, COUNTED_BY_UPSTREAM, STATUS_OK, CountedBy, Status
 
 
@@ -31,3 +34,12 @@ def counted(usage: Usage | None, fallback: Usage, status: Status = STATUS_OK, *,
     if usage is not None:
         return Outcome(usage, status=status, upstream_fault=fault)
     return Outcome(fallback, status=status, counted_by=COUNTED_BY_GATEWAY, upstream_fault=fault)
+
+
+def of_answer(body: bytes, tokenizer: Tokenizer, prompt: Callable[[], int]) -> Outcome:
+    """A whole answer's outcome: its usage, else the gateway's count of its content (and
+    ``prompt()`` for the prompt)."""
+    usage = usage_of_response(body)
+    if usage is not None:
+        return Outcome(usage)
+    return Outcome(Usage(prompt(), answer_tokens(body, tokenizer), 0), counted_by=COUNTED_BY_GATEWAY)

@@ -10,10 +10,10 @@ from gateway.catalog import Model
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
 from gateway.lease import LeaseKeeper
 from gateway.openai_request import OpenAIRequest
-from gateway.relay.assemble import answer_as_stream, answer_tokens
+from gateway.relay.assemble import answer_as_stream
 from gateway.relay.http1 import UpstreamResponse
-from gateway.relay.meter import ModelRenamer, StreamMeter, Usage, usage_of_response
-from gateway.relay.outcome import Outcome
+from gateway.relay.meter import ModelRenamer, StreamMeter, Usage
+from gateway.relay.outcome import Outcome, of_answer
 from gateway.tokenizers import load_tokenizer
 from gateway.usage import (
     COUNTED_BY_GATEWAY,
@@ -121,8 +121,4 @@ async def _whole_as_stream(send: Send, body: bytes, request: OpenAIRequest, mode
         return Outcome(Usage(), status=STATUS_UPSTREAM_ERROR, counted_by=COUNTED_BY_GATEWAY,
                        upstream_fault=True)
     await send({"type": "http.response.body", "body": events, "more_body": False})
-    usage = usage_of_response(body)
-    if usage is not None:
-        return Outcome(usage)
-    generated = Usage(prompt(), answer_tokens(body, load_tokenizer(model.tokenizer)), 0)
-    return Outcome(generated, counted_by=COUNTED_BY_GATEWAY)
+    return of_answer(body, load_tokenizer(model.tokenizer), prompt)
