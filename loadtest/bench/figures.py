@@ -164,7 +164,7 @@ def checks(t: Table) -> list[Check]:
     record; on a slower day, 2.5x what vllm-router adds in the same run, when that is more.
     """
     def slow_day(bound: float, router_added: float | None) -> float:
-        return bound if router_added is None else max(bound, 2.5 * router_added)
+        return bound if router_added is None else max(bound, round(2.5 * router_added, 2))
 
     router_cpu = cpu_us(t, ST_C32.key, "vllm-router")
     return [
