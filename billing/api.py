@@ -1,4 +1,4 @@
-"""The admin routes that touch the ledger (gateway/api/admin.py mounts them under /admin,
+"""The admin routes that touch the ledger (control/admin.py mounts them under /admin,
 behind the admin credential). Thin: parse, call billing, map the answer.
 """
 

@@ -1,4 +1,4 @@
-"""Self-service with an API key (gateway/api/me.py mounts it at /v1/me): the key's own
+"""Self-service with an API key (control/me.py mounts it at /v1/me): the key's own
 account only. No route takes an account id: the account is the key's, always.
 """
 

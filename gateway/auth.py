@@ -85,12 +85,17 @@ class Authenticator:
         return ref
 
     async def authenticate_enabled(self, token: str | None) -> KeyRef:
-        """As :meth:`authenticate`, and the key must not be disabled (for routes that, unlike
-        inference, do not pass the admission script, which checks that itself)."""
+        """As :meth:`authenticate`, and the key must be live: not disabled, not revoked (for
+        routes that, unlike inference, do not pass the admission script, which checks that
+        itself). The cache cannot keep a revoked key alive: its record is read every time,
+        and a record that is gone (revoked, by any control-plane replica) drops it here."""
         ref = await self.authenticate(token)
         name = key_record_key(ref.account_id, ref.key_id)
         async with _quota_store():
             disabled = await self._redis.execute_keyed(name, "HGET", name, "disabled")
+        if disabled is None:  # every live key's record has the field: this one was revoked
+            self.forget(ref.key_id)
+            raise AuthenticationFailed("invalid API key", code="invalid_api_key")
         if disabled in (b"1", "1"):
             raise AuthenticationFailed("this API key is disabled", code="invalid_api_key")
         return ref

@@ -18,7 +18,12 @@ emits. They meet in Redis, and this module names everything both sides must agre
 * **what a process serving billing's routes shares with the gateway**: the Redis client
   (:func:`connect_redis`, :data:`RedisClient`), the settings, the journal helpers that
   read the billing group's progress, :func:`settle_heap`, and the key cache
-  (:class:`KeyAuthenticator`, :func:`key_authenticator`).
+  (:class:`KeyAuthenticator`, :func:`key_authenticator`, :func:`open_key_authenticator`);
+* **what the control plane needs of the data plane**: the admin credential check
+  (:func:`bearer_token`, :func:`is_admin`), the plain ASGI helpers its admin door uses,
+  the error body (:func:`error_body`, :func:`error_type_for`), request ids, the catalog
+  loader to validate a reload, and the Redis channel between the planes (:mod:`ops`:
+  routing reports, reload requests).
 
 Why one module: the data plane can change anything behind it (the relay, the Lua scripts,
 the request path) without touching billing, and a change here is a change of the contract,
@@ -29,11 +34,24 @@ alembic or billing (``tests/unit/test_contract.py`` holds both sides to that).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from gateway import keyspace
+from gateway import keyspace, ops
 from gateway.accounts import AccountRegistry, KeyLimits
-from gateway.auth import Authenticator, KeyRef, display_prefix, hash_key, new_secret
+from gateway.asgi import (
+    ASGIApp,
+    ClientGone,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    send_error,
+    with_header,
+)
+from gateway.auth import Authenticator, KeyRef, bearer_token, display_prefix, hash_key, is_admin, new_secret
+from gateway.catalog import CatalogError, load_catalog
 from gateway.errors import (
     AuthenticationFailed,
     BadRequest,
@@ -42,6 +60,8 @@ from gateway.errors import (
     NotFound,
     QuotaUnavailable,
     ServiceUnavailable,
+    error_body,
+    error_type_for,
 )
 from gateway.heap import settle_heap
 from gateway.keyspace import reply_text
@@ -50,8 +70,11 @@ from gateway.quota.grants import GrantState
 from gateway.quota.journal import group_progress, stream_id
 from gateway.quota.keys import BILLING_GROUP, dead_letter_key, grants_key
 from gateway.quota.scripts import RedisClient
+from gateway.redisio import fast_redis
+from gateway.request_id import new_request_id
 from gateway.settings import Settings
 from gateway.state import connect_redis
+from gateway.tokenizers import TokenizerError
 from gateway.usage import (
     COUNTED_BY,
     COUNTED_BY_GATEWAY,
@@ -85,41 +108,60 @@ __all__ = [  # grouped in the module docstring
     "STATUS_PARTIAL",
     "STATUS_UPSTREAM_ERROR",
     "UNAVAILABLE",
+    "ASGIApp",
     "AccountRegistry",
     "AccountStore",
     "AuthenticationFailed",
     "BadRequest",
     "BalanceUnknown",
+    "CatalogError",
+    "ClientGone",
     "CountedBy",
     "GatewayError",
     "GrantState",
     "KeyAuthenticator",
     "KeyLimits",
     "KeyRef",
+    "Message",
     "NotFound",
     "QuotaUnavailable",
+    "Receive",
     "RedisClient",
+    "Scope",
+    "Send",
     "ServiceUnavailable",
     "Settings",
     "Status",
+    "TokenizerError",
     "UsageEvent",
+    "bearer_token",
     "connect_redis",
     "dead_letter_key",
     "display_prefix",
+    "error_body",
+    "error_type_for",
     "format_allocation",
     "grants_key",
     "group_progress",
     "hash_key",
+    "is_admin",
     "iso_to_ms",
     "key_authenticator",
     "keyspace",
+    "load_catalog",
     "ms_to_iso",
     "new_epoch",
+    "new_request_id",
     "new_secret",
+    "open_key_authenticator",
+    "ops",
     "parse_allocation",
+    "read_body",
     "reply_text",
+    "send_error",
     "settle_heap",
     "stream_id",
+    "with_header",
 ]
 
 
@@ -139,6 +181,12 @@ _AUTHENTICATOR_FITS: type[KeyAuthenticator] = Authenticator  # mypy: the gateway
 
 
 def key_authenticator(app_state: Any) -> KeyAuthenticator:
-    """The authenticator of the gateway that serves in this process (``app.state``)."""
-    authenticator: KeyAuthenticator = app_state.gateway.authenticator
+    """The key authenticator of the app that serves billing's routes (``app.state``)."""
+    authenticator: KeyAuthenticator = app_state.authenticator
     return authenticator
+
+
+def open_key_authenticator(settings: Settings) -> tuple[KeyAuthenticator, Callable[[], Awaitable[None]]]:
+    """The data plane's key lookup on a Redis client of its own, and what closes it."""
+    fast = fast_redis(settings.redis_url, settings.redis_timeout)
+    return Authenticator(fast, settings.auth_cache_seconds), fast.aclose

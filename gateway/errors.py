@@ -18,6 +18,10 @@ Domain code raises these; only the edge (``gateway.api``) turns them into respon
         ├── UpstreamTimeout              504 upstream_timeout
         └── NoHealthyEndpoint            503 no_healthy_endpoint
 
+``endpoint_fault`` says whether an error counts against the health of the endpoint that
+raised it: a connection lost or a body cut short does; a timeout does not (the endpoint is
+busy or slow, not broken), nor does a refusal or a saturated endpoint.
+
 The status codes are the ones the official OpenAI clients map to their exception classes
 (``BadRequestError``, ``AuthenticationError``, ``PermissionDeniedError``, ``NotFoundError``,
 ``RateLimitError``, ``InternalServerError`` for 5xx, and ``APIStatusError`` for 402/413).
@@ -40,6 +44,7 @@ class GatewayError(Exception):
 
     status: ClassVar[int] = 500
     error_type: ClassVar[str] = "api_error"
+    endpoint_fault: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -122,16 +127,21 @@ class BalanceUnknown(ServiceUnavailable):
 class UpstreamError(GatewayError):
     status = 502
     error_type = "upstream_error"
+    endpoint_fault = True
 
 
 class UpstreamTimeout(UpstreamError):
+    """Slow, not broken: the endpoint keeps its good name."""
+
     status = 504
     error_type = "upstream_timeout"
+    endpoint_fault = False
 
 
 class NoHealthyEndpoint(UpstreamError):
     status = 503
     error_type = "no_healthy_endpoint"
+    endpoint_fault = False
 
 
 _TYPE_BY_STATUS = {

@@ -9,7 +9,8 @@ charges should this gateway die. A renewal that finds the reservation gone marks
 ``lost``: the relay stops there.
 
 It renews every lease/3 from a timer: a request that ends sooner costs one timer and no
-Redis call.
+Redis call. A request's reservation (:class:`gateway.reservation.HeldReservation`) is a
+keeper; a relay sees it only as :class:`Checkpointed`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 log = logging.getLogger("tokengate.lease")
 
@@ -24,11 +26,19 @@ Progress = Callable[[], tuple[int, int | None]]  # completion tokens so far, pro
 Renew = Callable[[Progress | None], Awaitable[bool]]  # False: the reservation is gone
 
 
+class Checkpointed(Protocol):
+    """The reservation a relay runs under, as the relay sees it: the relay points
+    ``progress`` at its count (what each checkpoint records) and stops once ``lost``."""
+
+    progress: Progress | None
+    lost: bool
+
+
 class LeaseKeeper:
     __slots__ = ("_every", "_loop", "_renew", "_task", "_timer", "lost", "progress")
 
-    def __init__(self, renew: Renew, every: float) -> None:
-        self._renew = renew
+    def __init__(self, renew: Renew | None, every: float) -> None:
+        self._renew = renew  # None: a subclass overrides renew()
         self._every = every
         self.progress: Progress | None = None  # set by the relay once tokens flow
         self.lost = False  # the reservation was found gone (expired): stop relaying
@@ -40,9 +50,15 @@ class LeaseKeeper:
         self._timer = None
         self._task = asyncio.ensure_future(self._run())
 
+    async def renew(self, progress: Progress | None) -> bool:
+        """One renewal; False when the reservation is gone. A subclass renews by itself
+        (a bound method of its own kept here would make every keeper a reference cycle)."""
+        assert self._renew is not None
+        return await self._renew(progress)
+
     async def _run(self) -> None:
         try:
-            alive = await self._renew(self.progress)
+            alive = await self.renew(self.progress)
         except Exception:  # Redis trouble: the lease may still hold; try again next time
             log.warning("lease renewal failed; retrying in %.1fs", self._every, exc_info=True)
             alive = True

@@ -1,8 +1,10 @@
-"""One request, end to end: authenticate -> admit -> route -> relay -> settle.
+"""One request, end to end: authenticate -> parse -> admit -> route -> relay -> settle.
 
-Every admitted request ends in exactly one settlement (``finally``), which releases the
-unused reservation and appends the usage event. Settlement happens after the last byte
-reached the client, so it is never in the client's way.
+:meth:`Pipeline.serve` is the whole path of a /v1 request in one method; a :class:`Call`
+carries what it learns on the way. The relays (``gateway.relay``) return what happened (an
+:class:`Outcome`); the reservation (``gateway.reservation``) is renewed while the request
+runs and settled exactly once when it ends (``finally``), after the last byte reached the
+client, so settlement is never in the client's way.
 """
 
 from __future__ import annotations
@@ -10,39 +12,76 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import orjson
 
-from gateway.auth import Authenticator, KeyRef
+from gateway.asgi import Receive, Scope, Send, read_body
+from gateway.auth import Authenticator, KeyRef, bearer_token
 from gateway.catalog import Catalog, Endpoint, Model
 from gateway.errors import (
     BadRequest,
     GatewayError,
     NoHealthyEndpoint,
     NotFound,
-    QuotaUnavailable,
     UpstreamError,
     UpstreamTimeout,
 )
-from gateway.lease import LeaseKeeper, Progress
 from gateway.metrics import GatewayMetrics
-from gateway.openai_request import OpenAIRequest, count_prompt_tokens
+from gateway.openai_request import Kind, OpenAIRequest, count_prompt_tokens, parse_request
 from gateway.prompt_size import counted_prompt
-from gateway.quota.store import Admission, Charged, QuotaStore
+from gateway.quota.store import Admission, QuotaStore
 from gateway.relay.http1 import UpstreamConnectError, UpstreamResponse
+from gateway.relay.meter import Usage
 from gateway.relay.outcome import Outcome
+from gateway.relay.respond import respond
 from gateway.relay.upstream import UpstreamClient
+from gateway.reservation import ReservationDesk
 from gateway.routing.router import Router
 from gateway.settings import Settings
 from gateway.tokenizers import load_tokenizer
+from gateway.usage import COUNTED_BY_GATEWAY, STATUS_UPSTREAM_ERROR
+
+__all__ = ["Call", "Outcome", "Pipeline"]
 
 log = logging.getLogger("tokengate.pipeline")
 
 # OpenAI's (and vLLM's) legacy completions API stops at 16 tokens when max_tokens is absent;
 # chat has no such default (the rest of the context window, or what the balance pays).
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+
+UPSTREAM_PATHS: dict[Kind, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions",
+                                   "embeddings": "/v1/embeddings"}
+
+
+@dataclass(slots=True)
+class Call:
+    """One /v1 request on its way through the pipeline; once it is over, the edge reads
+    what its metrics need (the model, the time spent waiting on the upstream)."""
+
+    request_id: str
+    kind: Kind
+    key: KeyRef | None = None
+    request: OpenAIRequest | None = None
+    model: Model | None = None
+    admission: Admission | None = None
+    endpoint: Endpoint | None = None  # the last one tried
+    broken: Usage | None = None  # what attempts that broke off a whole answer had generated
+    outcome: Outcome | None = None  # the relay's, once it answered
+    waited: float = 0.0  # seconds spent waiting on the upstream that answered
+
+    @property
+    def model_name(self) -> str:
+        return self.model.name if self.model is not None else ""
+
+    def ended(self) -> Outcome:
+        """What to settle: the relay's outcome, or for a request that got no answer, what its
+        broken attempts generated (the upstream did generate it)."""
+        if self.outcome is not None:
+            return self.outcome
+        return Outcome(self.broken or Usage(), status=STATUS_UPSTREAM_ERROR,
+                       counted_by=COUNTED_BY_GATEWAY, endpoint=self.endpoint)
 
 
 class Pipeline:
@@ -63,7 +102,60 @@ class Pipeline:
         self.router = router
         self.upstream = upstream
         self.metrics = metrics
-        self.settling: set[asyncio.Future[None]] = set()  # settlements under way (or retrying)
+        self.reservations = ReservationDesk(quota, metrics, settings.lease_seconds)
+
+    async def serve(self, call: Call, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one /v1 request: its answer goes to ``send``; a GatewayError raised here was
+        sent nothing yet (the edge answers it). The key is checked before the body is read."""
+        key = call.key = await self.auth.authenticate(bearer_token(scope))
+        raw = await read_body(scope, receive, self.settings.max_body_bytes)
+        request = call.request = parse_request(call.kind, raw)
+        model = call.model = self.model_for(request)
+        admission = call.admission = await self.admit(key, request, model, call.request_id)
+        held = self.reservations.hold(key, model, call.request_id, request.stream)
+        try:
+            body = self.upstream_body(request, model, admission)
+            affinity = self.router.affinity_key(request.body)
+            headers, prompt = admission.header_pairs(), self.prompt_counter(request, model, admission)
+            tried: list[Endpoint] = []
+            while True:  # route, relay; fail over while nothing reached the client
+                endpoint, response = await self.open_upstream(
+                    model, UPSTREAM_PATHS[request.kind], body, affinity, call.request_id, tried)
+                call.endpoint = endpoint
+                fault = True  # unless the relay, or its error, says otherwise
+                try:
+                    outcome = await respond(held, send, receive, call.request_id, response, request,
+                                            model, admission.max_tokens, headers, prompt,
+                                            self.settings.response_timeout_s)
+                    fault = outcome.upstream_fault
+                except GatewayError as error:
+                    fault = error.endpoint_fault
+                    raise
+                finally:
+                    self.router.finished(endpoint, ok=not fault)
+                    call.waited = response.waited
+                if outcome.unanswered is None:
+                    break
+                call.broken = outcome.usage if call.broken is None else call.broken.plus(outcome.usage)
+                if len(tried) >= self.settings.upstream_attempts:
+                    raise outcome.unanswered
+            if call.broken is not None:  # billed with the answer: the upstream did generate it
+                outcome.usage = outcome.usage.plus(call.broken)
+                outcome.counted_by = COUNTED_BY_GATEWAY
+            outcome.endpoint = endpoint
+            call.outcome = outcome
+        finally:
+            held.settle(call.ended())
+
+    async def list_models(self, token: str | None) -> dict[str, object]:
+        """/v1/models: the catalog's models, for an enabled key."""
+        await self.auth.authenticate_enabled(token)
+        data = [
+            {"id": m.name, "object": "model", "created": 0, "owned_by": "tokengate",
+             "max_model_len": m.context_window}
+            for m in self.catalog.models.values()
+        ]
+        return {"object": "list", "data": data}
 
     def model_for(self, request: OpenAIRequest) -> Model:
         model = self.catalog.get(request.model)
@@ -224,109 +316,17 @@ class Pipeline:
         self.router.finished(endpoint, ok=False)
         self.metrics.upstream_errors.labels(endpoint.cluster, endpoint.url, kind).inc()
 
-    def keep_lease(self, key: KeyRef, request_id: str) -> LeaseKeeper:
-        """Renew the reservation's lease until :meth:`LeaseKeeper.stop` (see gateway.lease)."""
-        lease_ms = int(self.settings.lease_seconds * 1000)
-
-        async def checkpoint(progress: Progress | None) -> bool:
-            """Renew the lease, recording what was delivered (the reaper's charge). Redis
-            being unreachable is no reason to break a paid request: the next renewal retries."""
-            completion, prompt = progress() if progress is not None else (0, None)
-            try:
-                return await self.quota.checkpoint(
-                    request_id=request_id, account_id=key.account_id, key_id=key.key_id,
-                    completion_tokens=completion, prompt_tokens=prompt, lease_ms=lease_ms,
-                )
-            except QuotaUnavailable:
-                log.warning("checkpoint of %s skipped: Redis unreachable", request_id)
-                return True
-
-        return LeaseKeeper(checkpoint, self.settings.lease_seconds / 3)
-
-    async def settle(
-        self, key: KeyRef, model: Model, request_id: str, stream: bool, outcome: Outcome
-    ) -> None:
-        """Settle now; if Redis is unreachable, keep retrying (this runs as its own task,
-        see :meth:`settle_in_background`).
-
-        Never raises: the response is already with the client. Should this process die
-        before Redis returns, the reservation's lease expires and the reaper settles it.
-        Credits the balance could not pay (the actual cost beyond the reservation, past
-        what was available) are counted and logged: never unbilled silently.
-        """
-        usage = outcome.usage
-        endpoint = outcome.endpoint
-        charge = functools.partial(
-            self.quota.settle,
-            request_id=request_id,
-            account_id=key.account_id,
-            key_id=key.key_id,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            cached_tokens=usage.cached_tokens,
-            status=outcome.status,
-            counted_by=outcome.counted_by,
-            stream=stream,
-            cluster=endpoint.cluster if endpoint else "",
-            endpoint=endpoint.url if endpoint else "",
-        )
-
-        try:
-            charged = await charge()
-        except QuotaUnavailable:
-            log.warning("settlement of %s deferred: Redis unreachable", request_id)
-            charged = await self._settle_later(request_id, charge)
-        except Exception:
-            log.exception("settlement of %s failed; its lease will expire it", request_id)
-            return
-        if charged is None:
-            return  # already settled (or given up on: the reaper settles it)
-        if charged.uncollected > 0:
-            self.metrics.unpaid(model.name, charged.uncollected)
-            log.warning("request %s: %d credits uncollected (actual cost above the reservation, "
-                        "balance exhausted)", request_id, charged.uncollected)
-        self.metrics.billed(model.name, usage.prompt_tokens, usage.completion_tokens)
-
-    def settle_in_background(
-        self, key: KeyRef, model: Model, request_id: str, stream: bool, outcome: Outcome
-    ) -> None:
-        """Settle without holding up the request: its answer is already with the client.
-
-        The task belongs to the pipeline, not to the request, so nothing that ends the
-        request (a client gone, a server stopping) cuts it short; :meth:`drain` waits for
-        the last ones at shutdown.
-        """
-        task = asyncio.ensure_future(self.settle(key, model, request_id, stream, outcome))
-        self.settling.add(task)
-        task.add_done_callback(self.settling.discard)
+    async def settle(self, key: KeyRef, model: Model, request_id: str, stream: bool,
+                     outcome: Outcome) -> None:
+        """Settle a request's reservation now (what a held reservation does in the background)."""
+        await self.reservations.settle(key, model, request_id, stream, outcome)
 
     async def drain(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for the settlements under way (retrying included)."""
-        if self.settling:
-            await asyncio.wait(self.settling, timeout=timeout)
-
-    async def _settle_later(
-        self, request_id: str, settle: Callable[[], Awaitable[Charged | None]]
-    ) -> Charged | None:
-        delay = 0.1
-        deadline = time.monotonic() + self.settings.lease_seconds * 10
-        while time.monotonic() < deadline:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-            try:
-                charged = await settle()
-            except QuotaUnavailable:
-                continue
-            log.warning("deferred settlement of %s done", request_id)
-            return charged
-        log.error("gave up settling %s; its lease will expire it", request_id)
-        return None
+        await self.reservations.drain(timeout)
 
 
 def _silent(exc: BaseException) -> bool:
     """The first-byte timeout (TimeoutError, an OSError), not a connect timeout."""
     return isinstance(exc, TimeoutError) and not isinstance(exc, UpstreamConnectError)
 
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000

@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     )
     admin_key: SecretStr | None = Field(default=None, validation_alias="TOKENGATE_ADMIN_KEY")
     config_path: str = Field(default="models.yaml", validation_alias="TOKENGATE_CONFIG")
+    # Where the control plane listens: the data plane forwards self-service (/v1/me*,
+    # /v1/packages) there, and the admin CLI talks to it.
+    control_url: str | None = Field(default=None, validation_alias="TOKENGATE_CONTROL_URL")
 
     # Limits and timeouts of the relay (seconds unless named otherwise).
     max_body_bytes: int = Field(default=4 * 1024 * 1024, validation_alias="TOKENGATE_MAX_BODY_BYTES")

@@ -21,13 +21,20 @@ from gateway.durability import check_durability
 from gateway.errors import QuotaUnavailable
 from gateway.keyspace import USAGE_SHARDS
 from gateway.metrics import GatewayMetrics
+from gateway.ops import (
+    REPORT_SECONDS,
+    catalog_generation,
+    publish_routing,
+    withdraw_routing,
+    worker_id,
+)
 from gateway.pipeline import Pipeline
 from gateway.quota.scripts import RedisClient
 from gateway.quota.store import QuotaStore
 from gateway.redisio import fast_redis
 from gateway.relay.upstream import UpstreamClient
 from gateway.routing.monitor import EndpointMonitor
-from gateway.routing.observe import RoutingCollector
+from gateway.routing.observe import RoutingCollector, describe
 from gateway.routing.router import Router
 from gateway.settings import Settings
 from gateway.tokenizers import load_tokenizer
@@ -36,6 +43,14 @@ from gateway.usage import UsageEvent
 log = logging.getLogger("tokengate")
 JOURNAL_CONFIRM_SECONDS = 1.0  # how often acknowledged usage events leave the journal
 SETTLE_DRAIN_SECONDS = 5.0  # at shutdown, how long settlements under way may take
+
+
+async def _generation(redis: RedisClient) -> int:
+    """The catalog generation at start (a reload asked for before is already in the file)."""
+    try:
+        return await catalog_generation(redis)
+    except Exception:  # Redis away at start: readiness says so; reloads resume once it is back
+        return 0
 
 
 def connect_redis(url: str) -> RedisClient:
@@ -83,6 +98,7 @@ class GatewayState:
         state = cls(settings, redis, quota, authenticator, AccountRegistry(redis, quota),
                     pipeline, metrics, upstream)
         state.tasks.append(asyncio.create_task(state._reap_forever()))
+        state.tasks.append(asyncio.create_task(state._report_forever(await _generation(redis))))
         state.tasks.append(asyncio.create_task(EndpointMonitor(router, upstream).run()))
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not main thread
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, state._reload_on_signal)
@@ -96,13 +112,36 @@ class GatewayState:
         return catalog
 
     def _reload_on_signal(self) -> None:
-        """SIGHUP: reload models.yaml; a bad file is logged and the old catalog kept."""
+        self._reload("SIGHUP")
+
+    def _reload(self, why: str) -> None:
+        """Reload models.yaml; a bad file is logged and the old catalog kept."""
         try:
             catalog = self.reload_catalog()
         except Exception as exc:  # a bad file must not take the gateway down
-            log.error("SIGHUP: models.yaml not reloaded: %s", exc)
+            log.error("%s: models.yaml not reloaded: %s", why, exc)
             return
-        log.warning("SIGHUP: models.yaml reloaded (%d models)", len(catalog.models))
+        log.warning("%s: models.yaml reloaded (%d models)", why, len(catalog.models))
+
+    async def _report_forever(self, generation: int) -> None:
+        """Publish the router's view for the control plane (``/admin/endpoints``) and
+        reload models.yaml when the control plane asks (``/admin/config/reload``)."""
+        worker = worker_id()
+        try:
+            while True:
+                await asyncio.sleep(REPORT_SECONDS)
+                try:
+                    await publish_routing(self.redis, worker, describe(self.pipeline.router))
+                    latest = await catalog_generation(self.redis)
+                except Exception as exc:  # Redis away: the next pass tries again
+                    log.debug("ops report: %s", exc)
+                    continue
+                if latest != generation:
+                    generation = latest
+                    self._reload("admin API")
+        finally:
+            with contextlib.suppress(Exception):
+                await withdraw_routing(self.redis, worker)
 
     async def close(self) -> None:
         await self.pipeline.drain(SETTLE_DRAIN_SECONDS)  # while Redis is still connected

@@ -166,7 +166,7 @@ async def check_ledger(billing: Billing, events: int) -> None:
 
 
 def start_worker(workdir: Path, redis_url: str, database_url: str, batch: int) -> Child:
-    args = [sys.executable, "-m", "gateway.cli", "billing", "worker", "--consumer", "bench",
+    args = [sys.executable, "-m", "launcher.cli", "billing", "worker", "--consumer", "bench",
             "--batch", str(batch)]
     env = child_env(REDIS_URL=redis_url, DATABASE_URL=database_url)
     return spawn("worker", args, workdir / "worker.log", env=env)

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -32,7 +33,7 @@ def test_serve_refuses_a_bad_catalog_naming_field_and_line(
     text = (ROOT / "models.yaml").read_text()
     assert change[0] in text
     bad.write_text(text.replace(*change, 1))
-    done = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--config", str(bad)],
+    done = subprocess.run([sys.executable, "-m", "launcher.cli", "serve", "--config", str(bad)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert re.search(rf"models\.yaml:\d+: models\.0\.{field}: ", done.stderr), done.stderr
@@ -43,7 +44,7 @@ def test_quickstart_serves_the_printed_key(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     env["TOKENGATE_ADMIN_KEY"] = "tg-admin-quickstart-test"
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "quickstart", "--port", "0", "--data-dir",
+        [sys.executable, "-m", "launcher.cli", "quickstart", "--port", "0", "--data-dir",
          str(tmp_path / "data")],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -68,8 +69,22 @@ def test_quickstart_serves_the_printed_key(tmp_path: Path) -> None:
                 reply = client.chat.completions.create(
                     model=model, messages=[{"role": "user", "content": "Hello!"}])
                 assert reply.choices[0].message.content
+        # The admin API answers at the printed control-plane URL, never at the public port.
+        control = re.search(r"admin API\s+(http://\S+)", output)
+        assert control, output
+        admin = {"Authorization": "Bearer tg-admin-quickstart-test"}
+        public = base.group(1).removesuffix("/v1")
+        accounts = httpx.get(control.group(1) + "/admin/accounts", headers=admin, timeout=10)
+        assert accounts.status_code == 200 and accounts.json()["data"][0]["name"] == "demo"
+        assert httpx.get(public + "/admin/accounts", headers=admin, timeout=10).status_code == 404
+        me = httpx.get(base.group(1) + "/me", headers={"Authorization": f"Bearer {key.group(1)}"}, timeout=10)
+        assert me.status_code == 200 and me.json()["account"]["name"] == "demo"
+        listed = subprocess.run(
+            [sys.executable, "-m", "launcher.cli", "accounts", "list"], cwd=ROOT, capture_output=True,
+            text=True, timeout=60, env={**env, "TOKENGATE_CONTROL_URL": control.group(1)}, check=False)
+        assert listed.returncode == 0 and "demo" in listed.stdout, listed.stderr
         children = _children(process.pid)
-        assert len(children) >= 3  # Redis, the simulators, the billing worker
+        assert len(children) >= 4  # Redis, the simulators, the billing worker, the control plane
     finally:
         process.terminate()
         process.wait(timeout=20)

@@ -4,6 +4,8 @@ A generation (chat, completions) is asked of the upstream as a stream and assemb
 (:mod:`gateway.relay.assemble`), so whatever the gateway gives up on is billed for what was
 generated. A body the upstream sent whole (an error, embeddings, an upstream that ignored
 ``stream``) is relayed as it came and counted from its ``usage``, else from its content.
+An answer the upstream broke off before anything reached the client is returned
+``unanswered`` (see :class:`~gateway.relay.outcome.Outcome`): another endpoint may answer it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import orjson
 from gateway.asgi import JSON_HEADERS, Receive, Send, send_bytes, uncancel, watch_disconnect
 from gateway.catalog import Model
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, upstream_error_body
-from gateway.lease import LeaseKeeper
+from gateway.lease import Checkpointed
 from gateway.openai_request import OpenAIRequest
 from gateway.relay.assemble import AnswerAssembler
 from gateway.relay.http1 import UpstreamResponse
@@ -33,17 +35,6 @@ from gateway.usage import (
     STATUS_UPSTREAM_ERROR,
     Status,
 )
-
-
-class AttemptFailed(Exception):
-    """The upstream broke a whole answer off (connection lost, body cut short) before anything
-    reached the client, so another endpoint may answer it; ``generated`` is what the broken
-    attempt had generated, which the request's usage record must still carry."""
-
-    def __init__(self, error: GatewayError, generated: Usage) -> None:
-        super().__init__(error.message)
-        self.error = error
-        self.generated = generated
 
 
 async def relay_json(
@@ -78,7 +69,7 @@ async def relay_json(
 
 
 async def relay_whole(
-    lease: LeaseKeeper,
+    held: Checkpointed,
     send: Send,
     receive: Receive,
     request_id: str,
@@ -95,7 +86,7 @@ async def relay_whole(
     ``deadline_s`` in all, or more than ``reserved`` completion tokens came."""
     kind: Literal["chat", "completions"] = "chat" if request.kind == "chat" else "completions"
     answer = AnswerAssembler(kind, model.name, load_tokenizer(model.tokenizer))
-    lease.progress = answer.progress
+    held.progress = answer.progress
     watcher = asyncio.ensure_future(watch_disconnect(receive, asyncio.current_task()))
     failure: GatewayError | None = None
     fault = cut = whole = False
@@ -115,7 +106,7 @@ async def relay_whole(
                 if answer.exceeds(reserved):
                     cut = True
                     break
-                if lease.lost:
+                if held.lost:
                     failure = UpstreamError("answer cut: its reservation expired")
                     break
     except asyncio.CancelledError:
@@ -158,8 +149,9 @@ async def _answer(
     if failure is None and not answer.done and answer.error is None and not cut:
         failure = UpstreamError("upstream closed the answer before it was complete")
         fault = True
-    if failure is not None and fault:
-        raise AttemptFailed(failure, generated)  # nothing reached the client: it may be retried
+    if failure is not None and fault:  # nothing reached the client: another endpoint may answer
+        return Outcome(generated, status=STATUS_UPSTREAM_ERROR, counted_by=COUNTED_BY_GATEWAY,
+                       upstream_fault=True, unanswered=failure)
     if failure is not None:
         await send_bytes(send, failure.status, failure.body(), request_id, [*JSON_HEADERS, *headers])
         return Outcome(generated, status=STATUS_UPSTREAM_ERROR, counted_by=COUNTED_BY_GATEWAY)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.catalog import Endpoint
+from gateway.errors import GatewayError
 from gateway.relay.assemble import answer_tokens
 from gateway.relay.meter import Usage, usage_of_response
 from gateway.tokenizers import Tokenizer
@@ -19,6 +20,10 @@ class Outcome:
     ``upstream_fault``: the endpoint broke the request (connection lost, body cut short); it
     counts against the endpoint's health. A slow generation, a client that left, a cut at
     the reservation or an error the upstream answered say nothing of its health.
+
+    ``unanswered``: the endpoint broke a whole answer off before anything reached the
+    client, so another endpoint may answer it from the start; this is the error the client
+    gets if none does. ``usage`` is still what this attempt generated: it is billed.
     """
 
     usage: Usage
@@ -26,6 +31,7 @@ class Outcome:
     counted_by: CountedBy = COUNTED_BY_UPSTREAM
     endpoint: Endpoint | None = None
     upstream_fault: bool = False
+    unanswered: GatewayError | None = None
 
 
 def counted(usage: Usage | None, fallback: Usage, status: Status = STATUS_OK, *,

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from gateway.asgi import SSE_HEADERS, Receive, Send, uncancel, watch_disconnect
 from gateway.catalog import Model
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
-from gateway.lease import LeaseKeeper
+from gateway.lease import Checkpointed
 from gateway.openai_request import OpenAIRequest
 from gateway.relay.assemble import answer_as_stream
 from gateway.relay.http1 import UpstreamResponse
@@ -26,7 +26,7 @@ from gateway.usage import (
 
 
 async def relay_stream(
-    lease: LeaseKeeper,
+    held: Checkpointed,
     send: Send,
     receive: Receive,
     request_id: str,
@@ -39,7 +39,7 @@ async def relay_stream(
 ) -> Outcome:
     """Pass SSE bytes through, counting; end cleanly on upstream faults and disconnects.
 
-    ``lease`` renews the reservation meanwhile, checkpointing the meter's count; the stream
+    ``held`` is the reservation, checkpointed with the meter's count meanwhile; the stream
     is cut once more than ``reserved`` completion tokens came (the upstream ignored
     max_tokens) and charged what was delivered. ``prompt`` counts the prompt for when the
     upstream reports no usage."""
@@ -52,7 +52,7 @@ async def relay_stream(
     start = [(b"x-request-id", request_id.encode()), *SSE_HEADERS, *headers]
     await send({"type": "http.response.start", "status": 200, "headers": start})
     watcher = asyncio.ensure_future(watch_disconnect(receive, asyncio.current_task()))
-    lease.progress = meter.progress
+    held.progress = meter.progress
     failure: GatewayError | None = None
     fault = False
     status: Status = STATUS_OK
@@ -73,7 +73,7 @@ async def relay_stream(
             if meter.exceeds(reserved):
                 failure = UpstreamError("stream cut: the upstream exceeded the reserved tokens")
                 break
-            if lease.lost:
+            if held.lost:
                 failure = UpstreamError("stream cut: its reservation expired")
                 break
     except asyncio.CancelledError:

@@ -125,7 +125,7 @@ async def _targets(wanted: list[str], workdir: Path, installs: dict[str, PeerIns
         redis, redis_url = start_redis(workdir)
         children.append(redis)
         gateway = await tokengate_target(workdir, sim_url, redis, redis_url)
-        children.extend([gateway.server, *gateway.aux[1:]])  # the billing worker
+        children.extend([gateway.server, *gateway.aux[1:]])  # the billing worker, the control plane
         targets.append(gateway)
     starters = {"vllm-router": start_vllm_router, "litellm": start_litellm}
     for name, start in starters.items():

@@ -112,7 +112,7 @@ async def soak(minutes: float, rate: float, share: float, interval: float,
         redis, redis_url = start_redis(workdir)
         children.append(redis)
         gateway = start_tokengate(workdir, sim_url, redis_url)
-        children.append(gateway.child)
+        children += [gateway.control, gateway.child]
         key = await funded_key(gateway, redis_url)
         children.append(start_billing_worker(workdir, redis_url))
         pid = gateway.child.pid

@@ -114,31 +114,44 @@ def _admin_post(base: str, admin_key: str, path: str, body: dict[str, Any]) -> d
 
 @dataclass
 class Gateway:
-    child: Child
-    base: str  # http://127.0.0.1:PORT
+    child: Child  # the data plane, the process measured
+    base: str  # http://127.0.0.1:PORT (the data plane)
     admin_key: str
+    control: Child  # the control plane (admin API): set up the accounts, idle while measured
+    control_url: str
 
 
 def start_tokengate(workdir: Path, sim_url: str, redis_url: str, workers: int = 1) -> Gateway:
-    """``tokengate serve`` (one worker by default) on the private Redis, ready."""
+    """``tokengate control`` and ``tokengate serve`` (one worker by default) on the private
+    Redis, ready."""
     config = write_catalog(workdir / "models.yaml", sim_url)
-    port = free_port()
+    port, control_port = free_port(), free_port()
     admin_key = "tg-admin-" + secrets.token_urlsafe(16)
+    control_url = f"http://127.0.0.1:{control_port}"
     env = child_env(
         REDIS_URL=redis_url, TOKENGATE_ADMIN_KEY=admin_key, TOKENGATE_CONFIG=str(config),
-        DATABASE_URL=f"sqlite:///{workdir / 'ledger.db'}",
+        DATABASE_URL=f"sqlite:///{workdir / 'ledger.db'}", TOKENGATE_CONTROL_URL=control_url,
     )
     # As in production (README: `tokengate billing migrate`, once), the ledger is migrated
     # before the gateway starts, so the worker measured is one that serves, not one that
     # also ran the migrations (and still holds alembic).
-    subprocess.run([sys.executable, "-m", "gateway.cli", "billing", "migrate"], env=env, cwd=workdir,
+    subprocess.run([sys.executable, "-m", "launcher.cli", "billing", "migrate"], env=env, cwd=workdir,
                    check=True, capture_output=True, timeout=120)
-    args = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config),
+    args = [sys.executable, "-m", "launcher.cli", "serve", "--config", str(config),
             "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+    control = spawn("tokengate-control", [sys.executable, "-m", "launcher.cli", "control",
+                                          "--port", str(control_port)],
+                    workdir / "tokengate-control.log", env=env, cwd=workdir)
     child = spawn("tokengate", args, workdir / "tokengate.log", env=env, cwd=workdir)
     base = f"http://127.0.0.1:{port}"
-    wait_ready(child, base + "/readyz", 60)
-    return Gateway(child, base, admin_key)
+    try:
+        wait_ready(control, control_url + "/readyz", 60)
+        wait_ready(child, base + "/readyz", 60)
+    except BaseException:
+        child.stop()
+        control.stop()
+        raise
+    return Gateway(child, base, admin_key, control, control_url)
 
 
 async def funded_key(gateway: Gateway, redis_url: str) -> str:
@@ -151,7 +164,7 @@ async def funded_key(gateway: Gateway, redis_url: str) -> str:
 
 async def _funded_key(gateway: Gateway, redis_url: str) -> str:
     """A fresh account that bought a package as a customer would (ledger, then Redis)."""
-    base, admin = gateway.base, gateway.admin_key
+    base, admin = gateway.control_url, gateway.admin_key
     account = _admin_post(base, admin, "/admin/accounts", {"name": "bench"})
     key = _admin_post(base, admin, f"/admin/accounts/{account['id']}/keys", {"name": "bench"})
     package = _admin_post(base, admin, "/admin/packages",
@@ -164,7 +177,7 @@ async def _funded_key(gateway: Gateway, redis_url: str) -> str:
 def start_billing_worker(workdir: Path, redis_url: str) -> Child:
     """The billing worker, as in production: it drains the usage streams into the ledger."""
     env = child_env(REDIS_URL=redis_url, DATABASE_URL=f"sqlite:///{workdir / 'ledger.db'}")
-    args = [sys.executable, "-m", "gateway.cli", "billing", "worker"]
+    args = [sys.executable, "-m", "launcher.cli", "billing", "worker"]
     return spawn("billing-worker", args, workdir / "billing-worker.log", env=env, cwd=workdir)
 
 
@@ -176,11 +189,12 @@ async def tokengate_target(workdir: Path, sim_url: str, redis: Child, redis_url:
         worker = start_billing_worker(workdir, redis_url)
     except BaseException:
         gateway.child.stop()
+        gateway.control.stop()
         raise
     return Target("tokengate", gateway.base + "/v1", key, gateway.child, _version(),
-                  "tokengate serve --workers 1, metering on, billing worker running; "
-                  "private redis-server, AOF off",
-                  aux=[redis, worker])
+                  "tokengate serve --workers 1, metering on, billing worker running, control plane "
+                  "idle; private redis-server, AOF off",
+                  aux=[redis, worker, gateway.control])
 
 
 def _version() -> str:

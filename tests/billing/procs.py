@@ -1,91 +1,48 @@
-"""Real processes for the billing tests: the simulator, the gateway, billing workers and a
-PostgreSQL server of the test's own (which, unlike the shared one, a test may stop)."""
+"""Real processes for the billing tests: the simulator, both planes of the gateway, billing
+workers and a PostgreSQL server of the test's own (which, unlike the shared one, a test may
+stop). Starting tokengate is tests/support's; what is here is the billing tier's defaults."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import pwd
 import shutil
 import subprocess
-import sys
 import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from gateway.embedded import free_port, wait_for_port
+from launcher.embedded import free_port
+from tests.support.catalogs import model, write_catalog
+from tests.support.processes import ADMIN_KEY, billing_command, start_billing_worker, start_sims, stop_process
+from tests.support.processes import Gateway as Planes
+from tests.support.processes import start_gateway as start_both_planes
 
-ADMIN_KEY = "tg-admin-billing-test"
+__all__ = ["ADMIN_KEY", "billing_command", "stop_process"]
+
 MODEL = "chat-model"
 SERVED = "org/Chat-Model"
 
 
-def stop(process: subprocess.Popen[bytes] | None) -> None:
-    if process is not None and process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def start_sim(log: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    args = [
-        sys.executable,
-        "-m",
-        "loadtest.vllm_sim",
-        "--port",
-        str(port),
-        "--model",
-        SERVED,
-        "--ttft-ms",
-        "5",
-        "--itl-ms",
-        "1",
-    ]
-    with log.open("ab") as out:
-        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-    wait_for_port(port, process)
-    return process, port
+    """One simulator serving ``SERVED``: its process and port."""
+    sims = start_sims(1, SERVED, "--ttft-ms", "5", "--itl-ms", "1", log=log)
+    return sims.process, sims.ports[0]
 
 
 def write_config(path: Path, sim_port: int) -> Path:
-    path.write_text(
-        f"""
-clusters:
-  - name: east
-    region: r1
-    endpoints: [{{url: "http://127.0.0.1:{sim_port}"}}]
-models:
-  - name: {MODEL}
-    served_name: {SERVED}
-    tokenizer: tiktoken:cl100k_base
-    context_window: 4096
-    price: {{input: 1, output: 2}}
-    deployments: [east]
-""",
-        encoding="utf-8",
-    )
-    return path
+    """One cluster (east) of one simulator, serving ``MODEL``."""
+    return write_catalog(path, {"east": [f"http://127.0.0.1:{sim_port}"]}, [
+        model(MODEL, ["east"], served_name=SERVED, tokenizer="tiktoken:cl100k_base"),
+    ])
 
 
-@dataclass
-class Gateway:
-    base: str
-    process: subprocess.Popen[bytes]
-    log: Path
-    redis_url: str
-
-    def admin(self) -> httpx.Client:
-        return httpx.Client(base_url=self.base, timeout=10, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
-
-    def client(self, key: str) -> httpx.Client:
-        return httpx.Client(base_url=self.base, timeout=10, headers={"Authorization": f"Bearer {key}"})
+@dataclasses.dataclass
+class Gateway(Planes):
+    """Both planes (``base``: the data plane, ``control``: the admin API), and one chat request."""
 
     def chat(self, key: str, max_tokens: int = 8) -> httpx.Response:
         with self.client(key) as client:
@@ -99,72 +56,19 @@ class Gateway:
             )
 
 
-def environment(redis_url: str, database_url: str, **extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "REDIS_URL": redis_url,
-        "DATABASE_URL": database_url,
-        "TOKENGATE_ADMIN_KEY": ADMIN_KEY,
-        **extra,
-    }
-
-
 def start_gateway(config: Path, redis_url: str, database_url: str, log: Path, **extra: str) -> Gateway:
-    port = free_port()
-    env = environment(
-        redis_url, database_url, TOKENGATE_REAPER_INTERVAL="0.2", TOKENGATE_AUTH_CACHE_SECONDS="1", **extra
-    )
-    args = [
-        sys.executable,
-        "-m",
-        "gateway.cli",
-        "serve",
-        "--config",
-        str(config),
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-    ]
-    with log.open("ab") as out:
-        process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError("gateway exited:\n" + log.read_text())
-        try:
-            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                return Gateway(base, process, log, redis_url)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    stop(process)
-    raise RuntimeError("gateway not ready:\n" + log.read_text())
+    """Both planes on ``database_url``, with a fast reaper and a short key cache."""
+    env = {"TOKENGATE_REAPER_INTERVAL": "0.2", "TOKENGATE_AUTH_CACHE_SECONDS": "1", **extra}
+    planes = start_both_planes(config, redis_url, log, database_url=database_url, **env)
+    return Gateway(**{f.name: getattr(planes, f.name) for f in dataclasses.fields(planes)})
 
 
 def start_worker(redis_url: str, database_url: str, log: Path) -> subprocess.Popen[bytes]:
-    args = [sys.executable, "-m", "gateway.cli", "billing", "worker", "--block-ms", "100"]
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            args, env=environment(redis_url, database_url), stdout=out, stderr=subprocess.STDOUT
-        )
+    return start_billing_worker(redis_url, database_url, log, "--block-ms", "100")
 
 
 def reconcile(redis_url: str, database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     return billing_command(redis_url, database_url, "reconcile", *args)
-
-
-def billing_command(redis_url: str, database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """``tokengate billing ARGS`` in a subprocess; its completed process."""
-    return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "billing", *args],
-        env=environment(redis_url, database_url),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 class PostgresServer:

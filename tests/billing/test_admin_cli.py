@@ -19,10 +19,19 @@ from typing import Any
 import openai
 import pytest
 
-from gateway.cli import main
-from gateway.embedded import free_port
+from launcher.cli import main
+from launcher.embedded import free_port
 
-from .procs import ADMIN_KEY, MODEL, Gateway, start_gateway, start_sim, start_worker, stop, write_config
+from .procs import (
+    ADMIN_KEY,
+    MODEL,
+    Gateway,
+    start_gateway,
+    start_sim,
+    start_worker,
+    stop_process,
+    write_config,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -39,14 +48,15 @@ def gateway(sqlite_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         try:
             yield gw
         finally:
-            for process in (worker, gw.process, sim):
-                stop(process)
+            stop_process(worker)
+            gw.stop()
+            stop_process(sim)
 
 
 @pytest.fixture
 def tg(gateway: Gateway, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Any:
     """``tg(*argv)``: (exit status, stdout, stderr) of ``tokengate *argv`` run in this process."""
-    monkeypatch.setenv("TOKENGATE_CONTROL_URL", gateway.base)
+    monkeypatch.setenv("TOKENGATE_CONTROL_URL", gateway.control)
     monkeypatch.setenv("TOKENGATE_ADMIN_KEY", ADMIN_KEY)
 
     def run(*argv: str) -> tuple[int, str, str]:
@@ -70,7 +80,7 @@ def tg_json(tg: Any, *argv: str) -> Any:
 def tokengate(*argv: str, **env: str) -> subprocess.CompletedProcess[str]:
     """``tokengate *argv`` as a user runs it (a subprocess)."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("TOKENGATE_")}
-    return subprocess.run([sys.executable, "-m", "gateway.cli", *argv], env={**environ, **env},
+    return subprocess.run([sys.executable, "-m", "launcher.cli", *argv], env={**environ, **env},
                           capture_output=True, text=True, timeout=60, check=False)
 
 
@@ -142,7 +152,7 @@ def test_an_operator_runs_a_customer_from_the_cli(gateway: Gateway, tg: Any, tmp
     assert status == 0 and "usage records" in err
     rows = list(csv.DictReader(io.StringIO((tmp_path / "usage.csv").read_text())))
     assert request_id in {r["request_id"] for r in rows}
-    done = tokengate("usage", "export", TOKENGATE_CONTROL_URL=gateway.base, TOKENGATE_ADMIN_KEY=ADMIN_KEY)
+    done = tokengate("usage", "export", TOKENGATE_CONTROL_URL=gateway.control, TOKENGATE_ADMIN_KEY=ADMIN_KEY)
     assert done.returncode == 0 and done.stdout.startswith("request_id,")
     assert request_id in done.stdout
 
@@ -165,7 +175,7 @@ def _one_line_error(done: subprocess.CompletedProcess[str], status: int, *words:
 
 
 def test_errors_are_one_line_and_a_nonzero_exit(gateway: Gateway) -> None:
-    env = {"TOKENGATE_CONTROL_URL": gateway.base, "TOKENGATE_ADMIN_KEY": ADMIN_KEY}
+    env = {"TOKENGATE_CONTROL_URL": gateway.control, "TOKENGATE_ADMIN_KEY": ADMIN_KEY}
     _one_line_error(tokengate("accounts", "show", "acct_nope", **env), 1, "account acct_nope not found (404)")
     _one_line_error(tokengate("keys", "list", "acct_nope", **env), 1, "not found (404)")
     _one_line_error(tokengate("keys", "revoke", "key_nope", **env), 1, "key key_nope not found (404)")
@@ -178,7 +188,7 @@ def test_errors_are_one_line_and_a_nonzero_exit(gateway: Gateway) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     _one_line_error(tokengate("accounts", "list", "--url", dead, **env), 1,
                     f"cannot reach the admin API at {dead}", "connection refused")
-    _one_line_error(tokengate("accounts", "list", TOKENGATE_CONTROL_URL=gateway.base), 2,
+    _one_line_error(tokengate("accounts", "list", TOKENGATE_CONTROL_URL=gateway.control), 2,
                     "TOKENGATE_ADMIN_KEY")
     _one_line_error(tokengate("accounts", "list", "--url", "ftp://x", **env), 2, "URL")
     _one_line_error(tokengate("keys", "update", "key_x", **env), 2, "nothing to change")

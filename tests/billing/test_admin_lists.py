@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from .procs import Gateway, start_gateway, start_sim, stop, write_config
+from .procs import Gateway, start_gateway, start_sim, stop_process, write_config
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -29,8 +29,8 @@ def gateway(ledger_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         try:
             yield gw
         finally:
-            for process in (gw.process, sim):
-                stop(process)
+            gw.stop()
+            stop_process(sim)
 
 
 def make_accounts(gw: Gateway, names: list[str]) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .procs import ADMIN_KEY, Gateway, start_gateway, start_sim, start_worker, stop, write_config
+from .procs import ADMIN_KEY, Gateway, start_gateway, start_sim, start_worker, stop_process, write_config
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -32,8 +32,9 @@ def gateway(ledger_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         try:
             yield gw
         finally:
-            for process in (worker, gw.process, sim):
-                stop(process)
+            stop_process(worker)
+            gw.stop()
+            stop_process(sim)
 
 
 def customer(gw: Gateway, credits: int = 100_000, models: list[str] | None = None) -> dict[str, Any]:
@@ -97,7 +98,7 @@ def test_accounts_keys_and_their_contract(gateway: Gateway) -> None:
         assert admin.delete(f"/admin/keys/{key['id']}").status_code == 204
         assert admin.delete("/admin/keys/key_nope").status_code == 404
     assert gateway.chat(key["key"]).status_code == 401  # revoked: at once
-    with httpx.Client(base_url=gateway.base) as anonymous:
+    with httpx.Client(base_url=gateway.control) as anonymous:
         assert anonymous.post("/admin/accounts", json={"name": "x"}).status_code == 401
         basic = {"Authorization": f"Basic {ADMIN_KEY}"}  # the admin key, but not as a bearer token
         assert anonymous.post("/admin/accounts", json={"name": "x"}, headers=basic).status_code == 401
@@ -210,7 +211,8 @@ def test_a_key_sees_its_own_account_only(gateway: Gateway) -> None:
                 and r.get("key", a["key"]["id"]) == a["key"]["id"]
                 for r in data
             )
-        for path in (
+    with httpx.Client(base_url=gateway.control, headers={"Authorization": f"Bearer {a_key}"}) as client:
+        for path in (  # an API key is not the admin key
             f"/admin/accounts/{b_account}",
             f"/admin/accounts/{b_account}/usage",
             "/admin/usage/export",

@@ -5,11 +5,9 @@ ledger ends with exactly 10,000 usage records whose sums match the events."""
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from gateway import keyspace
 from gateway.quota.keys import dead_letter_key
 from gateway.usage import UsageEvent
 from tests.redis_servers import RedisServer, redis_server
+from tests.support.processes import start_billing_worker
 
 from .helpers import ManualClock, Pack, funded, wait_for
 
@@ -39,22 +38,9 @@ def own_redis() -> Iterator[RedisServer]:
 
 
 def start_worker(redis_url: str, ledger_url: str, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": ledger_url}
-    args = [
-        sys.executable,
-        "-m",
-        "gateway.cli",
-        "billing",
-        "worker",
-        "--claim-idle-ms",
-        "300",
-        "--block-ms",
-        "100",
-        "--batch",
-        "250",
-    ]
-    with log.open("ab") as out:
-        return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
+    return start_billing_worker(
+        redis_url, ledger_url, log, "--claim-idle-ms", "300", "--block-ms", "100", "--batch", "250"
+    )
 
 
 def make_events(accounts: list[tuple[str, str, str]], rng: random.Random) -> list[UsageEvent]:

@@ -34,7 +34,7 @@ from .procs import (
     start_gateway,
     start_sim,
     start_worker,
-    stop,
+    stop_process,
     write_config,
 )
 
@@ -73,12 +73,12 @@ def build_stack(tmp: Path, database_url: str) -> Iterator[Stack]:
         try:
             config = write_config(tmp / "models.yaml", port)
             gateway = start_gateway(config, server.url, database_url, tmp / "gateway.log")
-            processes.append(gateway.process)
+            processes += [gateway.control_process, gateway.process]  # stopped data plane first
             processes.append(start_worker(server.url, database_url, tmp / "worker.log"))
             yield Stack(server, database_url, gateway, tmp, processes)
         finally:
             for process in reversed(processes):
-                stop(process)
+                stop_process(process)
 
 
 async def recorded(database_url: str, redis: Redis, request_ids: list[str]) -> set[str]:

@@ -15,17 +15,16 @@ Both vLLM servers start in parallel, once per session. A test that kills one
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -33,9 +32,12 @@ import pytest
 import redis
 
 from gateway import keyspace
-from gateway.embedded import free_port
 from gateway.usage import UsageEvent
-from tests.billing.procs import stop
+from launcher.embedded import free_port
+from tests.support.catalogs import model, write_catalog
+from tests.support.processes import Gateway as Planes
+from tests.support.processes import start_billing_worker, stop_process
+from tests.support.processes import start_gateway as start_both_planes
 
 try:  # tests/ is a package, or the repository root is on sys.path
     from tests.redis_servers import RedisServer
@@ -49,7 +51,6 @@ PYTHON_ENV = "TOKENGATE_E2E_PYTHON"  # the e2e venv's python (vLLM); set by scri
 REQUIRED_ENV = "TOKENGATE_E2E_REQUIRED"  # "1": a missing vLLM environment fails, not skips
 START_TIMEOUT = float(os.environ.get("TOKENGATE_E2E_START_TIMEOUT", "600"))
 
-ADMIN_KEY = "tg-admin-e2e-secret"
 SERVED = "tiny-llama"  # what both vLLM servers serve
 HF_MODEL = "tiny-hf"  # public name estimated with the model's own tokenizer (hf:<dir>)
 TIKTOKEN_MODEL = "tiny-tiktoken"  # the same upstream, estimated with tiktoken:cl100k_base
@@ -232,48 +233,34 @@ def wait_ready(servers: Iterable[VLLMServer], timeout: float) -> None:
 # --- the gateway --------------------------------------------------------------------------
 
 
-def write_catalog(path: Path, servers: list[VLLMServer], model_dir: Path) -> Path:
-    clusters = "\n".join(
-        f"  - name: {s.cluster}\n    region: {s.cluster}-region\n"
-        f"    endpoints: [{{url: \"{s.url}\"}}]"
-        for s in servers
-    )
-    models = []
-    for name, tokenizer in ((HF_MODEL, f"hf:{model_dir}"), (TIKTOKEN_MODEL, "tiktoken:cl100k_base")):
-        price_in, price_out = PRICES[name]
-        models.append(
-            f"  - name: {name}\n    served_name: {SERVED}\n    tokenizer: {json.dumps(tokenizer)}\n"
-            f"    context_window: {CONTEXT}\n    price: {{input: {price_in}, output: {price_out}}}\n"
-            f"    deployments: [{', '.join(s.cluster for s in servers)}]"
-        )
-    path.write_text(f"clusters:\n{clusters}\nmodels:\n" + "\n".join(models) + "\n", encoding="utf-8")
-    return path
+def write_config(path: Path, servers: list[VLLMServer], model_dir: Path) -> Path:
+    """One cluster per vLLM server; the same upstream model under two public names."""
+    return write_catalog(path, {s.cluster: [s.url] for s in servers}, [
+        model(name, [s.cluster for s in servers], served_name=SERVED, tokenizer=tokenizer,
+              context_window=CONTEXT, price=PRICES[name])
+        for name, tokenizer in ((HF_MODEL, f"hf:{model_dir}"), (TIKTOKEN_MODEL, "tiktoken:cl100k_base"))
+    ])
 
 
 @dataclass
-class Gateway:
-    base: str
-    process: subprocess.Popen[bytes]
-    redis_url: str
-    database_url: str
-    log: Path
+class Gateway(Planes):
+    """Both planes (tests/support), with customers as the e2e tier makes them and official
+    clients that remember the gateway's request ids (see ``gateway_id``)."""
+
     clients: list[openai.OpenAI] = field(default_factory=list)
 
-    @property
-    def v1(self) -> str:
-        return self.base + "/v1"
-
-    def client(self, key: str) -> openai.OpenAI:
+    def openai(self, key: str, **options: object) -> openai.OpenAI:
         """The official client through the gateway (no retries); closed at the end."""
         http = httpx.Client(timeout=120, event_hooks={"response": [remember]})
-        client = openai.OpenAI(base_url=self.v1, api_key=key, max_retries=0, timeout=120, http_client=http)
+        settings: dict[str, Any] = {"max_retries": 0, "timeout": 120, "http_client": http, **options}
+        client = openai.OpenAI(base_url=self.v1, api_key=key, **settings)
         self.clients.append(client)
         return client
 
-    def new_key(self, credits: int = 10_000_000) -> tuple[str, str]:
-        """(key, account id): a fresh account that bought a package of ``credits``, and a key."""
-        headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
-        with httpx.Client(base_url=self.base, headers=headers, timeout=10) as admin:
+    def buy_key(self, credits: int = 10_000_000) -> tuple[str, str]:
+        """(key, account id): a fresh account that bought a package of ``credits`` through the
+        admin API (ledger first, then Redis), and a key."""
+        with self.admin() as admin:
             account = admin.post("/admin/accounts", json={"name": "e2e"}).raise_for_status().json()
             key = admin.post(f"/admin/accounts/{account['id']}/keys", json={"name": "e2e"})
             secret: str = key.raise_for_status().json()["key"]
@@ -286,6 +273,7 @@ class Gateway:
         return secret, account["id"]
 
     def me(self, key: str) -> dict[str, object]:
+        """``GET /v1/me`` at the public URL (the data plane forwards it to the control plane)."""
         reply = httpx.get(self.v1 + "/me", headers={"Authorization": f"Bearer {key}"}, timeout=10)
         data: dict[str, object] = reply.raise_for_status().json()
         return data
@@ -293,47 +281,30 @@ class Gateway:
     def metrics_text(self) -> str:
         return httpx.get(self.base + "/metrics", timeout=10).raise_for_status().text
 
+    def endpoints(self) -> list[dict[str, Any]]:
+        """``GET /admin/endpoints`` (control plane): the data-plane workers' merged reports."""
+        with self.admin() as admin:
+            rows: list[dict[str, Any]] = admin.get("/admin/endpoints").raise_for_status().json()["data"]
+        return rows
+
+    def close_clients(self) -> None:
+        for client in self.clients:
+            client.close()
+        self.clients.clear()
+
 
 def start_gateway(config: Path, redis_url: str, database_url: str, log: Path) -> Gateway:
-    port = free_port()
-    env = {
-        **os.environ,
-        "REDIS_URL": redis_url,
-        "DATABASE_URL": database_url,
-        "TOKENGATE_ADMIN_KEY": ADMIN_KEY,
-        "TOKENGATE_FIRST_BYTE_TIMEOUT": "60",
-        "TOKENGATE_IDLE_TIMEOUT": "30",
+    """Both planes on the SQLite ledger, with timeouts for a slow CPU vLLM."""
+    planes = start_both_planes(
+        config, redis_url, log, database_url=database_url,
+        TOKENGATE_FIRST_BYTE_TIMEOUT="60",
+        TOKENGATE_IDLE_TIMEOUT="30",
         # On a busy shared machine a new upstream connection can take seconds (uvloop
         # resolves even "127.0.0.1" in its thread pool). A dead server refuses at once.
-        "TOKENGATE_CONNECT_TIMEOUT": "20",
-        "HF_HUB_OFFLINE": "1",
-    }
-    args = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config),
-            "--port", str(port), "--log-level", "info"]
-    with log.open("ab") as out:
-        process = subprocess.Popen(args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError("gateway exited:\n" + log.read_text())
-        try:
-            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                return Gateway(base, process, redis_url, database_url, log)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    process.wait()
-    raise RuntimeError("gateway not ready:\n" + log.read_text())
-
-
-def start_billing_worker(redis_url: str, database_url: str, log: Path) -> subprocess.Popen[bytes]:
-    """``tokengate billing worker``: the usage streams into the ledger, as in production."""
-    env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": database_url}
-    args = [sys.executable, "-m", "gateway.cli", "billing", "worker", "--linger-ms", "50"]
-    with log.open("ab") as out:
-        return subprocess.Popen(args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        TOKENGATE_CONNECT_TIMEOUT="20",
+        HF_HUB_OFFLINE="1",
+    )
+    return Gateway(**{f.name: getattr(planes, f.name) for f in fields(planes)})
 
 
 # --- usage events (what the billing ledger will consume) ----------------------------------
@@ -478,17 +449,17 @@ def gateway(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("gateway")
-    config = write_catalog(tmp / "models.yaml", vllm_servers, tiny_model)
+    config = write_config(tmp / "models.yaml", vllm_servers, tiny_model)
     database_url = f"sqlite:///{ledger_path}"
     gw = start_gateway(config, redis_standalone.url, database_url, tmp / "gateway.log")
-    worker = start_billing_worker(redis_standalone.url, database_url, tmp / "billing-worker.log")
+    worker = start_billing_worker(redis_standalone.url, database_url, tmp / "billing-worker.log",
+                                  "--linger-ms", "50")
     try:
         yield gw
     finally:
-        for client in gw.clients:
-            client.close()
-        stop(worker)
-        stop(gw.process)
+        gw.close_clients()
+        stop_process(worker)
+        gw.stop()
 
 
 @pytest.fixture(scope="session")
@@ -503,7 +474,7 @@ def ledger(gateway: Gateway, ledger_path: Path) -> Ledger:
 
 @pytest.fixture()
 def key(gateway: Gateway) -> str:
-    return gateway.new_key()[0]
+    return gateway.buy_key()[0]
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -56,7 +56,7 @@ PROMPT = "Once upon a time, in the city of Wuhan, there lived a little gateway t
 
 
 def test_models_listed(gateway: Gateway, key: str) -> None:
-    ids = {m.id for m in gateway.client(key).models.list().data}
+    ids = {m.id for m in gateway.openai(key).models.list().data}
     assert ids == {HF_MODEL, TIKTOKEN_MODEL}
 
 
@@ -66,7 +66,7 @@ def test_models_listed(gateway: Gateway, key: str) -> None:
 def test_chat_non_streamed(gateway: Gateway, vllm_servers: list[VLLMServer], usage: UsageStreams,
                            key: str) -> None:
     request_id = rid("chat")
-    reply = gateway.client(key).chat.completions.create(
+    reply = gateway.openai(key).chat.completions.create(
         model=HF_MODEL, messages=MESSAGES, max_tokens=24, extra_body=IGNORE_EOS,
         extra_headers=headers(request_id))
     direct = vllm_servers[0].client().chat.completions.create(
@@ -83,7 +83,7 @@ def test_chat_non_streamed(gateway: Gateway, vllm_servers: list[VLLMServer], usa
 def test_chat_streamed_with_usage(gateway: Gateway, vllm_servers: list[VLLMServer],
                                   usage: UsageStreams, key: str) -> None:
     request_id = rid("chat-stream")
-    stream = gateway.client(key).chat.completions.create(
+    stream = gateway.openai(key).chat.completions.create(
         model=HF_MODEL, messages=MESSAGES, max_tokens=24, stream=True, temperature=0,
         stream_options={"include_usage": True}, extra_body=IGNORE_EOS,
         extra_headers=headers(request_id))
@@ -114,7 +114,7 @@ def test_chat_streamed_with_continuous_usage(gateway: Gateway, vllm_servers: lis
                                              usage: UsageStreams, key: str) -> None:
     """A client that asks for continuous usage gets vLLM's running count on every chunk."""
     request_id = rid("chat-continuous")
-    got = list(gateway.client(key).chat.completions.create(
+    got = list(gateway.openai(key).chat.completions.create(
         model=HF_MODEL, messages=MESSAGES, max_tokens=16, stream=True,
         stream_options={"include_usage": True, "continuous_usage_stats": True},
         extra_body=IGNORE_EOS, extra_headers=headers(request_id)))
@@ -154,7 +154,7 @@ def test_stream_without_usage_is_billed_and_hides_it(gateway: Gateway, vllm_serv
 def test_completions(gateway: Gateway, vllm_servers: list[VLLMServer], usage: UsageStreams, key: str,
                      stream: bool) -> None:
     request_id = rid("cmpl")
-    client = gateway.client(key)
+    client = gateway.openai(key)
     direct = vllm_servers[1].client().completions.create(
         model=SERVED, prompt=PROMPT, max_tokens=12, extra_body=IGNORE_EOS)
     assert direct.usage is not None
@@ -181,7 +181,7 @@ def test_several_choices_and_prompts(gateway: Gateway, vllm_servers: list[VLLMSe
                                      usage: UsageStreams, key: str) -> None:
     """n=2 streamed, and two prompts in one completions request: vLLM's totals are billed."""
     request_id = rid("n2")
-    got = list(gateway.client(key).chat.completions.create(
+    got = list(gateway.openai(key).chat.completions.create(
         model=HF_MODEL, messages=MESSAGES, max_tokens=10, n=2, stream=True,
         stream_options={"include_usage": True}, extra_body=IGNORE_EOS,
         extra_headers=headers(request_id)))
@@ -192,7 +192,7 @@ def test_several_choices_and_prompts(gateway: Gateway, vllm_servers: list[VLLMSe
                   completion_tokens=20, stream=True, servers=vllm_servers)
 
     request_id = rid("two-prompts")
-    whole = gateway.client(key).completions.create(
+    whole = gateway.openai(key).completions.create(
         model=HF_MODEL, prompt=[PROMPT, "Hello there"], max_tokens=7, extra_body=IGNORE_EOS,
         extra_headers=headers(request_id))
     assert whole.usage is not None and whole.usage.completion_tokens == 14
@@ -207,7 +207,7 @@ def test_cached_prompt_tokens(gateway: Gateway, vllm_servers: list[VLLMServer], 
     seen = []
     for _ in range(4):  # two servers: at least two of four requests repeat on one server
         request_id = rid("cached")
-        reply = gateway.client(key).completions.create(
+        reply = gateway.openai(key).completions.create(
             model=HF_MODEL, prompt=prompt, max_tokens=2, extra_body=IGNORE_EOS,
             extra_headers=headers(request_id))
         assert reply.usage is not None
@@ -247,9 +247,9 @@ def test_estimate_uses_the_configured_tokenizer(gateway: Gateway, vllm_servers: 
     expected = (balance - estimate * price_in) // price_out
     assert 0 < expected < 500
 
-    key, _account = gateway.new_key(credits=balance)
+    key, _account = gateway.buy_key(credits=balance)
     request_id = rid("estimate")
-    reply = gateway.client(key).completions.create(
+    reply = gateway.openai(key).completions.create(
         model=model, prompt=prompt, max_tokens=500, extra_body=IGNORE_EOS,
         extra_headers=headers(request_id))
     assert reply.usage is not None
@@ -269,7 +269,7 @@ def test_estimate_uses_the_configured_tokenizer(gateway: Gateway, vllm_servers: 
 def test_disconnect_mid_stream_is_billed_for_what_vllm_generated(
     gateway: Gateway, vllm_servers: list[VLLMServer], usage: UsageStreams, ledger: Ledger
 ) -> None:
-    key, _account = gateway.new_key()
+    key, _account = gateway.buy_key()
     wait_idle(vllm_servers)
     before = {s.url: stable_counters(s) for s in vllm_servers}
     request_id = rid("disconnect")
@@ -323,10 +323,10 @@ def test_disconnect_mid_stream_is_billed_for_what_vllm_generated(
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 def test_vllm_refusal_is_relayed_and_free(gateway: Gateway, vllm_servers: list[VLLMServer],
                                           usage: UsageStreams, stream: bool) -> None:
-    key, _account = gateway.new_key(credits=5000)
+    key, _account = gateway.buy_key(credits=5000)
     request_id = rid("refused")
     with pytest.raises(openai.BadRequestError) as caught:
-        gateway.client(key).chat.completions.create(
+        gateway.openai(key).chat.completions.create(
             model=HF_MODEL, messages=MESSAGES, max_tokens=5, temperature=-1, stream=stream,
             extra_headers=headers(request_id))
     error = caught.value
@@ -350,7 +350,7 @@ def test_prompt_longer_than_vllm_context(gateway: Gateway, usage: UsageStreams, 
     request_id = rid("too-long")
     prompt = " ".join(["hello"] * (CONTEXT + 50))
     with pytest.raises(openai.BadRequestError) as caught:
-        gateway.client(key).completions.create(model=TIKTOKEN_MODEL, prompt=prompt,
+        gateway.openai(key).completions.create(model=TIKTOKEN_MODEL, prompt=prompt,
                                                extra_headers=headers(request_id))
     assert "context length" in caught.value.response.json()["error"]["message"]
     event = usage.one(request_id)
@@ -363,7 +363,7 @@ def test_prompt_longer_than_vllm_context(gateway: Gateway, usage: UsageStreams, 
 def _mixed_request(gateway: Gateway, key: str, index: int) -> tuple[str, int]:
     """One of a mix of request shapes; returns its request id and its ``n``."""
     request_id = rid(f"mix{index}")
-    client = gateway.client(key)
+    client = gateway.openai(key)
     kind = index % 6
     extra = IGNORE_EOS if index % 4 else {}  # a quarter stop at vLLM's EOS (or max_tokens)
     opts = {"extra_body": extra, "extra_headers": headers(request_id)}
@@ -386,8 +386,8 @@ def _mixed_request(gateway: Gateway, key: str, index: int) -> tuple[str, int]:
                                        stream=True, **opts))
     else:  # no max_tokens at all: the gateway grants what the balance allows (a small one
         # here: the context would allow 8,000 tokens, a minute of the tiny model's time)
-        small, _account = gateway.new_key(credits=400)
-        gateway.client(small).chat.completions.create(model=model, messages=MESSAGES, **opts)
+        small, _account = gateway.buy_key(credits=400)
+        gateway.openai(small).chat.completions.create(model=model, messages=MESSAGES, **opts)
     return request_id, 2 if kind == 2 else 1
 
 
@@ -395,7 +395,7 @@ def test_billed_tokens_equal_vllm_counters(gateway: Gateway, vllm_servers: list[
                                            usage: UsageStreams, ledger: Ledger) -> None:
     """Per server, the usage events' tokens and the ledger's usage records equal the deltas
     of vLLM's own counters; the ledger's usage legs charge what the events charged."""
-    key, _account = gateway.new_key()
+    key, _account = gateway.buy_key()
     wait_idle(vllm_servers)
     before = {s.url: stable_counters(s) for s in vllm_servers}
     started = time.monotonic()
@@ -445,7 +445,7 @@ def test_billed_tokens_equal_vllm_counters(gateway: Gateway, vllm_servers: list[
 def test_complete_stream_is_settled_ok(gateway: Gateway, vllm_servers: list[VLLMServer],
                                        usage: UsageStreams, key: str) -> None:
     """A stream the client read to [DONE] is settled ``ok`` with vLLM's own final usage."""
-    client = gateway.client(key)
+    client = gateway.openai(key)
     ids = []
     for _ in range(30):
         request_id = rid("complete")

@@ -9,16 +9,16 @@ from tests.gateway.conftest import ADMIN_KEY, Gateway
 
 def test_schema_and_docs_need_the_admin_key(gateway: Gateway) -> None:
     for path in ("/admin/openapi.json", "/admin/docs"):
-        anonymous = httpx.get(gateway.base + path, timeout=5)
+        anonymous = httpx.get(gateway.control + path, timeout=5)
         assert anonymous.status_code == 401, path
         assert anonymous.json()["error"]["code"] == "invalid_admin_key"
-        assert httpx.get(gateway.base + path, timeout=5,
+        assert httpx.get(gateway.control + path, timeout=5,
                          headers={"Authorization": "Bearer wrong"}).status_code == 401
     for path in ("/docs", "/openapi.json", "/redoc"):
-        assert httpx.get(gateway.base + path, timeout=5).status_code == 404, path
+        assert httpx.get(gateway.control + path, timeout=5).status_code == 404, path
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
-    schema = httpx.get(gateway.base + "/admin/openapi.json", headers=admin, timeout=5)
+    schema = httpx.get(gateway.control + "/admin/openapi.json", headers=admin, timeout=5)
     assert schema.status_code == 200 and "/admin/accounts" in schema.json()["paths"]
-    page = httpx.get(gateway.base + "/admin/docs", headers=admin, timeout=5)
+    page = httpx.get(gateway.control + "/admin/docs", headers=admin, timeout=5)
     assert page.status_code == 200 and "swagger" in page.text.lower()
     assert '"/admin/accounts"' in page.text  # the schema is inline: the page fetches nothing of ours

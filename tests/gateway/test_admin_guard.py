@@ -13,7 +13,7 @@ from tests.gateway.conftest import ADMIN_KEY, Gateway
 
 def raw_post(gateway: Gateway, head: str, body: bytes = b"", wait: float = 5.0) -> bytes:
     """Send a request head (and maybe part of a body) and read what comes back in ``wait`` s."""
-    url = urlsplit(gateway.base)
+    url = urlsplit(gateway.control)
     with socket.create_connection((url.hostname, url.port), timeout=wait) as sock:
         sock.sendall(head.encode() + body)
         sock.settimeout(wait)
@@ -47,6 +47,6 @@ def test_admin_body_is_bounded(gateway: Gateway) -> None:
                                 "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
                        f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n0\r\n\r\n")
     assert chunked.startswith(b"HTTP/1.1 413"), chunked[:200]
-    ok = httpx.post(gateway.base + "/admin/accounts", json={"name": "guarded"}, timeout=5,
+    ok = httpx.post(gateway.control + "/admin/accounts", json={"name": "guarded"}, timeout=5,
                     headers={"Authorization": f"Bearer {ADMIN_KEY}"})
     assert ok.status_code == 201 and ok.json()["name"] == "guarded" and ok.headers["x-request-id"]

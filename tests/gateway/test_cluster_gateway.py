@@ -13,7 +13,6 @@ from tests.gateway.conftest import (
     Sims,
     openai_client,
     start_gateway,
-    stop_process,
     usage_events,
 )
 from tests.redis_servers import RedisClusterServers
@@ -28,7 +27,7 @@ def cluster_gateway(sims: Sims, gateway: Gateway, redis_cluster_servers: RedisCl
     tmp = tmp_path_factory.mktemp("cluster-gateway")
     gw = start_gateway(gateway.config, f"redis+cluster://{host}:{port}", Path(tmp / "gw.log"))
     yield gw
-    stop_process(gw.process)
+    gw.stop()
 
 
 def test_metered_requests_on_a_redis_cluster(cluster_gateway: Gateway) -> None:

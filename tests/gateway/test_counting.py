@@ -19,7 +19,6 @@ from tests.gateway.conftest import (
     openai_client,
     start_gateway,
     start_sims,
-    stop_process,
     wait_for_event,
     write_config,
 )
@@ -35,8 +34,8 @@ def mute_gateway(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
     tmp = tmp_path_factory.mktemp("mute")
     gw = start_gateway(write_config(tmp / "models.yaml", sims), redis_url, tmp / "gateway.log")
     yield gw
-    stop_process(gw.process)
-    stop_process(sims.process)
+    gw.stop()
+    sims.stop()
 
 
 def test_whole_answer_without_usage_is_counted_from_its_content(mute_gateway: Gateway) -> None:
@@ -101,8 +100,8 @@ def whole_gateway(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
     tmp = tmp_path_factory.mktemp("whole")
     gw = start_gateway(write_config(tmp / "models.yaml", sims), redis_url, tmp / "gateway.log")
     yield gw
-    stop_process(gw.process)
-    stop_process(sims.process)
+    gw.stop()
+    sims.stop()
 
 
 @pytest.mark.parametrize("stream", [False, True])

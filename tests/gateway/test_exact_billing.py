@@ -23,7 +23,6 @@ from tests.gateway.conftest import (
     Sims,
     start_gateway,
     start_sims,
-    stop_process,
     wait_for_event,
 )
 
@@ -55,8 +54,8 @@ def byte_gateway(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
     tmp = tmp_path_factory.mktemp("bytes")
     gw = start_gateway(write_catalog(tmp / "models.yaml", sims), redis_url, tmp / "gateway.log")
     yield gw
-    stop_process(gw.process)
-    stop_process(sims.process)
+    gw.stop()
+    sims.stop()
 
 
 def call(gateway: Gateway, key: str, route: str, stream: bool, max_tokens: int) -> httpx.Response:

@@ -1,8 +1,9 @@
-"""A serving process loads what serving needs and no more.
+"""A data-plane worker loads what serving needs and none of the control plane's libraries.
 
 Memory per worker is a benchmark figure (docs/benchmarks.md), never a timed test; what a
-test can hold is which heavy modules a worker imports: alembic (11 MB) only while it must
-migrate an embedded ledger, aiohttp (10 MB) never (the probes use the relay's client).
+test can hold is which modules a worker imports. Here a worker is built as ``tokengate
+serve`` builds it (the launcher's parser included), started (Redis, catalog, tokenizers,
+probes), and serves an inference request, self-service (forwarded) and its probes.
 """
 
 from __future__ import annotations
@@ -12,36 +13,68 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.gateway.conftest import Sims, write_config
+from tests.gateway.conftest import CHAT_MODEL, Gateway, Sims, write_config
+
+FORBIDDEN = ("sqlalchemy", "fastapi", "starlette", "alembic", "billing", "control", "asyncpg",
+             "aiosqlite", "aiohttp", "jinja2")
 
 _SERVE_ONCE = """
-import asyncio, sys
+import asyncio, sys, orjson
+from launcher.cli import parser
 from gateway.app import create_app
+
+parser().parse_args(["serve"])  # what `tokengate serve` runs before uvicorn takes over
+
+async def call(app, method, path, body=b"", key=None):
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if key:
+        headers.append((b"authorization", b"Bearer " + key.encode()))
+    scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(),
+             "query_string": b"", "headers": headers, "client": ("127.0.0.1", 1)}
+    sent = [{"type": "http.request", "body": body, "more_body": False}]
+    async def receive():
+        return sent.pop() if sent else await asyncio.Event().wait()
+    answer = {}
+    async def send(message):
+        if message["type"] == "http.response.start":
+            answer["status"] = message["status"]
+    await app(scope, receive, send)
+    return answer["status"]
 
 async def main():
     app = create_app()
-    async with app.control.router.lifespan_context(app.control):
-        assert app.handler is not None  # started: Redis, catalog, ledger check, probes
-        await asyncio.sleep(0.3)  # a round of probes and scrapes
-    print(",".join(sorted({name.split(".")[0] for name in sys.modules} & {"alembic", "aiohttp"})))
+    startup = [{"type": "lifespan.shutdown"}, {"type": "lifespan.startup"}]
+    done = []
+    async def receive():
+        return startup.pop()
+    async def send(message):
+        done.append(message["type"])
+    lifespan = asyncio.create_task(app({"type": "lifespan"}, receive, send))
+    while not done:
+        await asyncio.sleep(0.01)
+    assert done == ["lifespan.startup.complete"], done
+    key = sys.argv[1]
+    chat = orjson.dumps({"model": sys.argv[2], "max_tokens": 2,
+                         "messages": [{"role": "user", "content": "hi"}]})
+    statuses = [await call(app, "POST", "/v1/chat/completions", chat, key),
+                await call(app, "GET", "/v1/me", key=key),
+                await call(app, "GET", "/readyz"), await call(app, "GET", "/metrics")]
+    assert statuses == [200, 200, 200, 200], statuses
+    await asyncio.sleep(1.5)  # a round of probes, scrapes and routing reports
+    await lifespan
+    print(",".join(sorted({name.split(".")[0] for name in sys.modules} & set(sys.argv[3].split(",")))))
 
 asyncio.run(main())
 """
 
 
-def _heavy_modules_of_a_worker(config: Path, redis_url: str, ledger: Path) -> str:
-    env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": f"sqlite:///{ledger}",
-           "TOKENGATE_CONFIG": str(config)}
-    done = subprocess.run([sys.executable, "-c", _SERVE_ONCE], env=env, capture_output=True,
-                          text=True, timeout=120, check=True)
-    return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
-
-
-def test_a_worker_loads_alembic_only_to_migrate_and_never_aiohttp(
-        sims: Sims, redis_url: str, tmp_path: Path) -> None:
-    config = write_config(tmp_path / "models.yaml", sims)
-    ledger = tmp_path / "ledger.db"
-    # A fresh embedded ledger: the worker migrates it, so alembic comes in (the check sees it).
-    assert _heavy_modules_of_a_worker(config, redis_url, ledger) == "alembic"
-    # Started again on the migrated ledger: neither.
-    assert _heavy_modules_of_a_worker(config, redis_url, ledger) == ""
+def test_a_data_plane_worker_imports_none_of_the_control_planes_libraries(
+        gateway: Gateway, sims: Sims, tmp_path: Path) -> None:
+    key = gateway.new_key()
+    env = {**os.environ, "REDIS_URL": gateway.redis_url, "TOKENGATE_CONTROL_URL": gateway.control,
+           "TOKENGATE_CONFIG": str(write_config(tmp_path / "models.yaml", sims))}
+    env.pop("DATABASE_URL", None)
+    done = subprocess.run([sys.executable, "-c", _SERVE_ONCE, key, CHAT_MODEL, ",".join(FORBIDDEN)],
+                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1:] in ([], [""]), done.stdout

@@ -23,7 +23,6 @@ from tests.gateway.conftest import (
     Sims,
     openai_client,
     start_gateway,
-    stop_process,
     wait_for_event,
 )
 from tests.redis_servers import RedisServer, redis_server
@@ -51,7 +50,7 @@ def test_dead_gateways_stream_expires_and_is_billed_its_checkpoint(
         balance = gateway.balance(account)
         assert balance["reserved"] == 0 and balance["spent"] == event.charge
     finally:
-        stop_process(doomed.process)
+        doomed.stop()
 
 
 def _stream_then_kill(doomed: Gateway, key: str) -> tuple[str, int]:
@@ -97,9 +96,9 @@ def test_the_reaper_outlives_a_redis_outage(gateway: Gateway, sims: Sims, privat
         assert (event.status, event.counted_by) == ("expired", "gateway")
         assert survivor.process.poll() is None
     finally:
-        stop_process(survivor.process)
+        survivor.stop()
         if doomed is not None:
-            stop_process(doomed.process)
+            doomed.stop()
 
 
 @pytest.fixture()
@@ -107,7 +106,7 @@ def lonely_gateway(sims: Sims, gateway: Gateway, private_redis: RedisServer,
                    tmp_path: Path) -> Gateway:
     gw = start_gateway(gateway.config, private_redis.url, tmp_path / "gw.log")
     yield gw  # type: ignore[misc]
-    stop_process(gw.process)
+    gw.stop()
 
 
 def test_redis_down_fails_closed(lonely_gateway: Gateway, private_redis: RedisServer) -> None:
@@ -165,7 +164,7 @@ def test_settlement_waits_for_redis_and_loses_nothing(gateway: Gateway, sims: Si
             balance = gw.balance(account)
             assert balance["reserved"] == 0 and balance["spent"] == event.charge > 0
         finally:
-            stop_process(gw.process)
+            gw.stop()
 
 
 def test_a_slow_whole_response_keeps_its_reservation(gateway: Gateway, sims: Sims, tmp_path: Path) -> None:
@@ -188,7 +187,7 @@ def test_a_slow_whole_response_keeps_its_reservation(gateway: Gateway, sims: Sim
         assert (event.status, event.counted_by) == ("ok", "upstream"), event
         assert event.completion_tokens == reply.usage.completion_tokens
     finally:
-        stop_process(slow.process)
+        slow.stop()
 
 
 def test_a_stream_whose_reservation_is_gone_is_cut(gateway: Gateway, sims: Sims, tmp_path: Path) -> None:
@@ -216,4 +215,4 @@ def test_a_stream_whose_reservation_is_gone_is_cut(gateway: Gateway, sims: Sims,
         assert time.monotonic() - started < 4.5  # cut within a renewal (0.5 s), not at the end
     finally:
         client.close()
-        stop_process(cutter.process)
+        cutter.stop()

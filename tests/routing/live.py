@@ -17,13 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import redis
 
-from gateway.embedded import free_port, wait_for_port
 from gateway.keyspace import all_usage_streams
-from tests.gateway.conftest import ADMIN_KEY, Gateway, start_gateway, stop_process
+from launcher.embedded import free_port, wait_for_port
+from tests.support.processes import Gateway, spawn, start_gateway, stop_process
 
 ROUTING_REDIS_DB = 3
 MODEL = "chat-model"
@@ -59,7 +58,7 @@ class Sim:
     def start(self) -> Sim:
         argv = [sys.executable, "-m", "loadtest.vllm_sim", "--port", str(self.port), "--model", SERVED,
                 *self.args]
-        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = spawn(argv, None)
         wait_for_port(self.port, self.process)
         return self
 
@@ -105,7 +104,7 @@ def deploy(tmp: Path, sim_args: list[list[str]], layout: dict[str, list[int]],
         yield gateway, sims
     finally:
         if gateway is not None:
-            stop_process(gateway.process)
+            gateway.stop()
         for sim in sims:
             sim.stop()
 
@@ -124,10 +123,8 @@ def reload_by_signal(gateway: Gateway) -> None:
 
 
 def endpoints(gateway: Gateway) -> dict[str, dict[str, Any]]:
-    """``/admin/endpoints`` rows by URL."""
-    rows = httpx.get(gateway.base + "/admin/endpoints", timeout=5,
-                     headers={"Authorization": f"Bearer {ADMIN_KEY}"}).raise_for_status().json()["data"]
-    return {row["url"]: row for row in rows}
+    """``/admin/endpoints`` rows by URL, as of this call."""
+    return gateway.endpoints()
 
 
 def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:

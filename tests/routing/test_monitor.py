@@ -7,11 +7,11 @@ import asyncio
 import contextlib
 
 from gateway.catalog import parse_catalog
-from gateway.embedded import free_port
 from gateway.relay.upstream import UpstreamClient
 from gateway.routing.monitor import EndpointMonitor
 from gateway.routing.router import Router
 from gateway.settings import Settings
+from launcher.embedded import free_port
 from loadtest.vllm_sim.cli import start_sim
 from loadtest.vllm_sim.config import SimConfig
 

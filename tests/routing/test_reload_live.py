@@ -4,6 +4,7 @@ the state of endpoints that remain; /admin/endpoints and /metrics show the route
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,22 +12,28 @@ import httpx
 import openai
 import pytest
 
+from gateway.ops import REPORT_SECONDS
 from tests.gateway.conftest import ADMIN_KEY, Gateway
 from tests.routing.live import Setup, deploy, endpoints, reload_by_signal, wait_for, write_config
 
 
 @pytest.fixture(scope="module")
 def setup(routing_redis: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    yield from deploy(tmp_path_factory.mktemp("reload"), [["--itl-ms", "40"]] * 3, {"east": [0], "west": [1]})
+    # 100 ms a token: a 60-token stream outlasts two reloads and the routing reports' second
+    yield from deploy(tmp_path_factory.mktemp("reload"), [["--itl-ms", "100"]] * 3,
+                      {"east": [0], "west": [1]})
 
 
 def admin(gateway: Gateway) -> httpx.Client:
-    return httpx.Client(base_url=gateway.base, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10)
+    return httpx.Client(base_url=gateway.control, headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+                        timeout=10)
 
 
 def test_endpoints_view_needs_the_admin_key(setup: Setup) -> None:
     gateway, sims = setup
-    assert httpx.get(gateway.base + "/admin/endpoints", timeout=5).status_code == 401
+    assert httpx.get(gateway.control + "/admin/endpoints", timeout=5).status_code == 401
+    assert httpx.get(gateway.base + "/admin/endpoints", timeout=5).status_code == 404  # not public
+    wait_for(lambda: len(endpoints(gateway)) == 2, 5, "the data plane reported its routing")
     with admin(gateway) as client:
         body = client.get("/admin/endpoints").raise_for_status().json()
     rows = {row["url"]: row for row in body["data"]}
@@ -83,7 +90,7 @@ def test_reload_keeps_streams_and_state(setup: Setup) -> None:
     write_config(config, {"east": [sims[0]]})
     with admin(gateway) as client:
         client.post("/admin/config/reload").raise_for_status()
-    assert set(endpoints(gateway)) == {sims[0].url}
+    wait_for(lambda: set(endpoints(gateway)) == {sims[0].url}, 5, "every worker reloaded")
     outcome: dict[str, object] = {}
     thread = stream_in_background(gateway, key, outcome)
     wait_for(lambda: endpoints(gateway)[sims[0].url]["in_flight"] == 1, 10, "the stream is on east")
@@ -92,6 +99,8 @@ def test_reload_keeps_streams_and_state(setup: Setup) -> None:
     write_config(config, {"west": [sims[1]], "south": [sims[2]]})
     with admin(gateway) as client:
         assert client.post("/admin/config/reload").raise_for_status().json()["clusters"] == ["west", "south"]
+    wait_for(lambda: endpoints(gateway).get(sims[0].url, {}).get("state") == "draining", 5,
+             "every worker reloaded")
     rows = endpoints(gateway)
     assert rows[sims[0].url]["state"] == "draining" and rows[sims[0].url]["in_flight"] == 1
     text = httpx.get(gateway.base + "/metrics", timeout=5).text
@@ -99,11 +108,12 @@ def test_reload_keeps_streams_and_state(setup: Setup) -> None:
     assert 'tokengate_cluster_in_flight{cluster="east"} 1.0' in text
     thread.join(20)
     assert "error" not in outcome and len(str(outcome["text"])) > 0  # the stream finished whole
-    assert sims[0].url not in endpoints(gateway)  # drained, then gone
+    wait_for(lambda: sims[0].url not in endpoints(gateway), 10, "drained, then gone")
 
     # 2. SIGHUP: west stays (same state, same counters), south goes, east comes back afresh.
     for i in range(4):
         ask(gateway, key, f"spread {i}")
+    time.sleep(REPORT_SECONDS * 1.5)  # the last request is in the data plane's report
     west = endpoints(gateway)[sims[1].url]
     write_config(config, {"east": [sims[0]], "west": [sims[1]]}, prefer=["west"])
     reload_by_signal(gateway)
@@ -112,7 +122,8 @@ def test_reload_keeps_streams_and_state(setup: Setup) -> None:
     assert rows[sims[1].url]["requests"] == west["requests"]
     assert rows[sims[0].url]["requests"] == 0
     ask(gateway, key, "where now?")
-    assert endpoints(gateway)[sims[1].url]["requests"] == west["requests"] + 1  # the new preference
+    wait_for(lambda: endpoints(gateway)[sims[1].url]["requests"] == west["requests"] + 1, 5,
+             "the new preference")
 
     # 3. A bad file is refused, by the API (400 naming the fault) and on SIGHUP (logged); the
     # gateway keeps serving the last good catalog.

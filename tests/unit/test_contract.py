@@ -1,10 +1,12 @@
-"""Billing imports from the gateway only its contract, and the contract stays light."""
+"""Billing and the control plane import from the gateway only its contract, the gateway
+imports neither of them nor the launcher, and the contract stays light."""
 
 from __future__ import annotations
 
 import ast
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import get_args
@@ -31,16 +33,34 @@ def _root(module: str) -> str:
     return module.partition(".")[0]
 
 
-def test_billing_imports_nothing_of_the_gateway_but_the_contract() -> None:
-    files = sorted((ROOT / "billing").rglob("*.py"))
-    assert len(files) > 10  # the walk found billing
-    offending = [
+def _imports_of(package: str, wanted: Callable[[str], bool]) -> list[str]:
+    files = sorted((ROOT / package).rglob("*.py"))
+    assert len(files) > 3, package  # the walk found the package
+    return [
         f"{path.relative_to(ROOT)}:{line}: {module}"
         for path in files
         for line, module in _imported_modules(path)
-        if _root(module) == "gateway" and module != CONTRACT and not module.startswith(CONTRACT + ".")
+        if wanted(module)
     ]
+
+
+def _gateway_internal(module: str) -> bool:
+    return _root(module) == "gateway" and module != CONTRACT and not module.startswith(CONTRACT + ".")
+
+
+def test_billing_imports_nothing_of_the_gateway_but_the_contract() -> None:
+    offending = _imports_of("billing", _gateway_internal)
     assert offending == [], "billing imports gateway internals; add them to gateway.contract"
+
+
+def test_the_control_plane_imports_nothing_of_the_gateway_but_the_contract() -> None:
+    offending = _imports_of("control", _gateway_internal)
+    assert offending == [], "control imports gateway internals; add them to gateway.contract"
+
+
+def test_the_gateway_imports_neither_the_control_plane_nor_billing_nor_the_launcher() -> None:
+    offending = _imports_of("gateway", lambda module: _root(module) in ("control", "billing", "launcher"))
+    assert offending == []
 
 
 def test_the_contract_imports_no_sql_framework_or_billing() -> None:
@@ -68,7 +88,7 @@ def test_the_vocabularies_are_the_literals() -> None:
     assert set(get_args(contract.CountedBy)) == {"upstream", "gateway"} == contract.COUNTED_BY
 
 
-def test_key_authenticator_is_the_gateways_of_the_app() -> None:
+def test_key_authenticator_is_the_one_of_the_app() -> None:
     authenticator = object()
-    state = SimpleNamespace(gateway=SimpleNamespace(authenticator=authenticator))
+    state = SimpleNamespace(authenticator=authenticator)
     assert contract.key_authenticator(state) is authenticator

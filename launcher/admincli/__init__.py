@@ -1,6 +1,6 @@
 """``tokengate accounts | keys | packages | purchases | usage``: the admin API from a terminal.
 
-Settings: ``TOKENGATE_CONTROL_URL`` (default ``http://127.0.0.1:8000``; ``--url`` overrides)
+Settings: ``TOKENGATE_CONTROL_URL`` (default ``http://127.0.0.1:8001``; ``--url`` overrides)
 and ``TOKENGATE_ADMIN_KEY`` (``--admin-key`` overrides). Tables by default, the API's JSON
 with ``--json``. An error is one sentence on stderr and a non-zero exit: 1 when the API
 refused or could not be reached, 2 for a usage error.
@@ -12,8 +12,8 @@ import argparse
 import os
 import sys
 
-from gateway.admincli import accounts, commerce
-from gateway.admincli.client import DEFAULT_URL, AdminClient, AdminError
+from launcher.admincli import accounts, commerce
+from launcher.admincli.client import DEFAULT_URL, AdminClient, AdminError
 
 COMMANDS = ("accounts", "keys", "packages", "purchases", "usage")
 

@@ -8,19 +8,21 @@ limit itself, and hands FastAPI the body from memory.
 
 from __future__ import annotations
 
-from gateway.asgi import (
+from gateway.contract import (
     ASGIApp,
+    AuthenticationFailed,
     ClientGone,
+    GatewayError,
     Message,
     Receive,
     Scope,
     Send,
+    bearer_token,
+    is_admin,
     read_body,
     send_error,
     with_header,
 )
-from gateway.auth import bearer_token, is_admin
-from gateway.errors import AuthenticationFailed, GatewayError
 
 
 class AdminGuard:

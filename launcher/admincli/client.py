@@ -14,7 +14,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_URL = "http://127.0.0.1:8001"
 TIMEOUT_S = 30.0
 
 

@@ -2,9 +2,10 @@
 
 It starts its own redis-server (AOF, fsync always) unless ``REDIS_URL`` is set, one vLLM
 simulator per cluster of models.yaml (each serving the models deployed there), the billing
-worker, the gateway, and a demo account created in the ledger (SQLite in the data directory
-unless ``DATABASE_URL`` is set) and funded by buying the starter package; then prints how
-to call it.
+worker, the control plane (admin API, self-service ledger), the data plane (the OpenAI
+API, in this process), and a demo account created in the ledger (SQLite in the data
+directory unless ``DATABASE_URL`` is set) and funded by buying the starter package; then
+prints how to call it.
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ from billing.service import Billing
 from gateway.accounts import KeyLimits
 from gateway.app import create_app
 from gateway.catalog import parse_catalog
-from gateway.embedded import free_port, start_redis, start_simulators, stop
 from gateway.server import GatewayHttpProtocol
 from gateway.settings import Settings
 from gateway.state import connect_redis
+from launcher.embedded import free_port, start_redis, start_simulators, stop, wait_for_port
 
 STARTER_CREDITS = 1_000_000
 STARTER = NewPackage(id="starter", name="Starter", credits=STARTER_CREDITS, valid_days=365)
@@ -73,17 +74,31 @@ async def _demo_key(redis_url: str, database_url: str) -> tuple[str, str]:
 def start_billing_worker(redis_url: str, database_url: str, log: Path) -> subprocess.Popen[bytes]:
     """``tokengate billing worker`` as a child: it records usage in the ledger."""
     env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": database_url}
-    args = [sys.executable, "-m", "gateway.cli", "billing", "worker"]
+    args = [sys.executable, "-m", "launcher.cli", "billing", "worker"]
     with log.open("ab") as out:
         return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
-def _banner(base: str, admin_key: str, key: str, model: str, redis_url: str, database_url: str) -> str:
+def start_control_plane(settings: Settings, host: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """``tokengate control`` as a child: the admin API and the ledger behind self-service."""
+    env = {**os.environ, "REDIS_URL": settings.redis_url, "DATABASE_URL": settings.database_url,
+           "TOKENGATE_CONFIG": settings.config_path,
+           "TOKENGATE_ADMIN_KEY": settings.admin_key.get_secret_value() if settings.admin_key else ""}
+    args = [sys.executable, "-m", "launcher.cli", "control", "--host", host, "--port", str(port)]
+    with log.open("ab") as out:
+        process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
+    wait_for_port(port, process, timeout=60)
+    return process
+
+
+def _banner(base: str, control: str, admin_key: str, key: str, model: str, redis_url: str,
+            database_url: str) -> str:
     return f"""
 tokengate is running.
 
   base URL   {base}
   API key    {key}   (demo account, {STARTER_CREDITS:,} credits)
+  admin API  {control}
   admin key  {admin_key}
   Redis      {redis_url}
   ledger     {database_url}
@@ -104,8 +119,10 @@ curl:
 
   curl {base}/me -H "Authorization: Bearer {key}"     # balance and usage
 
-Billing commands against this instance (another terminal):
+Admin commands against this instance (another terminal):
 
+  export TOKENGATE_CONTROL_URL={control} TOKENGATE_ADMIN_KEY={admin_key}
+  tokengate accounts list
   REDIS_URL={redis_url} DATABASE_URL={database_url} tokengate billing reconcile --dry-run
 
 Press Ctrl+C to stop.
@@ -141,19 +158,24 @@ def run(config_path: str, host: str, port: int, data_dir: str) -> int:
         window = max(model.context_window for model in catalog.models.values())
         children.append(start_simulators(servers, data / "simulators.log", window))
         admin_key = os.environ.get("TOKENGATE_ADMIN_KEY") or "tg-admin-" + secrets.token_urlsafe(24)
+        port = free_port(port)
+        control_port = free_port(port + 1)
+        control_url = f"http://127.0.0.1:{control_port}"
         settings = Settings(
             redis_url=redis_url,
             admin_key=SecretStr(admin_key),
             config_path=str(generated),
             database_url=os.environ.get("DATABASE_URL", f"sqlite:///{data / 'ledger.db'}"),
+            control_url=control_url,
         )
         _, key = asyncio.run(_demo_key(redis_url, settings.database_url))
         worker = start_billing_worker(redis_url, settings.database_url, data / "billing-worker.log")
         children.insert(0, worker)  # stopped first, before the Redis it reads
-        port = free_port(port)
+        # The admin API listens on loopback only, whatever --host says: never on the public listener.
+        children.insert(0, start_control_plane(settings, "127.0.0.1", control_port, data / "control.log"))
         first_model = next(m["name"] for m in doc["models"] if m.get("kind", "chat") == "chat")
-        banner = _banner(f"http://{_display_host(host)}:{port}/v1", admin_key, key, first_model,
-                         redis_url, settings.database_url)
+        banner = _banner(f"http://{_display_host(host)}:{port}/v1", control_url, admin_key, key,
+                         first_model, redis_url, settings.database_url)
         uvloop.run(_serve(settings, host, port, banner))
         return 0
     except KeyboardInterrupt:

@@ -6,9 +6,9 @@ import argparse
 import sys
 from typing import Any
 
-from gateway.admincli.accounts import model_list, positive, q
-from gateway.admincli.client import AdminClient, AdminError
-from gateway.admincli.output import Column, as_json, field, next_page, table
+from launcher.admincli.accounts import model_list, positive, q
+from launcher.admincli.client import AdminClient, AdminError
+from launcher.admincli.output import Column, as_json, field, next_page, table
 
 PACKAGE_COLUMNS: list[Column] = [
     ("ID", field("id")),

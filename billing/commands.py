@@ -1,5 +1,4 @@
-"""``tokengate billing worker | reconcile | migrate`` (settings from the environment:
-``REDIS_URL``, ``DATABASE_URL``)."""
+"""What ``tokengate billing worker | reconcile | migrate`` run (its arguments: launcher/cli.py)."""
 
 from __future__ import annotations
 
@@ -18,46 +17,6 @@ from billing.worker import BillingWorker, WorkerOptions
 from gateway.contract import Settings, connect_redis
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    billing = sub.add_parser(
-        "billing",
-        help="the ledger: worker, reconcile, migrate",
-        description="The billing ledger. Settings come from the environment: REDIS_URL (default "
-        "redis://127.0.0.1:6379/0) and DATABASE_URL (default sqlite:///.tokengate/ledger.db); "
-        "the quickstart prints the values of the instance it started.",
-    )
-    commands = billing.add_subparsers(dest="billing_command", required=True)
-
-    worker = commands.add_parser("worker", help="record the usage streams in the ledger")
-    worker.add_argument("--consumer", default=None, help="consumer name (default: host-pid)")
-    worker.add_argument("--batch", type=int, default=WorkerOptions.batch,
-                        help="entries read per usage stream at a time (one transaction for all)")
-    worker.add_argument("--block-ms", type=int, default=1000)
-    worker.add_argument(
-        "--claim-idle-ms",
-        type=int,
-        default=30_000,
-        help="claim entries another worker held unacked this long",
-    )
-    worker.add_argument("--max-deliveries", type=int, default=10)
-    worker.add_argument(
-        "--linger-ms",
-        type=int,
-        default=200,
-        help="after a partial batch, wait this long before reading again (batches the ledger writes)",
-    )
-
-    reconcile = commands.add_parser("reconcile", help="compare Redis with the ledger and repair")
-    reconcile.add_argument("--dry-run", action="store_true", help="report drift, change nothing")
-    reconcile.add_argument("--account", action="append", default=None, help="only these accounts")
-    reconcile.add_argument(
-        "--grace", type=float, default=10.0, help="seconds to let gateways replay lost usage before a rebuild"
-    )
-
-    migrate_cmd = commands.add_parser("migrate", help="migrate the ledger database")
-    migrate_cmd.add_argument("--revision", default="head")
-
-
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -70,7 +29,7 @@ async def _worker(args: argparse.Namespace, settings: Settings) -> int:
     billing = Billing.build(settings.database_url, redis)
     await billing.prepare()
     options = WorkerOptions(
-        batch=args.batch,
+        batch=args.batch or WorkerOptions.batch,
         block_ms=args.block_ms,
         claim_idle_ms=args.claim_idle_ms,
         max_deliveries=args.max_deliveries,

@@ -2,7 +2,8 @@
 
 The routes that touch the ledger (accounts, keys, packages, purchases, usage, export) live
 with it in ``billing/api.py``; this router mounts them behind the admin credential, beside
-the gateway's own (config reload) and the lists of accounts and keys (``billing/directory.py``).
+the catalog reload (asked of every data-plane worker through Redis) and the lists of
+accounts and keys (``billing/directory.py``).
 """
 
 from __future__ import annotations
@@ -17,26 +18,26 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from billing.api import BillingDep
 from billing.api import router as billing_admin
 from billing.directory import MAX_ACCOUNTS, list_accounts, list_keys
-from gateway.auth import is_admin
-from gateway.catalog import CatalogError
-from gateway.errors import AuthenticationFailed, BadRequest, NotFound
-from gateway.state import GatewayState
-from gateway.tokenizers import TokenizerError
+from gateway.contract import (
+    AuthenticationFailed,
+    BadRequest,
+    CatalogError,
+    NotFound,
+    Settings,
+    TokenizerError,
+    is_admin,
+    load_catalog,
+    ops,
+)
 
 
-def gateway_state(request: Request) -> GatewayState:
-    state: GatewayState = request.app.state.gateway
-    return state
-
-
-StateDep = Annotated[GatewayState, Depends(gateway_state)]
-
-
-def require_admin(request: Request, state: StateDep) -> None:
+def require_admin(request: Request) -> None:
+    """The admin credential, checked again behind the admin door (control/guard.py)."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer":
         token = ""
-    admin_key = state.settings.admin_key
+    settings: Settings = request.app.state.settings
+    admin_key = settings.admin_key
     if not is_admin(token.strip(), admin_key.get_secret_value() if admin_key else None):
         raise AuthenticationFailed("admin credential required", code="invalid_admin_key")
 
@@ -96,11 +97,15 @@ async def keys_list(account_id: str, billing: BillingDep) -> dict[str, Any]:
 
 
 @router.post("/config/reload")
-async def reload_config(state: StateDep) -> dict[str, Any]:
-    """Swap in models.yaml as it is now; a bad file is refused (400) and the old one kept."""
+async def reload_config(request: Request) -> dict[str, Any]:
+    """Check models.yaml as it is now, then have every data-plane worker swap it in (within
+    a second; each keeps requests in flight on the model they started with). A bad file is
+    refused (400) and the running catalog kept."""
+    settings: Settings = request.app.state.settings
     try:
-        catalog = state.reload_catalog()
+        catalog = load_catalog(settings.config_path, tokenizers=True)
     except (CatalogError, TokenizerError, OSError) as exc:
         raise BadRequest(f"models.yaml not reloaded, the running catalog is kept: {exc}",
                          code="invalid_config") from None
+    await ops.request_reload(request.app.state.redis)
     return {"models": sorted(catalog.models), "clusters": list(catalog.clusters)}

@@ -6,8 +6,8 @@ import argparse
 import urllib.parse
 from typing import Any
 
-from gateway.admincli.client import AdminClient, AdminError
-from gateway.admincli.output import Column, as_json, field, next_page, pairs, table
+from launcher.admincli.client import AdminClient, AdminError
+from launcher.admincli.output import Column, as_json, field, next_page, pairs, table
 
 ACCOUNT_COLUMNS: list[Column] = [
     ("ID", field("id")), ("NAME", field("name")), ("CREATED", field("created_at"))

@@ -1,0 +1,116 @@
+"""The control plane's ASGI application (``tokengate control``): the admin API, self-service
+that reads the ledger, and room for webhooks and the console.
+
+FastAPI gives these routes validation and an OpenAPI schema; none of it is on the token
+path, which is the data plane's (``gateway/``). The process holds no state of its own
+beyond its connections (the ledger in SQL, balances and keys in Redis), so two replicas
+can run behind one load balancer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException
+
+from billing.service import Billing
+from control import admin, endpoints, health, me
+from control.guard import AdminGuard
+from gateway.contract import (
+    GatewayError,
+    Receive,
+    Scope,
+    Send,
+    Settings,
+    connect_redis,
+    error_body,
+    error_type_for,
+    new_request_id,
+    open_key_authenticator,
+    settle_heap,
+    with_header,
+)
+
+
+class ControlApp:
+    """``/admin*`` through the admin door (credential and body bound first), the rest to FastAPI."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+        @asynccontextmanager
+        async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+            redis = connect_redis(settings.redis_url)
+            authenticator, close_authenticator = open_key_authenticator(settings)
+            app.state.settings = settings
+            app.state.redis = redis
+            app.state.authenticator = authenticator
+            app.state.billing = Billing.build(settings.database_url, redis)
+            await app.state.billing.prepare()  # migrates an embedded ledger; never blocks on PostgreSQL
+            settle_heap()
+            try:
+                yield
+            finally:
+                await app.state.billing.close()
+                await close_authenticator()
+                await redis.aclose()
+
+        # The schema and its docs are admin routes (behind the admin credential), not
+        # FastAPI's public defaults.
+        self.api = FastAPI(title="tokengate control plane", lifespan=lifespan, docs_url=None,
+                           openapi_url=None, redoc_url=None)
+        self.api.include_router(health.router)
+        self.api.include_router(admin.router)
+        self.api.include_router(endpoints.router)
+        self.api.include_router(me.router)
+        self.api.add_exception_handler(GatewayError, _gateway_error)  # type: ignore[arg-type]
+        self.api.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+        self.api.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
+        admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
+        self.admin_guard = AdminGuard(self.api, admin_key, settings.max_body_bytes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.api(scope, receive, send)
+            return
+        request_id = new_request_id()
+        if scope["path"].startswith("/admin"):
+            await self.admin_guard(scope, receive, send, request_id)
+            return
+        await self.api(scope, receive, with_header(send, b"x-request-id", request_id.encode()))
+
+
+async def _gateway_error(request: Request, error: GatewayError) -> Response:
+    return Response(error.body(), status_code=error.status, headers=error.headers,
+                    media_type="application/json")
+
+
+async def _validation_error(request: Request, error: RequestValidationError) -> Response:
+    """FastAPI's 422, in the same ``{"error": {...}}`` shape as every other error."""
+    problems, params = [], []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item.get("loc", ()) if part not in ("body", "query", "path"))
+        params.append(where)
+        problems.append(f"{where or 'body'}: {item.get('msg', 'invalid')}")
+    body = error_body("; ".join(problems) or "invalid request", error_type_for(422), "invalid_request",
+                      next((p for p in params if p), None))
+    return Response(body, status_code=422, media_type="application/json")
+
+
+async def _http_error(request: Request, error: HTTPException) -> Response:
+    """Starlette's own errors (unknown route, wrong method) in OpenAI's shape."""
+    message = error.detail if isinstance(error.detail, str) else "request refused"
+    if error.status_code == 404:
+        message = f"Unknown route {request.method} {request.url.path}"
+    elif error.status_code == 405:
+        message = f"{request.url.path} does not accept {request.method}"
+    return Response(error_body(message, error_type_for(error.status_code)), status_code=error.status_code,
+                    headers=error.headers, media_type="application/json")
+
+
+def create_app(settings: Settings | None = None) -> ControlApp:
+    return ControlApp(settings or Settings())

@@ -1,0 +1,35 @@
+"""models.yaml for tests, written from data rather than from one template per test module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def model(name: str, deployments: list[str], *, served_name: str | None = None,
+          price: tuple[float, float] = (1, 2), context_window: int = 4096, **fields: Any) -> dict[str, Any]:
+    """One model entry; ``fields`` are any other models.yaml keys (``tokenizer``, ``kind``, ...)."""
+    entry: dict[str, Any] = {"name": name}
+    if served_name:
+        entry["served_name"] = served_name
+    entry.update(fields)
+    entry["context_window"] = context_window
+    entry["price"] = {"input": price[0], "output": price[1]}
+    entry["deployments"] = deployments
+    return entry
+
+
+def write_catalog(path: Path, clusters: dict[str, list[str]], models: list[dict[str, Any]],
+                  routing: dict[str, Any] | None = None) -> Path:
+    """``clusters`` maps a cluster's name to its endpoints' URLs (region: ``<name>-region``)."""
+    doc: dict[str, Any] = {
+        "clusters": [{"name": name, "region": f"{name}-region", "endpoints": [{"url": url} for url in urls]}
+                     for name, urls in clusters.items()],
+        "models": models,
+    }
+    if routing:
+        doc["routing"] = routing
+    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return path
