@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from billing.clock import Clock, ms_to_iso, wall_ms
 from billing.db.engine import transaction
 from billing.db.schema import accounts, api_keys
+from billing.records import Account, ApiKey, IssuedKey
 from gateway.contract import (
     AccountRegistry,
     KeyLimits,
@@ -33,7 +34,7 @@ log = logging.getLogger("tokengate.billing")
 LIMIT_FIELDS = ("models", "rpm", "tpm", "max_concurrency", "disabled")
 
 
-def public_key(row: Any) -> dict[str, Any]:
+def public_key(row: Any) -> ApiKey:
     """A key as the API shows it: never its hash, never its secret."""
     return {
         "id": row.id,
@@ -59,21 +60,21 @@ class AccountService:
         self.copies = copies
         self.clock = clock
 
-    async def create_account(self, name: str) -> dict[str, Any]:
+    async def create_account(self, name: str) -> Account:
         account_id, now = "acct_" + secrets.token_hex(8), self.clock()
         async with transaction(self.engine) as conn:
             await conn.execute(accounts.insert(), {"id": account_id, "name": name, "created_at_ms": now})
         await self._best_effort(self.copies.push_account(account_id), account_id)
         return {"id": account_id, "name": name, "created_at": ms_to_iso(now)}
 
-    async def get_account(self, account_id: str) -> dict[str, Any] | None:
+    async def get_account(self, account_id: str) -> Account | None:
         async with transaction(self.engine) as conn:
             row = (await conn.execute(select(accounts).where(accounts.c.id == account_id))).first()
         if row is None:
             return None
         return {"id": row.id, "name": row.name, "created_at": ms_to_iso(row.created_at_ms)}
 
-    async def create_key(self, account_id: str, name: str, limits: KeyLimits) -> dict[str, Any]:
+    async def create_key(self, account_id: str, name: str, limits: KeyLimits) -> IssuedKey:
         """A new key of an existing account; the answer is the only place its secret appears."""
         secret, key_id = new_secret(), "key_" + secrets.token_hex(8)
         row: dict[str, Any] = {
@@ -99,13 +100,13 @@ class AccountService:
         await self._best_effort(push, account_id)
         return {**public_key(stored), "key": secret}
 
-    async def get_key(self, key_id: str) -> dict[str, Any] | None:
+    async def get_key(self, key_id: str) -> ApiKey | None:
         """A key that is not revoked, without its secret."""
         async with transaction(self.engine) as conn:
             row = (await conn.execute(_live_key(key_id))).first()
         return None if row is None else public_key(row)
 
-    async def update_key(self, key_id: str, changes: dict[str, Any]) -> dict[str, Any] | None:
+    async def update_key(self, key_id: str, changes: dict[str, Any]) -> ApiKey | None:
         """Change a key's limits in SQL, then in Redis (QuotaUnavailable: retry)."""
         changes = {k: v for k, v in changes.items() if k in LIMIT_FIELDS}
         async with transaction(self.engine) as conn:

@@ -5,7 +5,7 @@ behind the admin credential). Thin: parse, call billing, map the answer.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from billing.balances import account_balance
 from billing.packages import NewPackage
+from billing.records import Account, AccountView, ApiKey, IssuedKey, Packages, UsagePage
 from billing.service import Billing
 from billing.usage_query import UsageQuery, export_csv, usage_page
 from gateway.contract import BadRequest, KeyLimits, NotFound, iso_to_ms, key_authenticator
@@ -71,12 +72,12 @@ router = APIRouter()
 
 
 @router.post("/accounts", status_code=201)
-async def create_account(body: NewAccount, billing: BillingDep) -> dict[str, Any]:
+async def create_account(body: NewAccount, billing: BillingDep) -> Account:
     return await billing.accounts.create_account(body.name)
 
 
 @router.get("/accounts/{account_id}")
-async def get_account(account_id: str, billing: BillingDep) -> dict[str, Any]:
+async def get_account(account_id: str, billing: BillingDep) -> AccountView:
     account = await billing.accounts.get_account(account_id)
     if account is None:
         raise NotFound(f"no account {account_id!r}")
@@ -87,13 +88,13 @@ async def get_account(account_id: str, billing: BillingDep) -> dict[str, Any]:
 
 
 @router.post("/accounts/{account_id}/keys", status_code=201)
-async def create_key(account_id: str, body: NewKey, billing: BillingDep) -> dict[str, Any]:
+async def create_key(account_id: str, body: NewKey, billing: BillingDep) -> IssuedKey:
     limits = KeyLimits(body.models, body.rpm, body.tpm, body.max_concurrency)
     return await billing.accounts.create_key(account_id, body.name, limits)
 
 
 @router.patch("/keys/{key_id}")
-async def update_key(key_id: str, body: KeyChanges, request: Request, billing: BillingDep) -> dict[str, Any]:
+async def update_key(key_id: str, body: KeyChanges, request: Request, billing: BillingDep) -> ApiKey:
     changes = body.model_dump(exclude_unset=True)
     if changes.get("disabled", False) is None:
         raise BadRequest("disabled must be true or false", param="disabled")
@@ -119,7 +120,7 @@ async def create_package(body: PackageBody, billing: BillingDep) -> JSONResponse
 
 
 @router.get("/packages")
-async def list_packages(billing: BillingDep) -> dict[str, Any]:
+async def list_packages(billing: BillingDep) -> Packages:
     return {"data": await billing.packages.list_packages()}
 
 
@@ -161,7 +162,7 @@ async def account_usage(
     group_by: str | None = None,
     limit: LimitQ = 100,
     cursor: str | None = None,
-) -> dict[str, Any]:
+) -> UsagePage:
     if await billing.accounts.get_account(account_id) is None:
         raise NotFound(f"no account {account_id!r}")
     query = usage_query(account_id, start, end, group_by, limit, cursor)

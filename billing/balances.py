@@ -9,7 +9,7 @@ the ledger's own figures (no reservation known) and says so in ``balance_source`
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -18,10 +18,11 @@ from billing.clock import Clock, ms_to_iso, wall_ms
 from billing.db.engine import transaction
 from billing.db.schema import grants
 from billing.ledger import ledger_balance, ledger_grants
+from billing.records import Balance, GrantBalance, Totals
 from gateway.contract import AccountStore, BalanceUnknown, GrantState
 
 
-def _grant(state: GrantState, meta: Any) -> dict[str, Any]:
+def _grant(state: GrantState, meta: Any) -> GrantBalance:
     return {
         "id": state.id,
         "package_id": meta.package_id if meta is not None else None,
@@ -44,8 +45,8 @@ async def account_balance(
     *,
     ledger_fallback: bool = False,
     clock: Clock = wall_ms,
-) -> dict[str, Any]:
-    """``{"balance": {...}, "grants": [...]}``; BalanceUnknown unless ``ledger_fallback``."""
+) -> Balance:
+    """The account's totals and grants; BalanceUnknown unless ``ledger_fallback``."""
     try:
         view = await store.view(account_id)
     except BalanceUnknown:
@@ -56,13 +57,13 @@ async def account_balance(
         rows = await conn.execute(select(grants).where(grants.c.account_id == account_id))
         meta = {row.id: row for row in rows}
     return {
-        "balance": view.totals(),
+        "balance": cast(Totals, view.totals()),
         "grants": [_grant(g, meta.get(g.id)) for g in view.grants],
         "balance_source": "redis",
     }
 
 
-async def _from_ledger(engine: AsyncEngine, account_id: str, now_ms: int) -> dict[str, Any]:
+async def _from_ledger(engine: AsyncEngine, account_id: str, now_ms: int) -> Balance:
     async with transaction(engine) as conn:
         found = await ledger_grants(conn, [account_id])
     listed = []
@@ -79,4 +80,5 @@ async def _from_ledger(engine: AsyncEngine, account_id: str, now_ms: int) -> dic
             models=g.models,
         )
         listed.append(_grant(state, g))
-    return {"balance": ledger_balance(found, now_ms), "grants": listed, "balance_source": "ledger"}
+    totals = cast(Totals, ledger_balance(found, now_ms))
+    return {"balance": totals, "grants": listed, "balance_source": "ledger"}

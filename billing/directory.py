@@ -20,6 +20,7 @@ from billing.accounts import public_key
 from billing.clock import ms_to_iso
 from billing.db.engine import transaction
 from billing.db.schema import accounts, api_keys
+from billing.records import Account, AccountPage, ApiKey
 from gateway.contract import BadRequest
 
 MAX_ACCOUNTS = 500
@@ -27,7 +28,7 @@ MAX_MS = 2**63 - 1  # BIGINT
 _BAD_CURSOR = "not a cursor of this listing"
 
 
-def account_of(row: Any) -> dict[str, Any]:
+def account_of(row: Any) -> Account:
     """An account as ``POST /admin/accounts`` answers it."""
     return {"id": row.id, "name": row.name, "created_at": ms_to_iso(row.created_at_ms)}
 
@@ -62,7 +63,7 @@ def _searchable(q: str) -> str:
 
 async def list_accounts(
     engine: AsyncEngine, q: str | None = None, limit: int = 50, cursor: str | None = None
-) -> dict[str, Any]:
+) -> AccountPage:
     """``{"data": [accounts], "next_cursor": str | None}``, newest first.
 
     ``q`` matches a case-insensitive substring of the name or the exact id.
@@ -84,7 +85,7 @@ async def list_accounts(
     return {"data": [account_of(r) for r in rows], "next_cursor": next_cursor}
 
 
-async def list_keys(engine: AsyncEngine, account_id: str) -> list[dict[str, Any]] | None:
+async def list_keys(engine: AsyncEngine, account_id: str) -> list[ApiKey] | None:
     """The account's keys that are not revoked, oldest first, without secrets; None: no account."""
     k = api_keys.c
     if not (0 < len(account_id) <= 64 and account_id.isprintable()):

@@ -40,6 +40,9 @@ class LedgerRefused(ValueError):
 
 # The books a leg posts to: a grant's credits, what was sold, what was used.
 Book = Literal["grant", "sales", "usage"]
+# What an entry records: a package bought, a request's usage, an operator's correction.
+EntryKind = Literal["purchase", "usage", "correction"]
+Entry = tuple[str, EntryKind, str, Sequence["Leg"]]  # (id, kind, account_id, legs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +63,7 @@ class Recorded:
 
 
 async def post(
-    conn: AsyncConnection, entries: Sequence[tuple[str, str, str, Sequence[Leg]]], now_ms: int
+    conn: AsyncConnection, entries: Sequence[Entry], now_ms: int
 ) -> None:
     """Post entries ``(id, kind, account_id, legs)``: all legs first, then the entries."""
     legs = [
@@ -150,7 +153,7 @@ async def record_usage(conn: AsyncConnection, events: Iterable[UsageEvent], now_
         new = await _insert_new(conn, unique, now_ms, outcome)
     outcome.new = [e.request_id for e, _ in new]
     debits: dict[tuple[str, str], int] = defaultdict(int)
-    entries = []
+    entries: list[Entry] = []
     for event, parts in new:
         legs = []
         for grant_id, amount in parts:

@@ -4,17 +4,16 @@ account only. No route takes an account id: the account is the key's, always.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 
 from billing.api import FromQ, LimitQ, ToQ, usage_query
 from billing.balances import account_balance
+from billing.records import ApiKey, Me, UsagePage
 from billing.service import Billing
 from billing.usage_query import usage_page
 from gateway.contract import AuthenticationFailed, KeyRef, key_authenticator
-
-KEY_FIELDS = ("id", "name", "prefix", "models", "rpm", "tpm", "max_concurrency")
 
 
 def _billing(request: Request) -> Billing:
@@ -25,7 +24,7 @@ def _billing(request: Request) -> Billing:
 BillingDep = Annotated[Billing, Depends(_billing)]
 
 
-async def caller(request: Request, billing: BillingDep) -> tuple[KeyRef, dict[str, Any]]:
+async def caller(request: Request, billing: BillingDep) -> tuple[KeyRef, ApiKey]:
     """The key presented (``Authorization: Bearer tg-...``) and its record, if it is live."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
@@ -38,12 +37,12 @@ async def caller(request: Request, billing: BillingDep) -> tuple[KeyRef, dict[st
     return ref, key
 
 
-CallerDep = Annotated[tuple[KeyRef, dict[str, Any]], Depends(caller)]
+CallerDep = Annotated[tuple[KeyRef, ApiKey], Depends(caller)]
 router = APIRouter()
 
 
 @router.get("")
-async def me(who: CallerDep, billing: BillingDep) -> dict[str, Any]:
+async def me(who: CallerDep, billing: BillingDep) -> Me:
     ref, key = who
     account = await billing.accounts.get_account(ref.account_id)
     if account is None:
@@ -51,7 +50,8 @@ async def me(who: CallerDep, billing: BillingDep) -> dict[str, Any]:
     view = await account_balance(billing.engine, billing.store, ref.account_id, clock=billing.clock)
     return {
         "account": {"id": account["id"], "name": account["name"]},
-        "key": {f: key[f] for f in KEY_FIELDS},
+        "key": {"id": key["id"], "name": key["name"], "prefix": key["prefix"], "models": key["models"],
+                "rpm": key["rpm"], "tpm": key["tpm"], "max_concurrency": key["max_concurrency"]},
         "balance": view["balance"],
         "grants": view["grants"],
     }
@@ -66,6 +66,6 @@ async def my_usage(
     group_by: str | None = None,
     limit: LimitQ = 100,
     cursor: str | None = None,
-) -> dict[str, Any]:
+) -> UsagePage:
     query = usage_query(who[0].account_id, start, end, group_by, limit, cursor)
     return await usage_page(billing.engine, query)

@@ -22,6 +22,7 @@ from billing.db.engine import transaction
 from billing.db.schema import accounts, grants, packages
 from billing.errors import Conflict
 from billing.ledger import post, purchase_legs
+from billing.records import Grant, Package
 from gateway.contract import AccountStore, BalanceUnknown, NotFound, QuotaUnavailable
 
 log = logging.getLogger("tokengate.billing")
@@ -37,7 +38,7 @@ class NewPackage:
     id: str | None = None
 
 
-def package_of(row: Any) -> dict[str, Any]:
+def package_of(row: Any) -> Package:
     return {
         "id": row.id,
         "name": row.name,
@@ -49,7 +50,7 @@ def package_of(row: Any) -> dict[str, Any]:
     }
 
 
-def grant_of(row: Any) -> dict[str, Any]:
+def grant_of(row: Any) -> Grant:
     return {
         "id": row.id,
         "account_id": row.account_id,
@@ -70,7 +71,7 @@ class PackageService:
         self.store = store
         self.clock = clock
 
-    async def create_package(self, new: NewPackage) -> tuple[dict[str, Any], bool]:
+    async def create_package(self, new: NewPackage) -> tuple[Package, bool]:
         """(the package, created); the same id again with the same content is not a change."""
         row = {
             "id": new.id or "pkg_" + secrets.token_hex(6),
@@ -95,12 +96,12 @@ class PackageService:
                 raise Conflict(f"package {row['id']!r} exists with other content") from None
             return package_of(found), False
 
-    async def list_packages(self) -> list[dict[str, Any]]:
+    async def list_packages(self) -> list[Package]:
         async with transaction(self.engine) as conn:
             rows = await conn.execute(select(packages).order_by(packages.c.created_at_ms, packages.c.id))
         return [package_of(r) for r in rows]
 
-    async def purchase(self, account_id: str, package_id: str, order_id: str) -> tuple[dict[str, Any], bool]:
+    async def purchase(self, account_id: str, package_id: str, order_id: str) -> tuple[Grant, bool]:
         """(the grant, created): record the purchase in SQL, then credit Redis."""
         row, created = await self.record_purchase(account_id, package_id, order_id)
         await self.apply(row)

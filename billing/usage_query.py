@@ -12,7 +12,7 @@ import csv
 import io
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from sqlalchemy import Select, and_, func, or_, select
@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from billing.clock import DAY_MS, day_of, ms_to_iso
 from billing.db.engine import transaction
 from billing.db.schema import usage_records
+from billing.records import UsageGroup, UsagePage, UsageRecord
 from gateway.contract import BadRequest
 
 GROUPS = {"day": "day", "model": "model", "key": "key_id"}
@@ -78,12 +79,12 @@ _COLUMNS = RECORD_FIELDS[: RECORD_FIELDS.index("started_at")]  # read as they ar
 SUMS = ("requests", "prompt_tokens", "completion_tokens", "charge", "uncollected")
 
 
-def record(row: Any) -> dict[str, Any]:
-    out = {name: getattr(row, name) for name in _COLUMNS}
+def record(row: Any) -> UsageRecord:
+    out: dict[str, Any] = {name: getattr(row, name) for name in _COLUMNS}
     out["stream"] = bool(out["stream"])
     out["started_at"] = ms_to_iso(row.started_at_ms)
     out["finished_at"] = ms_to_iso(row.finished_at_ms)
-    return out
+    return cast(UsageRecord, out)
 
 
 def _filtered(query: Select[Any], q: UsageQuery) -> Select[Any]:
@@ -101,7 +102,7 @@ def _after(cursor: Sequence[Any]) -> Any:
     return or_(c.finished_at_ms < finished, and_(c.finished_at_ms == finished, c.request_id < request_id))
 
 
-async def usage_page(engine: AsyncEngine, q: UsageQuery) -> dict[str, Any]:
+async def usage_page(engine: AsyncEngine, q: UsageQuery) -> UsagePage:
     """``{"data": [...], "next_cursor": str | None}``."""
     if q.group_by:
         return await _grouped(engine, q)
@@ -120,7 +121,7 @@ async def usage_page(engine: AsyncEngine, q: UsageQuery) -> dict[str, Any]:
     return {"data": [record(r) for r in rows], "next_cursor": next_cursor}
 
 
-async def _grouped(engine: AsyncEngine, q: UsageQuery) -> dict[str, Any]:
+async def _grouped(engine: AsyncEngine, q: UsageQuery) -> UsagePage:
     offset = 0
     if q.cursor:
         decoded = _decode(q.cursor)
@@ -145,7 +146,7 @@ async def _grouped(engine: AsyncEngine, q: UsageQuery) -> dict[str, Any]:
     async with transaction(engine) as conn:
         rows = list(await conn.execute(query))
     more, rows = len(rows) > q.limit, rows[: q.limit]
-    data = []
+    data: list[UsageGroup] = []
     for row in rows:
         item: dict[str, Any] = {}
         for group in q.group_by:
@@ -153,7 +154,7 @@ async def _grouped(engine: AsyncEngine, q: UsageQuery) -> dict[str, Any]:
             item[group] = day_of(int(value) * DAY_MS) if group == "day" else value
         for name in SUMS:
             item[name] = int(getattr(row, name) or 0)
-        data.append(item)
+        data.append(cast(UsageGroup, item))
     next_cursor = _encode({"offset": offset + q.limit}) if more else None
     return {"data": data, "next_cursor": next_cursor}
 
@@ -172,7 +173,8 @@ async def export_csv(engine: AsyncEngine, q: UsageQuery, batch: int = 1000) -> A
     while True:
         page = await usage_page(engine, UsageQuery(q.account_id, q.from_ms, q.to_ms, (), batch, cursor))
         for item in page["data"]:
-            writer.writerow([_csv_value(item[name]) for name in RECORD_FIELDS])
+            values = cast(dict[str, Any], item)
+            writer.writerow([_csv_value(values[name]) for name in RECORD_FIELDS])
         yield out.getvalue().encode()
         out.seek(0)
         out.truncate()

@@ -18,6 +18,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from billing.api import BillingDep
 from billing.api import router as billing_admin
 from billing.directory import MAX_ACCOUNTS, list_accounts, list_keys
+from billing.records import AccountPage, Keys
 from gateway.contract import (
     AuthenticationFailed,
     BadRequest,
@@ -82,13 +83,13 @@ async def accounts_list(
     q: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_ACCOUNTS)] = 50,
     cursor: Annotated[str | None, Query(max_length=400)] = None,
-) -> dict[str, Any]:
+) -> AccountPage:
     """Accounts, newest first: ``q`` matches a name (case-insensitive substring) or an exact id."""
     return await list_accounts(billing.engine, q, limit, cursor)
 
 
 @router.get("/accounts/{account_id}/keys", dependencies=[only_params()])
-async def keys_list(account_id: str, billing: BillingDep) -> dict[str, Any]:
+async def keys_list(account_id: str, billing: BillingDep) -> Keys:
     """The account's keys that are not revoked, without their secrets."""
     keys = await list_keys(billing.engine, account_id)
     if keys is None:
