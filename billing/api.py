@@ -48,6 +48,11 @@ class KeyChanges(_Body):
     disabled: bool | None = None
 
 
+class PriceBody(_Body):
+    amount: int = Field(ge=0, le=2**50, description="integer minor units of the currency (cents, fen)")
+    currency: str = Field(pattern=r"^[A-Za-z]{3}$", description="ISO 4217 code, e.g. CNY or USD")
+
+
 class PackageBody(_Body):
     id: str | None = Ident
     name: str = Name
@@ -55,6 +60,9 @@ class PackageBody(_Body):
     valid_days: int = Field(ge=1, le=36_500)
     models: list[Annotated[str, Field(min_length=1, pattern=r"^[^,|]+$")]] | None = Models
     list_price: int | None = Field(default=None, ge=0)
+    price: PriceBody | None = None
+    for_sale: bool = False
+    trial: bool = False
 
 
 class PurchaseBody(_Body):
@@ -115,7 +123,11 @@ async def delete_key(key_id: str, request: Request, billing: BillingDep) -> Resp
 
 @router.post("/packages", status_code=201)
 async def create_package(body: PackageBody, billing: BillingDep) -> JSONResponse:
-    package, created = await billing.packages.create_package(NewPackage(**body.model_dump()))
+    fields = body.model_dump()
+    price = fields.pop("price")
+    new = NewPackage(**fields, price={"amount": price["amount"], "currency": price["currency"].upper()}
+                     if price else None)
+    package, created = await billing.packages.create_package(new)
     return JSONResponse(package, status_code=201 if created else 200)
 
 

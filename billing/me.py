@@ -1,5 +1,6 @@
 """Self-service with an API key (control/me.py mounts it at /v1/me): the key's own
-account only. No route takes an account id: the account is the key's, always.
+account only. No route takes an account id: the account is the key's, always. Beside it,
+the one public route, the price list (``GET /v1/packages``, no key).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from fastapi import APIRouter, Depends, Request
 
 from billing.api import FromQ, LimitQ, ToQ, usage_query
 from billing.balances import account_balance
-from billing.records import ApiKey, Me, UsagePage
+from billing.records import ApiKey, Me, Offers, UsagePage
 from billing.service import Billing
 from billing.usage_query import usage_page
 from gateway.contract import AuthenticationFailed, KeyRef, key_authenticator
@@ -39,6 +40,13 @@ async def caller(request: Request, billing: BillingDep) -> tuple[KeyRef, ApiKey]
 
 CallerDep = Annotated[tuple[KeyRef, ApiKey], Depends(caller)]
 router = APIRouter()
+prices = APIRouter()
+
+
+@prices.get("")
+async def price_list(billing: BillingDep) -> Offers:
+    """The packages on sale with their prices: public, so a team can compare before it signs up."""
+    return {"data": await billing.packages.price_list()}
 
 
 @router.get("")

@@ -22,8 +22,8 @@ from billing.db.engine import transaction
 from billing.db.schema import accounts, grants, packages
 from billing.errors import Conflict
 from billing.ledger import post, purchase_legs
-from billing.records import Grant, Package
-from gateway.contract import AccountStore, BalanceUnknown, NotFound, QuotaUnavailable
+from billing.records import Grant, Offer, Package, Price
+from gateway.contract import AccountStore, BadRequest, BalanceUnknown, NotFound, QuotaUnavailable
 
 log = logging.getLogger("tokengate.billing")
 
@@ -36,6 +36,19 @@ class NewPackage:
     models: list[str] | None = None
     list_price: int | None = None
     id: str | None = None
+    price: Price | None = None  # what a customer pays for it (required when for_sale)
+    for_sale: bool = False
+    trial: bool = False  # granted once to each account made by sign-up; one package at most
+
+
+_CONTENT = ("name", "credits", "valid_days", "models", "list_price", "price_amount", "price_currency",
+            "for_sale", "trial")  # what makes a package the same package again
+
+
+def price_of(row: Any) -> Price | None:
+    if row.price_amount is None:
+        return None
+    return {"amount": int(row.price_amount), "currency": row.price_currency}
 
 
 def package_of(row: Any) -> Package:
@@ -46,8 +59,19 @@ def package_of(row: Any) -> Package:
         "valid_days": row.valid_days,
         "models": row.models,
         "list_price": row.list_price,
+        "price": price_of(row),
+        "for_sale": bool(row.for_sale),
+        "trial": bool(row.trial),
         "created_at": ms_to_iso(row.created_at_ms),
     }
+
+
+def offer_of(row: Any) -> Offer:
+    """A package as the public price list shows it."""
+    price = price_of(row)
+    assert price is not None  # on sale means priced (create_package holds it)
+    return {"id": row.id, "name": row.name, "credits": row.credits, "valid_days": row.valid_days,
+            "models": row.models, "price": price}
 
 
 def grant_of(row: Any) -> Grant:
@@ -72,7 +96,11 @@ class PackageService:
         self.clock = clock
 
     async def create_package(self, new: NewPackage) -> tuple[Package, bool]:
-        """(the package, created); the same id again with the same content is not a change."""
+        """(the package, created); the same id again with the same content is not a change.
+
+        A package on sale needs a price (BadRequest); a second trial package is a Conflict."""
+        if new.for_sale and new.price is None:
+            raise BadRequest("a package for sale needs a price", param="price")
         row = {
             "id": new.id or "pkg_" + secrets.token_hex(6),
             "name": new.name,
@@ -81,6 +109,10 @@ class PackageService:
             "models": new.models,
             "list_price": new.list_price,
             "created_at_ms": self.clock(),
+            "price_amount": new.price["amount"] if new.price else None,
+            "price_currency": new.price["currency"].upper() if new.price else None,
+            "for_sale": new.for_sale,
+            "trial": new.trial,
         }
         try:
             async with transaction(self.engine) as conn:
@@ -89,9 +121,9 @@ class PackageService:
         except exc.IntegrityError:
             async with transaction(self.engine) as conn:
                 found = (await conn.execute(select(packages).where(packages.c.id == row["id"]))).first()
-            same = found is not None and all(
-                getattr(found, k) == row[k] for k in ("name", "credits", "valid_days", "models", "list_price")
-            )
+            if found is None and new.trial:
+                raise Conflict("another package is the trial package; there is one at most") from None
+            same = found is not None and all(getattr(found, k) == row[k] for k in _CONTENT)
             if not same:
                 raise Conflict(f"package {row['id']!r} exists with other content") from None
             return package_of(found), False
@@ -100,6 +132,29 @@ class PackageService:
         async with transaction(self.engine) as conn:
             rows = await conn.execute(select(packages).order_by(packages.c.created_at_ms, packages.c.id))
         return [package_of(r) for r in rows]
+
+    async def price_list(self) -> list[Offer]:
+        """The packages on sale, cheapest first (then by name): what anyone may buy."""
+        c = packages.c
+        query = select(packages).where(c.for_sale.is_(True)).order_by(c.price_amount, c.name, c.id)
+        async with transaction(self.engine) as conn:
+            rows = await conn.execute(query)
+        return [offer_of(r) for r in rows]
+
+    async def trial_package(self) -> Package | None:
+        async with transaction(self.engine) as conn:
+            row = (await conn.execute(select(packages).where(packages.c.trial.is_(True)))).first()
+        return None if row is None else package_of(row)
+
+    async def grant_trial(self, account_id: str) -> Grant | None:
+        """The trial package for a new account, once: its order id is ``trial:<account id>``,
+        so a retry or a concurrent call grants nothing more (``purchase`` is idempotent on the
+        order). None when no package is the trial."""
+        trial = await self.trial_package()
+        if trial is None:
+            return None
+        grant, _ = await self.purchase(account_id, trial["id"], f"trial:{account_id}")
+        return grant
 
     async def purchase(self, account_id: str, package_id: str, order_id: str) -> tuple[Grant, bool]:
         """(the grant, created): record the purchase in SQL, then credit Redis."""

@@ -41,6 +41,11 @@ class IssuedKey(ApiKey):
     key: str
 
 
+class Price(TypedDict):
+    amount: int  # integer minor units (cents, fen)
+    currency: str  # ISO 4217, upper case
+
+
 class Package(TypedDict):
     id: str
     name: str
@@ -48,7 +53,25 @@ class Package(TypedDict):
     valid_days: int
     models: list[str] | None
     list_price: int | None
+    price: Price | None
+    for_sale: bool
+    trial: bool
     created_at: str
+
+
+class Offer(TypedDict):
+    """A package on sale, as ``GET /v1/packages`` shows it to anyone."""
+
+    id: str
+    name: str
+    credits: int
+    valid_days: int
+    models: list[str] | None
+    price: Price
+
+
+class Offers(TypedDict):
+    data: list[Offer]
 
 
 class Grant(TypedDict):

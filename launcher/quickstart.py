@@ -38,7 +38,9 @@ from gateway.state import connect_redis
 from launcher.embedded import free_port, start_redis, start_simulators, stop, wait_for_port
 
 STARTER_CREDITS = 1_000_000
-STARTER = NewPackage(id="starter", name="Starter", credits=STARTER_CREDITS, valid_days=365)
+STARTER = NewPackage(id="starter", name="Starter", credits=STARTER_CREDITS, valid_days=365,
+                     price={"amount": 4900, "currency": "CNY"}, for_sale=True)
+TRIAL = NewPackage(id="trial", name="Trial", credits=100_000, valid_days=14, trial=True)
 
 
 def simulated_config(config_text: str, ports: dict[str, int]) -> tuple[str, list[tuple[int, list[str]]]]:
@@ -60,8 +62,9 @@ async def _demo_key(redis_url: str, database_url: str) -> tuple[str, str]:
     billing = Billing.build(database_url, redis)
     try:
         await migrate.upgrade(billing.engine)
-        with contextlib.suppress(Conflict):  # an operator changed it: buy it as it is
-            await billing.packages.create_package(STARTER)
+        for package in (STARTER, TRIAL):
+            with contextlib.suppress(Conflict):  # an operator changed it (or has a trial): keep theirs
+                await billing.packages.create_package(package)
         account = await billing.accounts.create_account("demo")
         await billing.packages.purchase(account["id"], "starter", f"quickstart-{account['id']}")
         key = await billing.accounts.create_key(account["id"], "quickstart", KeyLimits())

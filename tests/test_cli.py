@@ -79,6 +79,8 @@ def test_quickstart_serves_the_printed_key(tmp_path: Path) -> None:
         assert httpx.get(public + "/admin/accounts", headers=admin, timeout=10).status_code == 404
         me = httpx.get(base.group(1) + "/me", headers={"Authorization": f"Bearer {key.group(1)}"}, timeout=10)
         assert me.status_code == 200 and me.json()["account"]["name"] == "demo"
+        offers = httpx.get(base.group(1) + "/packages", timeout=10).json()["data"]  # no key
+        assert [(p["id"], p["price"]) for p in offers] == [("starter", {"amount": 4900, "currency": "CNY"})]
         listed = subprocess.run(
             [sys.executable, "-m", "launcher.cli", "accounts", "list"], cwd=ROOT, capture_output=True,
             text=True, timeout=60, env={**env, "TOKENGATE_CONTROL_URL": control.group(1)}, check=False)

@@ -29,6 +29,8 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
+    text,
 )
 
 metadata = MetaData(
@@ -82,9 +84,18 @@ packages = Table(
     Column("models", JSON, nullable=True),  # null: every model
     Column("list_price", Amount, nullable=True),  # smallest currency unit, informative
     Column("created_at_ms", Ms, nullable=False),
+    # On sale (migration 0003): the price in integer minor units of an ISO 4217 currency.
+    Column("price_amount", Amount, nullable=True),
+    Column("price_currency", String(3), nullable=True),
+    Column("for_sale", Boolean, nullable=False, server_default=false()),
+    Column("trial", Boolean, nullable=False, server_default=false()),  # granted once at sign-up
     CheckConstraint("credits > 0", name="credits"),
     CheckConstraint("valid_days > 0", name="valid_days"),
     CheckConstraint("list_price IS NULL OR list_price >= 0", name="list_price"),
+    CheckConstraint("(price_amount IS NULL) = (price_currency IS NULL) AND "
+                    "(price_amount IS NULL OR price_amount >= 0)", name="price"),
+    Index("uq_packages_one_trial", "trial", unique=True,
+          sqlite_where=text("trial"), postgresql_where=text("trial")),  # at most one trial package
 )
 
 grants = Table(

@@ -16,6 +16,8 @@ PACKAGE_COLUMNS: list[Column] = [
     ("CREDITS", field("credits")),
     ("VALID DAYS", field("valid_days")),
     ("MODELS", lambda p: p.get("models") or "all"),
+    ("PRICE", lambda p: f"{p['price']['amount']} {p['price']['currency']}" if p.get("price") else "-"),
+    ("ON SALE", lambda p: "trial" if p.get("trial") else "yes" if p.get("for_sale") else "no"),
     ("CREATED", field("created_at")),
 ]
 GRANT_COLUMNS: list[Column] = [
@@ -52,6 +54,9 @@ def packages_create(api: AdminClient, args: argparse.Namespace) -> None:
         body["models"] = args.models
     if args.id is not None:
         body["id"] = args.id
+    if args.price is not None:
+        body["price"] = {"amount": args.price, "currency": args.currency}
+    body["for_sale"], body["trial"] = args.for_sale, args.trial
     package = api.json("POST", "/admin/packages", body=body)
     as_json(package) if args.json else table([package], PACKAGE_COLUMNS)
 
@@ -123,6 +128,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--models", type=model_list, default=None, metavar="a,b",
                    help="its credits pay for these models only (default: all)")
     p.add_argument("--id", default=None, help="the package's id (default: generated)")
+    p.add_argument("--price", type=int, default=None, metavar="AMOUNT",
+                   help="what a customer pays, in minor units of --currency (e.g. 4900 for 49.00)")
+    p.add_argument("--currency", default="CNY", help="ISO 4217 code of --price (default CNY)")
+    p.add_argument("--for-sale", action="store_true", help="list it in the public price list (needs --price)")
+    p.add_argument("--trial", action="store_true", help="the package each new sign-up gets once")
     p.set_defaults(handler=packages_create)
     p = cmds.add_parser("list", parents=[common], help="every package")
     p.set_defaults(handler=packages_list)

@@ -97,6 +97,14 @@ def test_an_operator_runs_a_customer_from_the_cli(gateway: Gateway, tg: Any, tmp
     assert package["id"] == f"pkg-{tag}" and package["models"] == [MODEL]
     status, out, _ = tg("packages", "list")
     assert status == 0 and f"pkg-{tag}" in out and "100000" in out
+    on_sale = tg_json(tg, "packages", "create", "--name", f"M {tag}", "--credits", "5000000",
+                      "--valid-days", "90", "--price", "4900", "--currency", "usd", "--for-sale")
+    assert on_sale["price"] == {"amount": 4900, "currency": "USD"} and on_sale["for_sale"] is True
+    status, out, _ = tg("packages", "list")
+    assert status == 0 and "4900 USD" in out
+    status, _, err = tg("packages", "create", "--name", "x", "--credits", "1", "--valid-days", "1",
+                        "--for-sale")
+    assert status != 0 and "price" in err and "Traceback" not in err
     grant = tg_json(tg, "purchases", "create", acct, "--package", f"pkg-{tag}", "--order", f"o-{tag}")
     assert grant["credits"] == 100000 and grant["account_id"] == acct
 

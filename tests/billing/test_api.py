@@ -242,3 +242,43 @@ def test_the_admin_view_falls_back_to_the_ledger(gateway: Gateway) -> None:
     assert view["balance_source"] == "ledger" and view["balance"]["available"] == 777
     with gateway.client(c["key"]["key"]) as client:
         assert client.get("/v1/me").status_code == 503
+
+
+def test_packages_on_sale_make_the_public_price_list(gateway: Gateway) -> None:
+    """A priced package on sale is in ``GET /v1/packages`` at the public URL, no key needed;
+    one not on sale is not; on sale without a price is refused; one trial package at most."""
+    tag = str(time.time_ns())
+    with gateway.admin() as admin:
+        cheap = {"id": f"cheap-{tag}", "name": "Cheap", "credits": 1000, "valid_days": 30,
+                 "price": {"amount": 900, "currency": "cny"}, "for_sale": True}
+        made = admin.post("/admin/packages", json=cheap)
+        assert made.status_code == 201, made.text
+        assert made.json()["price"] == {"amount": 900, "currency": "CNY"} and made.json()["for_sale"] is True
+        assert admin.post("/admin/packages", json=cheap).status_code == 200  # the same again
+        priced = {**cheap, "price": {"amount": 901, "currency": "CNY"}}
+        assert admin.post("/admin/packages", json=priced).status_code == 409
+        hidden = {**cheap, "id": f"hidden-{tag}", "for_sale": False}
+        assert admin.post("/admin/packages", json=hidden).status_code == 201
+        unpriced = admin.post("/admin/packages", json={**cheap, "id": f"free-{tag}", "price": None})
+        assert unpriced.status_code == 400 and unpriced.json()["error"]["param"] == "price"
+        for price in ({"amount": -1, "currency": "CNY"}, {"amount": 1, "currency": "RMB1"},
+                      {"amount": "9", "currency": "CNY"}):
+            assert admin.post("/admin/packages", json={**cheap, "price": price}).status_code == 422
+        existing = [p for p in admin.get("/admin/packages").json()["data"] if p["trial"]]
+        trial = {"id": f"trial-{tag}", "name": "Trial", "credits": 500, "valid_days": 7, "trial": True}
+        if existing:  # one trial package per ledger: another test may have made it
+            trial = {k: existing[0][k] for k in ("id", "name", "credits", "valid_days", "trial")}
+        else:
+            assert admin.post("/admin/packages", json=trial).status_code == 201
+        assert admin.post("/admin/packages", json=trial).status_code == 200
+        second = admin.post("/admin/packages", json={**trial, "id": f"trial2-{tag}"})
+        assert second.status_code == 409 and "trial" in second.json()["error"]["message"]
+    listed = httpx.get(gateway.base + "/v1/packages", timeout=10)  # no key
+    assert listed.status_code == 200
+    offers = {p["id"]: p for p in listed.json()["data"]}
+    assert offers[cheap["id"]] == {"id": cheap["id"], "name": "Cheap", "credits": 1000, "valid_days": 30,
+                                   "models": None, "price": {"amount": 900, "currency": "CNY"}}
+    assert hidden["id"] not in offers and trial["id"] not in offers
+    amounts = [p["price"]["amount"] for p in listed.json()["data"]]
+    assert amounts == sorted(amounts)
+    assert httpx.get(gateway.control + "/v1/packages", timeout=10).json() == listed.json()

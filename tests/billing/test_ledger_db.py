@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection
 
 from billing.db import migrate
 from billing.db.engine import async_url, create_engine
-from billing.db.schema import accounts, grants, ledger_entries, ledger_legs, usage_records
+from billing.db.schema import accounts, grants, ledger_entries, ledger_legs, packages, usage_records
 from billing.ledger import Leg, post
 from billing.service import Billing
 
@@ -137,7 +137,7 @@ async def test_0002_adds_uncollected_to_records_already_there(blank_url: str) ->
                 )
             )
         await migrate.upgrade(engine)
-        assert await migrate.current(engine) == migrate.HEAD == "0002"
+        assert await migrate.current(engine) == migrate.HEAD
         async with engine.connect() as conn:
             old = (await conn.execute(select(usage_records.c.uncollected))).scalar_one()
             columns, checks = await conn.run_sync(_shape)
@@ -154,5 +154,35 @@ async def test_0002_adds_uncollected_to_records_already_there(blank_url: str) ->
         async with engine.connect() as conn:
             columns, checks = await conn.run_sync(_shape)
         assert "uncollected" not in columns and "ck_usage_records_uncollected" not in checks
+    finally:
+        await engine.dispose()
+
+
+async def test_0003_puts_packages_on_sale_with_one_trial_at_most(blank_url: str) -> None:
+    engine = create_engine(blank_url)
+    try:
+        await migrate.upgrade(engine, "0002")
+        async with engine.begin() as conn:
+            await conn.execute(insert(packages).values(id="old", name="o", credits=1, valid_days=1,
+                                                       created_at_ms=1))
+        await migrate.upgrade(engine)
+        async with engine.connect() as conn:
+            old = (await conn.execute(select(packages.c.for_sale, packages.c.trial,
+                                             packages.c.price_amount))).one()
+            found = await conn.run_sync(lambda sync: inspect(sync).get_columns("packages"))
+        assert tuple(old) == (False, False, None)
+        assert {c["name"] for c in found} == {c.name for c in packages.columns}
+        new = {"name": "t", "credits": 1, "valid_days": 1, "created_at_ms": 2}
+        async with engine.begin() as conn:
+            await conn.execute(insert(packages).values(id="t1", trial=True, **new))
+        for refused in ({"id": "t2", "trial": True}, {"id": "p1", "price_amount": 5},
+                        {"id": "p2", "price_amount": -1, "price_currency": "CNY"}):
+            with pytest.raises(exc.IntegrityError):
+                async with engine.begin() as conn:
+                    await conn.execute(insert(packages).values(**refused, **new))
+        await migrate.downgrade(engine, "0002")
+        async with engine.connect() as conn:
+            found = await conn.run_sync(lambda sync: inspect(sync).get_columns("packages"))
+        assert "trial" not in {c["name"] for c in found}
     finally:
         await engine.dispose()

@@ -76,6 +76,22 @@ async def test_concurrent_purchases_of_one_order_credit_once(billing: Billing) -
     assert (await billing.store.balance(who.account_id))["purchased"] == 300
 
 
+async def test_the_trial_is_granted_once_per_account(billing: Billing) -> None:
+    """However often and concurrently sign-up asks, an account gets the trial package once."""
+    trial = await billing.packages.trial_package()
+    if trial is None:  # one trial package per ledger: another test may have made it
+        trial, _ = await billing.packages.create_package(
+            NewPackage(id=new_id("trial"), name="Trial", credits=700, valid_days=7, trial=True))
+    who = await funded(billing, [])
+    granted = await asyncio.gather(*(billing.packages.grant_trial(who.account_id) for _ in range(5)))
+    assert len({g["id"] for g in granted if g is not None}) == 1 and None not in granted
+    assert await _count(billing, f"trial:{who.account_id}") == (1, 1)
+    assert (await billing.store.balance(who.account_id))["purchased"] == trial["credits"]
+    with pytest.raises(Conflict):  # a second trial package cannot exist
+        await billing.packages.create_package(
+            NewPackage(id=new_id("trial"), name="Again", credits=1, valid_days=1, trial=True))
+
+
 async def test_packages_are_idempotent_by_id(billing: Billing) -> None:
     pid = new_id("pkg")
     first, created = await billing.packages.create_package(
