@@ -123,11 +123,7 @@ async def delete_key(key_id: str, request: Request, billing: BillingDep) -> Resp
 
 @router.post("/packages", status_code=201)
 async def create_package(body: PackageBody, billing: BillingDep) -> JSONResponse:
-    fields = body.model_dump()
-    price = fields.pop("price")
-    new = NewPackage(**fields, price={"amount": price["amount"], "currency": price["currency"].upper()}
-                     if price else None)
-    package, created = await billing.packages.create_package(new)
+    package, created = await billing.packages.create_package(NewPackage(**body.model_dump()))
     return JSONResponse(package, status_code=201 if created else 200)
 
 
