@@ -7,7 +7,7 @@ other is a type error, and the admin API's OpenAPI schema names every field.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from typing_extensions import TypedDict  # pydantic reads these as response models (Python < 3.12)
 
@@ -204,4 +204,18 @@ class UsagePage(TypedDict):
 
 class AccountPage(TypedDict):
     data: list[Account]
+    next_cursor: str | None
+
+
+class AuditEntry(TypedDict):
+    id: int
+    at: str
+    actor: str  # 'admin', 'account:<id>', 'provider:<name>', 'system'
+    action: str  # 'order.paid', 'POST /admin/accounts', ...
+    target: str  # 'order:<id>', '/admin/accounts/<id>/keys', ...
+    detail: Any
+
+
+class AuditPage(TypedDict):
+    data: list[AuditEntry]
     next_cursor: str | None

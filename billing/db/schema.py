@@ -29,6 +29,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     false,
     text,
 )
@@ -44,6 +45,9 @@ metadata = MetaData(
 )
 
 Id = String(64)
+CREDIT_LIMIT = ("(credit_limit IS NULL) = (credit_period IS NULL) AND (credit_limit IS NULL OR "
+                "(credit_limit > 0 AND credit_period IN ('day', 'month', 'total')))")
+WITHDRAWN = "withdrawn >= 0 AND withdrawn <= credits"
 Amount = BigInteger
 Ms = BigInteger
 # A primary key that autoincrements on both (SQLite only does so for INTEGER PRIMARY KEY).
@@ -72,6 +76,10 @@ api_keys = Table(
     Column("disabled", Boolean, nullable=False, default=False),
     Column("created_at_ms", Ms, nullable=False),
     Column("revoked_at_ms", Ms, nullable=True),  # kept, not deleted: usage refers to it
+    # A cap on what the key may spend (migration 0004): credits per day, month or in total.
+    Column("credit_limit", Amount, nullable=True),
+    Column("credit_period", String(8), nullable=True),
+    CheckConstraint(CREDIT_LIMIT, name="credit_limit"),
 )
 
 packages = Table(
@@ -111,8 +119,12 @@ grants = Table(
     Column("valid_from_ms", Ms, nullable=False),
     Column("valid_until_ms", Ms, nullable=False),
     Column("list_price", Amount, nullable=True),
+    # Credits taken back (migration 0004: a refund, a debit adjustment): the grant then
+    # holds credits - withdrawn; the withdrawal is a 'correction' entry (grant -, sales +).
+    Column("withdrawn", Amount, nullable=False, server_default="0"),
     CheckConstraint("credits > 0", name="credits"),
     CheckConstraint("remaining >= 0 AND remaining <= credits", name="remaining"),
+    CheckConstraint(WITHDRAWN, name="withdrawn"),
     CheckConstraint("valid_until_ms > valid_from_ms", name="validity"),
 )
 
@@ -178,4 +190,110 @@ ledger_legs = Table(
     CheckConstraint("amount <> 0", name="amount"),
     CheckConstraint("book IN ('grant', 'sales', 'usage')", name="book"),
     Index("ix_legs_account_book", "account_id", "book"),
+)
+
+
+# Commerce (migration 0004). An order is what a customer asked to buy; paying it grants its
+# package with the order id as the purchase's order_id, so a payment applies once.
+ORDER_STATUSES = ("pending", "paid", "expired", "refunded")
+orders = Table(
+    "orders",
+    metadata,
+    Column("id", Id, primary_key=True),  # 'ord_<hex>'
+    Column("account_id", Id, ForeignKey("accounts.id"), nullable=False),
+    Column("package_id", Id, ForeignKey("packages.id"), nullable=False),
+    Column("amount", Amount, nullable=False),  # integer minor units, the price when ordered
+    Column("currency", String(3), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("provider", String(32), nullable=False),  # 'test', 'stripe'
+    Column("provider_ref", String(255), nullable=True),  # the provider's id (a checkout session)
+    Column("checkout_url", Text, nullable=True),
+    Column("created_at_ms", Ms, nullable=False),
+    Column("expires_at_ms", Ms, nullable=False),  # unpaid by then: expired
+    Column("paid_at_ms", Ms, nullable=True),
+    Column("refunded_at_ms", Ms, nullable=True),
+    Column("grant_id", Id, ForeignKey("grants.id"), nullable=True),
+    CheckConstraint("status IN ('pending', 'paid', 'expired', 'refunded')", name="status"),
+    CheckConstraint("amount >= 0", name="amount"),
+    Index("ix_orders_account_time", "account_id", "created_at_ms", "id"),
+    Index("ix_orders_status_time", "status", "created_at_ms", "id"),
+)
+
+# Redemption codes: the secret is shown once, at minting; only its SHA-256 is kept.
+redemption_codes = Table(
+    "redemption_codes",
+    metadata,
+    Column("id", Id, primary_key=True),  # 'rc_<hex>': how admins name a code
+    Column("code_hash", String(64), nullable=False, unique=True),
+    Column("batch_id", Id, nullable=False, index=True),
+    Column("package_id", Id, ForeignKey("packages.id"), nullable=False, index=True),
+    Column("created_at_ms", Ms, nullable=False),
+    Column("expires_at_ms", Ms, nullable=True),  # null: never
+    Column("redeemed_at_ms", Ms, nullable=True),
+    Column("redeemed_by", Id, ForeignKey("accounts.id"), nullable=True),
+    Column("grant_id", Id, ForeignKey("grants.id"), nullable=True),
+    CheckConstraint("(redeemed_at_ms IS NULL) = (redeemed_by IS NULL)", name="redeemed"),
+)
+
+# An operator's signed correction of an account's credits, applied once per idempotency key:
+# a credit is a grant of the 'adjustment' package; a debit withdraws from grants.
+adjustments = Table(
+    "adjustments",
+    metadata,
+    Column("id", Id, primary_key=True),  # 'adj_<hex>'
+    Column("account_id", Id, ForeignKey("accounts.id"), nullable=False),
+    Column("idempotency_key", String(200), nullable=False),
+    Column("credits", Amount, nullable=False),
+    Column("reason", String(500), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("grant_id", Id, ForeignKey("grants.id"), nullable=True),  # the grant a credit made
+    Column("allocation", Text, nullable=True),  # a debit by grant, 'g1:30,g2:5'
+    Column("actor", String(200), nullable=False),
+    Column("created_at_ms", Ms, nullable=False),
+    UniqueConstraint("account_id", "idempotency_key", name="uq_adjustments_key"),
+    CheckConstraint("credits <> 0", name="credits"),
+    CheckConstraint("status IN ('pending', 'applied', 'refused')", name="status"),
+)
+ADJUSTMENT_PACKAGE = "adjustment"  # the package row migration 0004 adds for credit adjustments
+
+# Alerts: an account's receiver and thresholds, and the outbox of signed deliveries.
+account_alerts = Table(
+    "account_alerts",
+    metadata,
+    Column("account_id", Id, ForeignKey("accounts.id"), primary_key=True),
+    Column("url", Text, nullable=True),  # where the signed webhooks go (null: metrics only)
+    Column("secret", String(128), nullable=True),  # the HMAC key, shown once when set
+    Column("low_balance", Amount, nullable=True),  # available credits at or below: alert
+    Column("expiry_days", Integer, nullable=True),  # notice this many days before a grant lapses
+    Column("updated_at_ms", Ms, nullable=False),
+)
+
+alert_deliveries = Table(
+    "alert_deliveries",
+    metadata,
+    Column("id", Id, primary_key=True),  # 'evt_<hex>', also the event id receivers dedupe on
+    Column("account_id", Id, ForeignKey("accounts.id"), nullable=False, index=True),
+    Column("kind", String(32), nullable=False),  # 'balance.low', 'grant.expiring'
+    Column("dedupe", String(300), nullable=False, unique=True),  # one alert per occurrence
+    Column("payload", Text, nullable=False),  # the JSON body, signed as sent
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_ms", Ms, nullable=False),
+    Column("delivered_at_ms", Ms, nullable=True),
+    Column("last_error", String(500), nullable=True),
+    Column("created_at_ms", Ms, nullable=False),
+    Index("ix_alert_deliveries_due", "delivered_at_ms", "next_attempt_ms"),
+)
+
+# Who changed what, when: every admin write and every order's change of state.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Serial, primary_key=True, autoincrement=True),
+    Column("at_ms", Ms, nullable=False),
+    Column("actor", String(200), nullable=False),  # 'admin', 'account:<id>', 'stripe', 'system'
+    Column("action", String(64), nullable=False),  # 'order.paid', 'key.create', ...
+    Column("target", String(300), nullable=False),  # 'order:ord_..', 'account:acc_..'
+    Column("detail", JSON, nullable=True),
+    Index("ix_audit_time", "at_ms", "id"),
+    Index("ix_audit_target", "target", "at_ms"),
 )

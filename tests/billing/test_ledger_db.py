@@ -165,7 +165,7 @@ async def test_0003_puts_packages_on_sale_with_one_trial_at_most(blank_url: str)
         async with engine.begin() as conn:
             await conn.execute(insert(packages).values(id="old", name="o", credits=1, valid_days=1,
                                                        created_at_ms=1))
-        await migrate.upgrade(engine)
+        await migrate.upgrade(engine, "0003")
         async with engine.connect() as conn:
             old = (await conn.execute(select(packages.c.for_sale, packages.c.trial,
                                              packages.c.price_amount))).one()
