@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from billing.clock import Clock, ms_to_iso, wall_ms
 from billing.db.engine import transaction
 from billing.db.schema import accounts, api_keys
+from billing.key_caps import cap_columns, cap_json, cap_of, check_key_spend
 from billing.records import Account, ApiKey, IssuedKey
 from gateway.contract import (
     AccountRegistry,
@@ -31,7 +32,7 @@ from gateway.contract import (
 )
 
 log = logging.getLogger("tokengate.billing")
-LIMIT_FIELDS = ("models", "rpm", "tpm", "max_concurrency", "disabled")
+LIMIT_FIELDS = ("models", "rpm", "tpm", "max_concurrency", "disabled", "credit_limit")
 
 
 def public_key(row: Any) -> ApiKey:
@@ -47,11 +48,12 @@ def public_key(row: Any) -> ApiKey:
         "tpm": row.tpm,
         "max_concurrency": row.max_concurrency,
         "disabled": bool(row.disabled),
+        "credit_limit": cap_json(cap_of(row)),
     }
 
 
 def limits_of(row: Any) -> KeyLimits:
-    return KeyLimits(row.models, row.rpm, row.tpm, row.max_concurrency, bool(row.disabled))
+    return KeyLimits(row.models, row.rpm, row.tpm, row.max_concurrency, bool(row.disabled), cap_of(row))
 
 
 class AccountService:
@@ -88,6 +90,7 @@ class AccountService:
             "tpm": limits.tpm,
             "max_concurrency": limits.max_concurrency,
             "disabled": limits.disabled,
+            **cap_columns(limits.credit_limit),
             "created_at_ms": self.clock(),
             "revoked_at_ms": None,
         }
@@ -107,15 +110,26 @@ class AccountService:
         return None if row is None else public_key(row)
 
     async def update_key(self, key_id: str, changes: dict[str, Any]) -> ApiKey | None:
-        """Change a key's limits in SQL, then in Redis (QuotaUnavailable: retry)."""
+        """Change a key's limits in SQL, then in Redis (QuotaUnavailable: retry).
+
+        ``credit_limit``: a :class:`CreditLimit`, or None to remove the cap. Setting a cap
+        counts what the key already spent in the period (the ledger and the usage streams),
+        so a key capped at noon has its morning counted; retrying counts again, harmlessly.
+        """
         changes = {k: v for k, v in changes.items() if k in LIMIT_FIELDS}
+        if "credit_limit" in changes:
+            changes.update(cap_columns(changes.pop("credit_limit")))
         async with transaction(self.engine) as conn:
             if (await conn.execute(_live_key(key_id))).first() is None:
                 return None
             if changes:
                 await conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(changes))
             row = (await conn.execute(_live_key(key_id))).one()
-        await self.copies.push_key(row.account_id, row.id, row.key_hash, limits_of(row))
+        limits = limits_of(row)
+        await self.copies.push_key(row.account_id, row.id, row.key_hash, limits)
+        if changes.get("credit_limit") is not None and limits.credit_limit is not None:
+            cap = limits.credit_limit
+            await check_key_spend(self.copies.store, self.engine, row.account_id, row.id, cap, apply=True)
         return public_key(row)
 
     async def revoke_key(self, key_id: str) -> bool:

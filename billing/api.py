@@ -5,7 +5,7 @@ behind the admin credential). Thin: parse, call billing, map the answer.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -13,10 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from billing.balances import account_balance
 from billing.packages import NewPackage
-from billing.records import Account, AccountView, ApiKey, IssuedKey, Packages, UsagePage
+from billing.records import Account, AccountView, AdjustmentPage, ApiKey, IssuedKey, Packages, UsagePage
 from billing.service import Billing
 from billing.usage_query import UsageQuery, export_csv, usage_page
-from gateway.contract import BadRequest, KeyLimits, NotFound, iso_to_ms, key_authenticator
+from gateway.contract import BadRequest, CreditLimit, KeyLimits, NotFound, iso_to_ms, key_authenticator
 
 Name = Field(min_length=1, max_length=200)
 Ident = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
@@ -32,12 +32,21 @@ class NewAccount(_Body):
     name: str = Name
 
 
+class CreditLimitBody(_Body):
+    credits: int = Field(ge=1, le=2**50, description="at most this many credits per period")
+    period: Literal["day", "month", "total"] = Field(description="UTC calendar day or month, or ever")
+
+    def cap(self) -> CreditLimit:
+        return CreditLimit(self.credits, self.period)
+
+
 class NewKey(_Body):
     name: str = Field(default="default", min_length=1, max_length=200)
     models: list[Annotated[str, Field(min_length=1, pattern=r"^[^,|]+$")]] | None = Models
     rpm: int | None = Field(default=None, ge=1)
     tpm: int | None = Field(default=None, ge=1)
     max_concurrency: int | None = Field(default=None, ge=1)
+    credit_limit: CreditLimitBody | None = None
 
 
 class KeyChanges(_Body):
@@ -46,6 +55,7 @@ class KeyChanges(_Body):
     tpm: int | None = Field(default=None, ge=1)
     max_concurrency: int | None = Field(default=None, ge=1)
     disabled: bool | None = None
+    credit_limit: CreditLimitBody | None = Field(default=None, description="null removes the cap")
 
 
 class PriceBody(_Body):
@@ -68,6 +78,12 @@ class PackageBody(_Body):
 class PurchaseBody(_Body):
     package_id: str = Field(min_length=1, max_length=64)
     order_id: str = Field(min_length=1, max_length=200)
+
+
+class AdjustmentBody(_Body):
+    credits: int = Field(ge=-(2**50), le=2**50, description="non-zero; negative: a debit")
+    reason: str = Field(min_length=1, max_length=500)
+    idempotency_key: str = Field(min_length=1, max_length=200)
 
 
 def billing_of(request: Request) -> Billing:
@@ -97,7 +113,8 @@ async def get_account(account_id: str, billing: BillingDep) -> AccountView:
 
 @router.post("/accounts/{account_id}/keys", status_code=201)
 async def create_key(account_id: str, body: NewKey, billing: BillingDep) -> IssuedKey:
-    limits = KeyLimits(body.models, body.rpm, body.tpm, body.max_concurrency)
+    cap = body.credit_limit.cap() if body.credit_limit else None
+    limits = KeyLimits(body.models, body.rpm, body.tpm, body.max_concurrency, credit_limit=cap)
     return await billing.accounts.create_key(account_id, body.name, limits)
 
 
@@ -106,6 +123,8 @@ async def update_key(key_id: str, body: KeyChanges, request: Request, billing: B
     changes = body.model_dump(exclude_unset=True)
     if changes.get("disabled", False) is None:
         raise BadRequest("disabled must be true or false", param="disabled")
+    if "credit_limit" in changes:  # null: no cap any more
+        changes["credit_limit"] = body.credit_limit.cap() if body.credit_limit else None
     key = await billing.accounts.update_key(key_id, changes)
     if key is None:
         raise NotFound(f"no key {key_id!r}")
@@ -136,6 +155,28 @@ async def list_packages(billing: BillingDep) -> Packages:
 async def purchase(account_id: str, body: PurchaseBody, billing: BillingDep) -> JSONResponse:
     grant, created = await billing.packages.purchase(account_id, body.package_id, body.order_id)
     return JSONResponse(grant, status_code=201 if created else 200)
+
+
+@router.post("/accounts/{account_id}/adjustments", status_code=201)
+async def adjust(account_id: str, body: AdjustmentBody, billing: BillingDep) -> JSONResponse:
+    """Credit (+) or debit (-) an account once per idempotency key: 201 the adjustment, 200
+    when the key was used before with the same content, 409 with other content or for a
+    debit past the available balance (``insufficient_balance``; nothing changes)."""
+    if body.credits == 0:
+        raise BadRequest("credits must not be 0", param="credits")
+    adjustment, created = await billing.adjustments.adjust(
+        account_id, body.credits, body.reason, body.idempotency_key
+    )
+    return JSONResponse(adjustment, status_code=201 if created else 200)
+
+
+@router.get("/accounts/{account_id}/adjustments")
+async def list_adjustments(
+    account_id: str, billing: BillingDep, limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: str | None = None,
+) -> AdjustmentPage:
+    """The account's adjustments, newest first."""
+    return await billing.adjustments.list_adjustments(account_id, limit, cursor)
 
 
 def usage_query(

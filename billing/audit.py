@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from sqlalchemy import and_, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -26,9 +27,18 @@ MAX_ENTRIES = 500
 async def record(
     conn: AsyncConnection, *, at_ms: int, actor: str, action: str, target: str, detail: Any = None
 ) -> None:
-    """One line of the log, in the caller's transaction."""
-    await conn.execute(insert(audit_log).values(at_ms=at_ms, actor=actor[:200], action=action[:64],
-                                                target=target[:300], detail=detail))
+    """One line of the log, in the caller's transaction (text cut to its column, NULs replaced:
+    a target may come from a hostile request)."""
+    await conn.execute(
+        insert(audit_log).values(
+            at_ms=at_ms, actor=_text(actor, 200), action=_text(action, 64), target=_text(target, 300),
+            detail=detail,
+        )
+    )
+
+
+def _text(value: str, limit: int) -> str:
+    return value[:limit].replace("\x00", "\ufffd")
 
 
 async def record_now(engine: AsyncEngine, **line: Any) -> None:
@@ -37,14 +47,32 @@ async def record_now(engine: AsyncEngine, **line: Any) -> None:
         await record(conn, **line)
 
 
+def body_detail(body: bytes, limit: int = 2000) -> Any:
+    """A request body as the log keeps it: JSON as JSON, anything else as (cut) text."""
+    try:
+        return orjson.loads(body) if len(body) <= limit else body[:limit].decode("utf-8", "replace")
+    except orjson.JSONDecodeError:
+        return body[:limit].decode("utf-8", "replace") or None
+
+
 def entry_of(row: Any) -> AuditEntry:
-    return {"id": int(row.id), "at": ms_to_iso(row.at_ms), "actor": row.actor, "action": row.action,
-            "target": row.target, "detail": row.detail}
+    return {
+        "id": int(row.id),
+        "at": ms_to_iso(row.at_ms),
+        "actor": row.actor,
+        "action": row.action,
+        "target": row.target,
+        "detail": row.detail,
+    }
 
 
 async def audit_page(
-    engine: AsyncEngine, *, target: str | None = None, action: str | None = None,
-    limit: int = 100, cursor: str | None = None,
+    engine: AsyncEngine,
+    *,
+    target: str | None = None,
+    action: str | None = None,
+    limit: int = 100,
+    cursor: str | None = None,
 ) -> AuditPage:
     """Newest first; ``target`` (``order:ord_..``) and ``action`` (``order.paid``) filter exactly."""
     if not 1 <= limit <= MAX_ENTRIES:

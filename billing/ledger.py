@@ -4,6 +4,13 @@ Every change of credits is an entry whose legs sum to zero (the database checks 
 
     purchase:<order_id>   grant +credits, sales -credits
     usage:<request_id>    grant -charge, usage +charge      (one pair per grant charged)
+    adjustment:<id>       (correction) a credit: grant +credits, sales -credits of a new grant;
+                          a debit: grant -n, sales +n per grant withdrawn from
+    refund:<order_id>     (correction) grant -n, sales +n: what was left of the order's grant
+
+A withdrawal (the last two) takes credits back: ``grants.withdrawn`` rises and
+``grants.remaining`` falls in the same transaction, so a grant holds ``credits - withdrawn``
+(its sales legs, negated) and ``remaining = credits - withdrawn - spent``.
 
 A usage record's ``uncollected`` (what the request cost beyond what its balance could pay
 at settlement) is no entry: no credits moved, so it is no debit.
@@ -14,7 +21,7 @@ insert skips an id already there, so a redelivered or duplicated event changes n
 ``grants.remaining`` moves in the same transaction; its CHECK refuses an overdraft.
 
 Which grants a charge draws from is decided by Redis at settlement (the soonest-expiring
-grants valid for the model, see gateway/quota/lua/admit_v3.lua) and carried by the event,
+grants valid for the model, see gateway/quota/lua/admit_v4.lua) and carried by the event,
 so the ledger and Redis always agree grant by grant.
 """
 
@@ -111,6 +118,14 @@ async def insert_rows(
 
 def purchase_legs(account_id: str, grant_id: str, credits: int) -> list[Leg]:
     return [Leg(account_id, grant_id, "grant", credits), Leg(account_id, grant_id, "sales", -credits)]
+
+
+def withdrawal_legs(account_id: str, taken: Iterable[tuple[str, int]]) -> list[Leg]:
+    """Credits taken back from grants: the purchase's legs reversed, per grant."""
+    legs: list[Leg] = []
+    for grant_id, n in taken:
+        legs += [Leg(account_id, grant_id, "grant", -n), Leg(account_id, grant_id, "sales", n)]
+    return legs
 
 
 def _check(event: UsageEvent) -> list[tuple[str, int]]:
@@ -329,13 +344,15 @@ class LedgerGrant:
     account_id: str
     package_id: str
     order_id: str
-    credits: int
+    credits: int  # what the grant holds: bought less withdrawn (as Redis holds it)
     spent: int  # the usage legs
     remaining: int  # the grant legs (= credits - spent)
     remaining_column: int  # grants.remaining, which must equal `remaining`
     models: tuple[str, ...] | None
     valid_from_ms: int
-    valid_until_ms: int
+    valid_until_ms: int  # a grant closed by a refund: the close
+    withdrawn: int = 0  # grants.withdrawn: taken back (included in `credits`)
+    sold: int | None = None  # the sales legs negated, which must equal `credits`
 
     def live(self, now_ms: int) -> bool:
         return now_ms < self.valid_until_ms
@@ -349,11 +366,14 @@ async def ledger_grants(conn: AsyncConnection, account_ids: Sequence[str] | None
             legs.grant_id,
             func.sum(case((legs.book == "usage", legs.amount), else_=0)).label("spent"),
             func.sum(case((legs.book == "grant", legs.amount), else_=0)).label("left"),
+            func.sum(case((legs.book == "sales", legs.amount), else_=0)).label("sales"),
         )
         .group_by(legs.grant_id)
         .subquery()
     )
-    query = select(grants, sums.c.spent, sums.c.left).outerjoin(sums, sums.c.grant_id == grants.c.id)
+    query = select(grants, sums.c.spent, sums.c.left, sums.c.sales).outerjoin(
+        sums, sums.c.grant_id == grants.c.id
+    )
     if account_ids is not None:
         query = query.where(grants.c.account_id.in_(list(account_ids)))
     rows = await conn.execute(query.order_by(grants.c.valid_until_ms, grants.c.id))
@@ -363,13 +383,15 @@ async def ledger_grants(conn: AsyncConnection, account_ids: Sequence[str] | None
             account_id=r.account_id,
             package_id=r.package_id,
             order_id=r.order_id,
-            credits=int(r.credits),
+            credits=int(r.credits) - int(r.withdrawn),
             spent=int(r.spent or 0),
             remaining=int(r.left or 0),
             remaining_column=int(r.remaining),
             models=tuple(r.models) if r.models is not None else None,
             valid_from_ms=int(r.valid_from_ms),
             valid_until_ms=int(r.valid_until_ms),
+            withdrawn=int(r.withdrawn),
+            sold=-int(r.sales or 0),
         )
         for r in rows
     ]

@@ -56,10 +56,14 @@ async def me(who: CallerDep, billing: BillingDep) -> Me:
     if account is None:
         raise AuthenticationFailed("invalid API key", code="invalid_api_key")
     view = await account_balance(billing.engine, billing.store, ref.account_id, clock=billing.clock)
+    cap, spent = key["credit_limit"], None
+    if cap is not None:  # what the key spent in its cap's period, by Redis time (as admission counts)
+        spent = (await billing.store.key_spend(ref.account_id, key["id"], cap["period"])).spent
     return {
         "account": {"id": account["id"], "name": account["name"]},
         "key": {"id": key["id"], "name": key["name"], "prefix": key["prefix"], "models": key["models"],
-                "rpm": key["rpm"], "tpm": key["tpm"], "max_concurrency": key["max_concurrency"]},
+                "rpm": key["rpm"], "tpm": key["tpm"], "max_concurrency": key["max_concurrency"],
+                "credit_limit": cap, "spent_in_period": spent},
         "balance": view["balance"],
         "grants": view["grants"],
     }

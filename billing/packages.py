@@ -169,24 +169,7 @@ class PackageService:
                 existing = await _grant_for_order(conn, order_id)
                 if existing is not None:
                     return _same_order(existing, account_id, package_id), False
-                package = await _package(conn, account_id, package_id)
-                now = self.clock()
-                row = {
-                    "id": "gr_" + secrets.token_hex(8),
-                    "account_id": account_id,
-                    "package_id": package_id,
-                    "order_id": order_id,
-                    "credits": package.credits,
-                    "remaining": package.credits,
-                    "models": package.models,
-                    "valid_from_ms": now,
-                    "valid_until_ms": now + package.valid_days * DAY_MS,
-                    "list_price": package.list_price,
-                }
-                await conn.execute(grants.insert(), row)
-                legs = purchase_legs(account_id, row["id"], package.credits)
-                await post(conn, [(f"purchase:{order_id}", "purchase", account_id, legs)], now)
-                return _Row(row), True
+                return await insert_grant(conn, account_id, package_id, order_id, self.clock()), True
         except exc.IntegrityError:  # the same order, committed by a concurrent request
             async with transaction(self.engine) as conn:
                 existing = await _grant_for_order(conn, order_id)
@@ -195,11 +178,16 @@ class PackageService:
             return _same_order(existing, account_id, package_id), False
 
     async def apply(self, grant: Any) -> bool:
-        """Credit a grant to the Redis balance (once per grant id); False if not possible now."""
+        """Credit a grant to the Redis balance (once per grant id); False if not possible now.
+
+        What it holds: its credits less any withdrawn (a refund, a debit adjustment)."""
+        holds = int(grant.credits) - int(getattr(grant, "withdrawn", 0) or 0)
+        if holds <= 0:
+            return True  # all withdrawn: nothing for Redis to hold (reconcile rebuilds its record)
         try:
             await self.store.credit(
                 grant.account_id,
-                int(grant.credits),
+                holds,
                 grant_id=grant.id,
                 expires_ms=int(grant.valid_until_ms),
                 models=grant.models,
@@ -210,6 +198,31 @@ class PackageService:
                 "grant %s not in Redis yet (%s): reconcile applies it", grant.id, error.__class__.__name__
             )
             return False
+
+
+async def insert_grant(
+    conn: AsyncConnection, account_id: str, package_id: str, order_id: str, now: int
+) -> Any:
+    """The grant of a package and its purchase entry, in the caller's transaction (so that
+    another change, a redemption code's claim, commits or fails with it). NotFound for an
+    unknown account or package; an order id used before is the caller's IntegrityError."""
+    package = await _package(conn, account_id, package_id)
+    row = {
+        "id": "gr_" + secrets.token_hex(8),
+        "account_id": account_id,
+        "package_id": package_id,
+        "order_id": order_id,
+        "credits": package.credits,
+        "remaining": package.credits,
+        "models": package.models,
+        "valid_from_ms": now,
+        "valid_until_ms": now + package.valid_days * DAY_MS,
+        "list_price": package.list_price,
+    }
+    await conn.execute(grants.insert(), row)
+    legs = purchase_legs(account_id, row["id"], package.credits)
+    await post(conn, [(f"purchase:{order_id}", "purchase", account_id, legs)], now)
+    return _Row(row)
 
 
 class _Row:

@@ -7,7 +7,7 @@ other is a type error, and the admin API's OpenAPI schema names every field.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, NotRequired
 
 from typing_extensions import TypedDict  # pydantic reads these as response models (Python < 3.12)
 
@@ -18,6 +18,13 @@ class Account(TypedDict):
     id: str
     name: str
     created_at: str
+
+
+class KeyCreditLimit(TypedDict):
+    """A key's credit cap: at most ``credits`` per UTC day, per UTC month, or in total."""
+
+    credits: int
+    period: Literal["day", "month", "total"]
 
 
 class ApiKey(TypedDict):
@@ -33,6 +40,7 @@ class ApiKey(TypedDict):
     tpm: int | None
     max_concurrency: int | None
     disabled: bool
+    credit_limit: KeyCreditLimit | None
 
 
 class IssuedKey(ApiKey):
@@ -143,7 +151,8 @@ class AccountName(TypedDict):
 
 
 class KeySummary(TypedDict):
-    """The caller's own key in ``/v1/me``: its limits, not its account or state."""
+    """The caller's own key in ``/v1/me``: its limits, not its account or state;
+    ``spent_in_period``: what it spent in its cap's current period (null: no cap)."""
 
     id: str
     name: str
@@ -152,6 +161,8 @@ class KeySummary(TypedDict):
     rpm: int | None
     tpm: int | None
     max_concurrency: int | None
+    credit_limit: KeyCreditLimit | None
+    spent_in_period: int | None
 
 
 class Me(TypedDict):
@@ -207,6 +218,36 @@ class AccountPage(TypedDict):
     next_cursor: str | None
 
 
+AdjustmentStatus = Literal["pending", "applied", "refused"]
+
+
+class Withdrawn(TypedDict):
+    """Credits a debit took from one grant."""
+
+    grant_id: str
+    credits: int
+
+
+class Adjustment(TypedDict):
+    """An operator's credit (+) or debit (-) of an account, applied once per idempotency key:
+    a credit is a new grant (``grant_id``), a debit what it took from grants (``allocation``)."""
+
+    id: str
+    account_id: str
+    credits: int
+    reason: str
+    idempotency_key: str
+    status: AdjustmentStatus  # pending: a debit between Redis and the ledger
+    grant_id: str | None
+    allocation: list[Withdrawn] | None
+    created_at: str
+
+
+class AdjustmentPage(TypedDict):
+    data: list[Adjustment]
+    next_cursor: str | None
+
+
 class AuditEntry(TypedDict):
     id: int
     at: str
@@ -219,3 +260,84 @@ class AuditEntry(TypedDict):
 class AuditPage(TypedDict):
     data: list[AuditEntry]
     next_cursor: str | None
+
+
+OrderStatus = Literal["pending", "paid", "expired", "refunded"]
+
+
+class Order(TypedDict):
+    """What a customer asked to buy and what became of it."""
+
+    id: str
+    account_id: str
+    package_id: str
+    status: OrderStatus
+    amount: int  # integer minor units, the package's price when ordered
+    currency: str  # ISO 4217, upper case
+    provider: str
+    checkout_url: str | None  # where the customer pays (pending orders only)
+    created_at: str
+    expires_at: str
+    paid_at: str | None
+    refunded_at: str | None
+    grant_id: str | None
+
+
+class OrderPage(TypedDict):
+    data: list[Order]
+    next_cursor: str | None
+
+
+CodeStatus = Literal["unused", "redeemed", "expired"]
+
+
+class IssuedCode(TypedDict):
+    """A new redemption code: the only answer that carries its secret."""
+
+    code: str
+    package_id: str
+    expires_at: str | None  # null: never
+
+
+class IssuedCodes(TypedDict):
+    """``POST /admin/codes``: the batch's codes, shown this once."""
+
+    data: list[IssuedCode]
+    batch_id: str
+
+
+class RedemptionCode(TypedDict):
+    """A code as admins list it: its state, never its secret or its hash."""
+
+    id: str
+    batch_id: str
+    package_id: str
+    status: CodeStatus
+    created_at: str
+    expires_at: str | None
+    redeemed_at: str | None
+    redeemed_by: str | None  # the account
+    grant_id: str | None
+
+
+class CodePage(TypedDict):
+    data: list[RedemptionCode]
+    next_cursor: str | None
+
+
+class Redemption(TypedDict):
+    """``POST /v1/me/redeem``: the grant the code made."""
+
+    grant: Grant
+
+
+class AlertSettings(TypedDict):
+    """An account's alert receiver and thresholds (``/admin/accounts/{id}/alerts``,
+    ``/v1/me/alerts``): ``secret`` is in the one answer that generated it, never again."""
+
+    account_id: str
+    url: str | None  # where signed webhooks go; null: alerts are recorded, not sent
+    low_balance: int | None  # alert when the credits left are at or below this
+    expiry_days: int | None  # notice this many days before a grant with credits left expires
+    updated_at: str | None  # null: never set
+    secret: NotRequired[str]  # 'tga_...', the HMAC key of Tokengate-Signature

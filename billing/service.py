@@ -9,10 +9,13 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from billing.accounts import AccountService
+from billing.adjustments import AdjustmentService
 from billing.clock import Clock, wall_ms
 from billing.db import migrate
 from billing.db.engine import create_engine, is_sqlite
+from billing.orders import OrderService
 from billing.packages import PackageService
+from billing.payments import PaymentProvider
 from gateway.contract import AccountRegistry, AccountStore, RedisClient
 
 log = logging.getLogger("tokengate.billing")
@@ -24,17 +27,33 @@ class Billing:
     store: AccountStore
     accounts: AccountService
     packages: PackageService
+    orders: OrderService
+    adjustments: AdjustmentService  # credits and debits; .withdrawals takes grants back
     clock: Clock
 
     @classmethod
-    def build(cls, database_url: str, redis: RedisClient, clock: Clock = wall_ms) -> Billing:
+    def build(
+        cls,
+        database_url: str,
+        redis: RedisClient,
+        clock: Clock = wall_ms,
+        *,
+        provider: PaymentProvider | None = None,
+        order_ttl_s: int = 3600,
+    ) -> Billing:
         engine = create_engine(database_url)
         store = AccountStore(redis)
+        packages = PackageService(engine, store, clock)
+        adjustments = AdjustmentService(engine, store, clock)
+        orders = OrderService(engine, packages, provider, ttl_ms=order_ttl_s * 1000, clock=clock,
+                              withdraw=adjustments.withdrawals.withdraw_grant)
         return cls(
             engine=engine,
             store=store,
             accounts=AccountService(engine, AccountRegistry(redis, store), clock),
-            packages=PackageService(engine, store, clock),
+            packages=packages,
+            orders=orders,
+            adjustments=adjustments,
             clock=clock,
         )
 

@@ -15,10 +15,12 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
+from billing import alerts_api, audit, orders_api
 from billing.api import BillingDep
 from billing.api import router as billing_admin
+from billing.codes_api import admin as codes_admin
 from billing.directory import MAX_ACCOUNTS, list_accounts, list_keys
-from billing.records import AccountPage, Keys
+from billing.records import AccountPage, AuditPage, Keys
 from gateway.contract import (
     AuthenticationFailed,
     BadRequest,
@@ -47,6 +49,10 @@ router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
 
 
 router.include_router(billing_admin)  # accounts, keys, packages, purchases, usage
+router.include_router(codes_admin)  # redemption codes
+router.include_router(orders_api.admin, prefix="/orders")
+router.include_router(alerts_api.admin)  # /accounts/{id}/alerts, /metrics
+
 
 
 @router.get("/openapi.json", include_in_schema=False)
@@ -95,6 +101,18 @@ async def keys_list(account_id: str, billing: BillingDep) -> Keys:
     if keys is None:
         raise NotFound(f"no account {account_id!r}")
     return {"data": keys}
+
+
+@router.get("/audit", dependencies=[only_params("target", "action", "limit", "cursor")])
+async def audit_log(
+    billing: BillingDep,
+    target: Annotated[str | None, Query(max_length=300)] = None,
+    action: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=audit.MAX_ENTRIES)] = 100,
+    cursor: Annotated[str | None, Query(max_length=400)] = None,
+) -> AuditPage:
+    """Who changed what, when: admin writes and orders' changes of state, newest first."""
+    return await audit.audit_page(billing.engine, target=target, action=action, limit=limit, cursor=cursor)
 
 
 @router.post("/config/reload")

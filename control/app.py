@@ -17,10 +17,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
+from billing import audit
 from billing.service import Billing
-from control import admin, endpoints, health, me
-from control.guard import AdminGuard
+from control import admin, endpoints, health, me, pay, webhooks
+from control.guard import AdminGuard, replay_body
+from control.payments import provider_from
 from gateway.contract import (
+    ClientGone,
     GatewayError,
     Receive,
     Scope,
@@ -31,6 +34,8 @@ from gateway.contract import (
     error_type_for,
     new_request_id,
     open_key_authenticator,
+    read_body,
+    send_error,
     settle_heap,
     with_header,
 )
@@ -41,6 +46,7 @@ class ControlApp:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        provider = provider_from(settings)  # a provider without its settings: refuse to start
 
         @asynccontextmanager
         async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -49,7 +55,8 @@ class ControlApp:
             app.state.settings = settings
             app.state.redis = redis
             app.state.authenticator = authenticator
-            app.state.billing = Billing.build(settings.database_url, redis)
+            app.state.billing = Billing.build(settings.database_url, redis, provider=provider,
+                                              order_ttl_s=settings.order_ttl_s)
             await app.state.billing.prepare()  # migrates an embedded ledger; never blocks on PostgreSQL
             settle_heap()
             try:
@@ -67,11 +74,13 @@ class ControlApp:
         self.api.include_router(admin.router)
         self.api.include_router(endpoints.router)
         self.api.include_router(me.router)
+        self.api.include_router(webhooks.router)
+        self.api.include_router(pay.router)
         self.api.add_exception_handler(GatewayError, _gateway_error)  # type: ignore[arg-type]
         self.api.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
         self.api.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
         admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
-        self.admin_guard = AdminGuard(self.api, admin_key, settings.max_body_bytes)
+        self.admin_guard = AdminGuard(self.api, admin_key, settings.max_body_bytes, self._audit)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -81,7 +90,22 @@ class ControlApp:
         if scope["path"].startswith("/admin"):
             await self.admin_guard(scope, receive, send, request_id)
             return
-        await self.api(scope, receive, with_header(send, b"x-request-id", request_id.encode()))
+        try:  # bounded before FastAPI reads it, as at the admin door
+            body = await read_body(scope, receive, self.settings.max_body_bytes)
+        except GatewayError as error:
+            await send_error(send, error, request_id)
+            return
+        except ClientGone:
+            return
+        send = with_header(send, b"x-request-id", request_id.encode())
+        await self.api(scope, replay_body(body, receive), send)
+
+    async def _audit(self, method: str, path: str, status: int, body: bytes) -> None:
+        """An admin write, once answered: who (the admin credential), what, when, the outcome."""
+        billing: Billing = self.api.state.billing
+        await audit.record_now(billing.engine, at_ms=billing.clock(), actor="admin",
+                               action=f"{method} {path}"[:64], target=path,
+                               detail={"status": status, "body": audit.body_detail(body)})
 
 
 async def _gateway_error(request: Request, error: GatewayError) -> Response:

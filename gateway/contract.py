@@ -10,8 +10,11 @@ emits. They meet in Redis, and this module names everything both sides must agre
 * **the Redis key layout**: :mod:`keyspace` (hash-tagged shards, usage streams),
   :func:`grants_key`, :func:`dead_letter_key` and the consumer group :data:`BILLING_GROUP`;
 * **the records billing pushes to Redis and the operations on them**: accounts, keys
-  (:class:`AccountRegistry`, :class:`KeyLimits`, :func:`hash_key`) and grants
-  (:class:`AccountStore`, :class:`GrantState`, :func:`new_epoch`), and the Redis errors
+  (:class:`AccountRegistry`, :class:`KeyLimits` with its :class:`CreditLimit`,
+  :func:`hash_key`; the credit cap's :data:`PERIODS`, :func:`period_id`,
+  :func:`period_start_ms` and :class:`KeySpend`) and grants
+  (:class:`AccountStore`, :class:`GrantState`, :func:`new_epoch`), withdrawals
+  (:class:`Withdrawal`, :func:`withdrawals_key`), and the Redis errors
   (:data:`UNAVAILABLE`) that mean "Redis cannot answer";
 * **the errors** billing raises or catches, in the gateway's one error tree (one mapping
   to HTTP status and OpenAI's error body);
@@ -38,7 +41,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from gateway import keyspace, ops
-from gateway.accounts import AccountRegistry, KeyLimits
+from gateway.accounts import AccountRegistry, CreditLimit, KeyLimits
 from gateway.asgi import (
     ASGIApp,
     ClientGone,
@@ -58,7 +61,9 @@ from gateway.errors import (
     BalanceUnknown,
     GatewayError,
     NotFound,
+    PayloadTooLarge,
     QuotaUnavailable,
+    RateLimited,
     ServiceUnavailable,
     error_body,
     error_type_for,
@@ -66,10 +71,13 @@ from gateway.errors import (
 from gateway.heap import settle_heap
 from gateway.keyspace import reply_text
 from gateway.quota.accounts import UNAVAILABLE, AccountStore, new_epoch
+from gateway.quota.caps import KeySpend
 from gateway.quota.grants import GrantState
 from gateway.quota.journal import group_progress, stream_id
-from gateway.quota.keys import BILLING_GROUP, dead_letter_key, grants_key
+from gateway.quota.keys import BILLING_GROUP, dead_letter_key, grants_key, withdrawals_key
+from gateway.quota.periods import PERIODS, CreditPeriod, period_id, period_start_ms
 from gateway.quota.scripts import RedisClient
+from gateway.quota.withdrawals import Withdrawal
 from gateway.redisio import fast_redis
 from gateway.request_id import new_request_id
 from gateway.settings import Settings
@@ -101,6 +109,7 @@ __all__ = [  # grouped in the module docstring
     "COUNTED_BY_GATEWAY",
     "COUNTED_BY_UPSTREAM",
     "EVENT_FIELDS",
+    "PERIODS",
     "STATUSES",
     "STATUS_CLIENT_GONE",
     "STATUS_EXPIRED",
@@ -117,14 +126,19 @@ __all__ = [  # grouped in the module docstring
     "CatalogError",
     "ClientGone",
     "CountedBy",
+    "CreditLimit",
+    "CreditPeriod",
     "GatewayError",
     "GrantState",
     "KeyAuthenticator",
     "KeyLimits",
     "KeyRef",
+    "KeySpend",
     "Message",
     "NotFound",
+    "PayloadTooLarge",
     "QuotaUnavailable",
+    "RateLimited",
     "Receive",
     "RedisClient",
     "Scope",
@@ -134,6 +148,7 @@ __all__ = [  # grouped in the module docstring
     "Status",
     "TokenizerError",
     "UsageEvent",
+    "Withdrawal",
     "bearer_token",
     "connect_redis",
     "dead_letter_key",
@@ -156,12 +171,15 @@ __all__ = [  # grouped in the module docstring
     "open_key_authenticator",
     "ops",
     "parse_allocation",
+    "period_id",
+    "period_start_ms",
     "read_body",
     "reply_text",
     "send_error",
     "settle_heap",
     "stream_id",
     "with_header",
+    "withdrawals_key",
 ]
 
 

@@ -40,8 +40,15 @@ def reservations_key(account_id: str) -> str:
 
 
 def key_record_key(account_id: str, key_id: str) -> str:
-    """HASH of an API key's state read by admission: disabled, models, rpm, tpm, ..."""
+    """HASH of an API key's state read by admission: disabled, models, rpm, tpm, ...,
+    credit_limit and credit_period (its credit cap; '' = none)."""
     return f"{_tag(shard_of(account_id))}:k:{key_id}"
+
+
+def key_spend_key(account_id: str, key_id: str) -> str:
+    """HASH period / spent / held of a key with a credit cap: what it spent in the current
+    period and what its requests in flight hold against the cap. A key without a cap has none."""
+    return f"{_tag(shard_of(account_id))}:k:{key_id}:spend"
 
 
 def rate_key(account_id: str, key_id: str) -> str:

@@ -234,7 +234,7 @@ class Pipeline:
         body = request.body
         body["model"] = model.served_name
         if request.kind != "embeddings":
-            per_choice = admission.max_tokens // request.choices  # >= 1: admit_v3 grants per choice
+            per_choice = admission.max_tokens // request.choices  # >= 1: admit_v4 grants per choice
             body.pop("max_completion_tokens", None)
             body["max_tokens"] = per_choice
             body["stream"] = True  # always a stream upstream, whole answers too: relay.answer

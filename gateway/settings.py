@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+import ipaddress
+
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,6 +27,30 @@ class Settings(BaseSettings):
     # /v1/packages) there, and the admin CLI talks to it.
     control_url: str | None = Field(default=None, validation_alias="TOKENGATE_CONTROL_URL")
 
+    # Commerce (control plane). Where customers' browsers reach the control plane (checkout
+    # and console links; default: control_url), the payment provider ('test' pays from a
+    # page of the control plane: for trials and demos only; 'stripe'; unset: no orders),
+    # and how long an order may wait for its payment.
+    public_url: str | None = Field(default=None, validation_alias="TOKENGATE_PUBLIC_URL")
+    payment_provider: str | None = Field(default=None, pattern="^(test|stripe)$",
+                                         validation_alias="TOKENGATE_PAYMENT_PROVIDER")
+    order_ttl_s: int = Field(default=3600, ge=1800, le=86_400, validation_alias="TOKENGATE_ORDER_TTL")
+    stripe_api_key: SecretStr | None = Field(default=None, validation_alias="TOKENGATE_STRIPE_API_KEY")
+    stripe_webhook_secret: SecretStr | None = Field(
+        default=None, validation_alias="TOKENGATE_STRIPE_WEBHOOK_SECRET"
+    )
+    stripe_api_base: str | None = Field(default=None, validation_alias="TOKENGATE_STRIPE_API_BASE")
+
+    # Who may tell the control plane a client's address (X-Forwarded-For): the peers in these
+    # comma-separated CIDRs, normally the data plane on loopback (control/client_address.py).
+    trusted_proxies: str = Field(default="127.0.0.1/32,::1/128", validation_alias="TOKENGATE_TRUSTED_PROXIES")
+
+    # Alerts (billing/alerts*.py): seconds between the billing worker's alert passes (0: none
+    # in the worker), and whether a receiver may be a loopback, private or link-local address
+    # (refused by default: a customer's URL must not reach the operator's own network).
+    alert_interval_s: float = Field(default=60.0, ge=0, validation_alias="TOKENGATE_ALERT_INTERVAL")
+    alerts_allow_private: bool = Field(default=False, validation_alias="TOKENGATE_ALERTS_ALLOW_PRIVATE")
+
     # Limits and timeouts of the relay (seconds unless named otherwise).
     max_body_bytes: int = Field(default=4 * 1024 * 1024, validation_alias="TOKENGATE_MAX_BODY_BYTES")
     connect_timeout: float = Field(default=3.0, validation_alias="TOKENGATE_CONNECT_TIMEOUT")
@@ -46,3 +72,12 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=30.0, gt=0, validation_alias="TOKENGATE_LEASE_SECONDS")
     reaper_interval: float = Field(default=5.0, gt=0, validation_alias="TOKENGATE_REAPER_INTERVAL")
     auth_cache_seconds: float = Field(default=10.0, ge=0, validation_alias="TOKENGATE_AUTH_CACHE_SECONDS")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, value: str) -> str:
+        """A bad CIDR fails at start, not at a customer's first redemption."""
+        for part in value.split(","):
+            if part.strip():
+                ipaddress.ip_network(part.strip(), strict=False)
+        return value

@@ -11,7 +11,7 @@ strings: integers in decimal, ``stream`` as ``"1"``/``"0"``, times as Redis ``TI
 milliseconds, ``grants`` as the charge by grant (``"g1:30,g2:5"``, drawing order; empty for
 a charge of 0). ``charge`` is what was collected (the sum of ``grants``); ``uncollected``
 is what the request cost beyond it, which the balance could not pay at settlement (normally
-0; absent from events written before it existed). ``gateway/quota/lua/settle_v3.lua``
+0; absent from events written before it existed). ``gateway/quota/lua/settle_v4.lua``
 writes the same fields (plus ``epoch``, the balance life it was charged to, which only the
 gateway's journal reads); change both together. Times leave the system as ISO 8601 UTC
 (:func:`ms_to_iso`).
@@ -154,7 +154,7 @@ class UsageEvent:
         return ms_to_iso(self.finished_at_ms)
 
     def to_fields(self) -> dict[str, str]:
-        """The Redis Stream entry (all values strings), as ``settle_v3.lua`` writes it."""
+        """The Redis Stream entry (all values strings), as ``settle_v4.lua`` writes it."""
         fields: dict[str, str] = {}
         for name in EVENT_FIELDS:
             value = getattr(self, name)

@@ -56,6 +56,10 @@ def _control(args: argparse.Namespace) -> int:
 
     if args.config:  # checked on reloads (the data plane's copy must be the same file)
         os.environ["TOKENGATE_CONFIG"] = args.config
+    if not (os.environ.get("TOKENGATE_PUBLIC_URL") or os.environ.get("TOKENGATE_CONTROL_URL")):
+        # Checkout links point here unless the operator names the public address.
+        host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+        os.environ["TOKENGATE_PUBLIC_URL"] = f"http://{f'[{host}]' if ':' in host else host}:{args.port}"
 
     uvicorn.run(
         "control.app:create_app",
@@ -134,6 +138,12 @@ def _add_billing(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
     migrate_cmd = commands.add_parser("migrate", help="migrate the ledger database")
     migrate_cmd.add_argument("--revision", default="head")
+
+    alerts = commands.add_parser(
+        "alerts",
+        help="raise and deliver alerts (the billing worker also does, every TOKENGATE_ALERT_INTERVAL s)",
+    )
+    alerts.add_argument("--once", action="store_true", help="one pass, then exit (cron, tests)")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -86,7 +86,9 @@ def start_control_plane(settings: Settings, host: str, port: int, log: Path) -> 
     """``tokengate control`` as a child: the admin API and the ledger behind self-service."""
     env = {**os.environ, "REDIS_URL": settings.redis_url, "DATABASE_URL": settings.database_url,
            "TOKENGATE_CONFIG": settings.config_path,
-           "TOKENGATE_ADMIN_KEY": settings.admin_key.get_secret_value() if settings.admin_key else ""}
+           "TOKENGATE_ADMIN_KEY": settings.admin_key.get_secret_value() if settings.admin_key else "",
+           # Orders are paid on the control plane's test page: no money moves (docs/billing.md).
+           "TOKENGATE_PAYMENT_PROVIDER": os.environ.get("TOKENGATE_PAYMENT_PROVIDER", "test")}
     args = [sys.executable, "-m", "launcher.cli", "control", "--host", host, "--port", str(port)]
     with log.open("ab") as out:
         process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -121,6 +123,7 @@ curl:
     -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
 
   curl {base}/me -H "Authorization: Bearer {key}"     # balance and usage
+  curl {base}/packages                                # the price list; buy with POST {base}/me/orders
 
 Admin commands against this instance (another terminal):
 

@@ -5,7 +5,7 @@
 A private redis-server on a free port and a fresh SQLite ledger (migrated, with funded
 accounts) in a temporary directory; ``tokengate billing worker`` runs as a child process
 and is left to settle (imports, migration check, group creation) before the measurement,
-so only the draining counts. Then N events shaped as ``settle_v3.lua`` writes them (most
+so only the draining counts. Then N events shaped as ``settle_v4.lua`` writes them (most
 paid by one grant, some split over two) go onto the accounts' shard streams, and the
 worker's user+system CPU (``/proc/<pid>/stat``) from before the first XADD until the
 streams are drained is divided by N.
@@ -85,7 +85,7 @@ async def fund(billing: Billing, accounts: int) -> list[Payer]:
 
 
 def event_fields(payer: Payer, rng: random.Random, now_ms: int) -> dict[str, str]:
-    """One usage event as settle_v3.lua XADDs it (every value a string, plus ``epoch``)."""
+    """One usage event as settle_v4.lua XADDs it (every value a string, plus ``epoch``)."""
     prompt, completion = rng.randint(20, 2000), rng.randint(1, 800)
     charge = prompt + 2 * completion
     first, second = payer.grants

@@ -207,6 +207,7 @@ orders = Table(
     Column("status", String(16), nullable=False),
     Column("provider", String(32), nullable=False),  # 'test', 'stripe'
     Column("provider_ref", String(255), nullable=True),  # the provider's id (a checkout session)
+    Column("payment_ref", String(255), nullable=True),  # the provider's id of the payment (refunds)
     Column("checkout_url", Text, nullable=True),
     Column("created_at_ms", Ms, nullable=False),
     Column("expires_at_ms", Ms, nullable=False),  # unpaid by then: expired

@@ -19,10 +19,13 @@ from redis.typing import EncodableT, FieldT
 
 from gateway import keyspace
 from gateway.errors import BalanceUnknown, QuotaUnavailable
+from gateway.keyspace import reply_text
+from gateway.quota.caps import KeySpend, cap_fields
 from gateway.quota.grants import BalanceView
-from gateway.quota.keys import grants_key
+from gateway.quota.keys import grants_key, withdrawals_key
 from gateway.quota.reservation import Reservation
 from gateway.quota.scripts import RedisClient, ScriptCall, Scripts
+from gateway.quota.withdrawals import Withdrawal, WithdrawMode
 from gateway.redisio import UNAVAILABLE, FastRedis
 
 __all__ = ["UNAVAILABLE", "AccountStore", "new_epoch"]
@@ -48,6 +51,25 @@ def _check_models(models: Sequence[str] | None) -> str:
     if not models or any(not m or "," in m or "|" in m for m in models):
         raise ValueError("a model list holds names without ',' or '|' (None: every model)")
     return ",".join(models)
+
+
+def key_record_fields(
+    models: Sequence[str] | None,
+    rpm: int | None,
+    tpm: int | None,
+    max_concurrency: int | None,
+    disabled: bool,
+) -> dict[str, str]:
+    """The key record's fields but the cap (see caps.cap_fields), as admission reads them."""
+    if models is not None and any("," in m or not m for m in models):
+        raise ValueError("model names must be non-empty and contain no comma")
+    return {
+        "disabled": "1" if disabled else "0",
+        "models": ",".join(models) if models is not None else "",
+        "rpm": "" if rpm is None else str(rpm),
+        "tpm": "" if tpm is None else str(tpm),
+        "max_concurrency": "" if max_concurrency is None else str(max_concurrency),
+    }
 
 
 def new_epoch() -> str:
@@ -113,24 +135,34 @@ class AccountStore:
         tpm: int | None = None,
         max_concurrency: int | None = None,
         disabled: bool = False,
+        credit_limit: int | None = None,
+        credit_period: str | None = None,
     ) -> None:
-        """Create or replace what admission knows of a key (None: all models / unlimited)."""
+        """Create or replace what admission knows of a key (None: all models / unlimited /
+        no credit cap; a cap is ``credit_limit`` credits per ``credit_period``)."""
         _check_ids(account_id, key_id)
-        if models is not None and any("," in m or not m for m in models):
-            raise ValueError("model names must be non-empty and contain no comma")
-        record: dict[FieldT, EncodableT] = {
-            "disabled": "1" if disabled else "0",
-            "models": ",".join(models) if models is not None else "",
-            "rpm": "" if rpm is None else str(rpm),
-            "tpm": "" if tpm is None else str(tpm),
-            "max_concurrency": "" if max_concurrency is None else str(max_concurrency),
-        }
+        record: dict[FieldT, EncodableT] = {}
+        record.update(key_record_fields(models, rpm, tpm, max_concurrency, disabled))
+        record.update(cap_fields(credit_limit, credit_period))
         async with self._redis():
             await self.client.hset(keyspace.key_record_key(account_id, key_id), mapping=record)
 
     async def key_record_exists(self, account_id: str, key_id: str) -> bool:
         async with self._redis():
             return bool(await self.client.exists(keyspace.key_record_key(account_id, key_id)))
+
+    async def key_record(self, account_id: str, key_id: str) -> dict[str, str]:
+        """The key record as Redis holds it (empty: none), for reconcile to compare."""
+        async with self._redis():
+            raw = await self.client.hgetall(keyspace.key_record_key(account_id, key_id))
+        return {reply_text(k): reply_text(v) for k, v in raw.items()}
+
+    async def key_spend(self, account_id: str, key_id: str, credit_period: str) -> KeySpend:
+        """What a capped key spent in the current period (by Redis time) and holds in flight."""
+        keys = [keyspace.key_spend_key(account_id, key_id)]
+        async with self._redis():
+            period, spent, held = await self.scripts.key_spend(keys=keys, args=[credit_period])
+        return KeySpend(reply_text(period), int(spent), int(held))
 
     async def set_key_hash(self, key_hash: str, account_id: str, key_id: str) -> None:
         """Let the key whose SHA-256 is ``key_hash`` authenticate (see gateway.auth)."""
@@ -153,6 +185,7 @@ class AccountStore:
         async with self._redis():
             await self.client.delete(keyspace.key_record_key(account_id, key_id))
             await self.client.delete(keyspace.rate_key(account_id, key_id))
+            await self.client.delete(keyspace.key_spend_key(account_id, key_id))
 
     async def init_balance(self, account_id: str) -> None:
         """Create an empty balance if there is none; an existing one is left as it is."""
@@ -187,6 +220,49 @@ class AccountStore:
         if reply is None:
             raise _unknown(account_id)
         return int(reply[1])
+
+    async def withdraw(
+        self,
+        account_id: str,
+        op_id: str,
+        *,
+        credits: int | None = None,
+        grant_id: str | None = None,
+        not_before_ms: int = 0,
+    ) -> Withdrawal | None:
+        """Take credits back, once per ``op_id`` (see lua/withdraw_v1.lua); the outcome.
+
+        ``credits``: that many from the live grants, any model, in drawing order, or nothing
+        (``applied`` False) if fewer are available now. ``grant_id``: all of that grant's
+        unreserved, unspent rest, and the grant closes (expiry now, at least
+        ``not_before_ms``); None if Redis does not hold that grant. A repeated ``op_id``
+        answers its first outcome. BalanceUnknown if the balance is missing.
+        """
+        mode: WithdrawMode
+        if (credits is None) == (grant_id is None):
+            raise ValueError("withdraw either credits or a grant")
+        if credits is not None:
+            if isinstance(credits, bool) or not isinstance(credits, int) or credits <= 0:
+                raise ValueError(f"credits must be a positive integer, not {credits!r}")
+            mode, what = "amount", str(credits)
+        else:
+            mode, what = "grant", str(grant_id)
+        if not op_id:
+            raise ValueError("a withdrawal needs an operation id")
+        keys = [keyspace.balance_key(account_id), grants_key(account_id), withdrawals_key(account_id)]
+        async with self._redis():
+            reply = await self.scripts.withdraw(keys=keys, args=[op_id, mode, what, not_before_ms])
+        if reply is None:
+            raise _unknown(account_id)
+        if reply_text(reply[0]) == "missing":
+            return None
+        return Withdrawal.parse(op_id, reply[1], new=reply_text(reply[0]) == "new")
+
+    async def withdrawals(self, account_id: str) -> dict[str, Withdrawal]:
+        """The account's withdrawals Redis made, by operation id (posted to the ledger or not)."""
+        async with self._redis():
+            raw = await self.client.hgetall(withdrawals_key(account_id))
+        return {reply_text(k): Withdrawal.parse(reply_text(k), v, new=False) for k, v in raw.items()}
 
     async def view(self, account_id: str) -> BalanceView:
         """The account's grants and their figures by Redis time; BalanceUnknown if missing."""

@@ -1,6 +1,6 @@
 """What admission answers: an :class:`Admission`, or the domain error of a refusal.
 
-``admit_v3.lua`` replies with a flat list whose first element names the outcome; this
+``admit_v4.lua`` replies with a flat list whose first element names the outcome; this
 module turns it into the object the gateway uses (the granted ``max_tokens`` to send
 upstream, the reservation, the ``x-ratelimit-*`` headers) or raises the error from
 ``gateway.errors`` with the message and headers an OpenAI client expects.
@@ -95,6 +95,7 @@ class Admission:
     rate: RateInfo
     epoch: str = ""  # the balance's epoch: a different one at settlement means Redis lost data
     allocation: str = ""  # the reserve by grant, 'g1:30,g2:5'
+    key_cap: bool = False  # the reserve is held on the key's credit cap until settled
 
     @property
     def clamped(self) -> bool:
@@ -128,6 +129,7 @@ def admission_from_reply(
             lease_deadline_ms=deadline,
             replayed=kind == "dup",
             rate=RateInfo.from_reply(reply[7:]),
+            key_cap=len(reply) > 13 and int(reply[13]) == 1,
         )
     raise _refusal(kind, reply, prompt_tokens)
 
@@ -159,9 +161,26 @@ def _refusal(kind: str, reply: Reply, prompt_tokens: int) -> Exception:
             f"token per choice){other}",
             code="insufficient_quota",
         )
+    if kind == "key_limit":
+        return _key_limit(reply)
     if kind == "rate":
         return _rate_limited(reply_text(reply[1]), reply)
-    raise ValueError(f"admit_v3 answered {kind!r}")
+    raise ValueError(f"admit_v4 answered {kind!r}")
+
+
+def _key_limit(reply: Reply) -> BalanceExhausted:
+    """The key's credit cap, not the account's balance, is what leaves too little: 402 with
+    its own code, so an app (and its team) can tell "this key's budget" from "no credits"."""
+    limit, period = int(reply[1]), reply_text(reply[2])
+    spent, held, needed = (int(v) for v in reply[3:6])
+    scope = "in total" if period == "total" else f"per {period}"
+    spent_when = "in total" if period == "total" else f"this {period}"
+    in_flight = f" and {held} more are held by its requests in flight" if held > 0 else ""
+    return BalanceExhausted(
+        f"this API key's credit limit is reached: {limit} credits {scope}, {spent} spent "
+        f"{spent_when}{in_flight}; this request needs at least {needed}",
+        code="key_credit_limit",
+    )
 
 
 def _rate_limited(which: str, reply: Reply) -> RateLimited:

@@ -14,8 +14,17 @@ BILLING_GROUP = "billing"  # the consumer group of the billing workers on the us
 
 
 def grants_key(account_id: str) -> str:
-    """HASH grant id -> 'credits|reserved|spent|expires_ms|models' (see lua/lib_v2.lua)."""
+    """HASH grant id -> 'credits|reserved|spent|expires_ms|models' (see lua/lib_v3.lua)."""
     return keyspace.balance_key(account_id).removesuffix(":bal") + ":grants"
+
+
+def withdrawals_key(account_id: str) -> str:
+    """HASH operation id -> outcome of the account's withdrawals (see lua/withdraw_v1.lua).
+
+    Kept: it makes a withdrawal once per operation id, and rebuild_v2.lua reads it to keep
+    the withdrawals the ledger has not posted yet.
+    """
+    return keyspace.balance_key(account_id).removesuffix(":bal") + ":wd"
 
 
 def dead_letter_key(shard: int) -> str:
@@ -25,7 +34,7 @@ def dead_letter_key(shard: int) -> str:
 
 @lru_cache(maxsize=65536)
 def admit_keys(account_id: str, key_id: str) -> tuple[str, ...]:
-    """KEYS of admit_v3.lua, built once per (account, API key): every request needs them."""
+    """KEYS of admit_v4.lua, built once per (account, API key): every request needs them."""
     return (
         keyspace.key_record_key(account_id, key_id),
         keyspace.balance_key(account_id),
@@ -34,12 +43,13 @@ def admit_keys(account_id: str, key_id: str) -> tuple[str, ...]:
         keyspace.inflight_key(account_id, key_id),
         keyspace.leases_key(keyspace.shard_of(account_id)),
         grants_key(account_id),
+        keyspace.key_spend_key(account_id, key_id),
     )
 
 
 @lru_cache(maxsize=65536)
 def checkpoint_keys(account_id: str, key_id: str) -> tuple[str, ...]:
-    """KEYS of checkpoint_v2.lua."""
+    """KEYS of checkpoint_v3.lua."""
     return (
         keyspace.reservations_key(account_id),
         keyspace.leases_key(keyspace.shard_of(account_id)),
@@ -49,7 +59,7 @@ def checkpoint_keys(account_id: str, key_id: str) -> tuple[str, ...]:
 
 @lru_cache(maxsize=65536)
 def settle_keys(account_id: str, key_id: str) -> tuple[str, ...]:
-    """KEYS of settle_v3.lua."""
+    """KEYS of settle_v4.lua."""
     shard = keyspace.shard_of(account_id)
     return (
         keyspace.balance_key(account_id),
@@ -59,4 +69,6 @@ def settle_keys(account_id: str, key_id: str) -> tuple[str, ...]:
         keyspace.leases_key(shard),
         keyspace.usage_stream_key(shard),
         grants_key(account_id),
+        keyspace.key_record_key(account_id, key_id),
+        keyspace.key_spend_key(account_id, key_id),
     )

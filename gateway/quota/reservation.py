@@ -1,10 +1,11 @@
 """The reservation record a request holds in Redis between admission and settlement.
 
-``admit_v3.lua`` writes it into the account's reservations HASH (request id -> record),
-``checkpoint_v2.lua`` updates it, ``settle_v3.lua`` consumes and deletes it; its absence
-is what makes a second settlement a no-op. The layout (see ``lua/lib_v2.lua``) is ten
-integers, the key id, the allocation of the reserve over grants (``g1:30,g2:5``) and then
-the model, joined by ``|``; the model comes last so that it may itself contain ``|``.
+``admit_v4.lua`` writes it into the account's reservations HASH (request id -> record),
+``checkpoint_v3.lua`` updates it, ``settle_v4.lua`` consumes and deletes it; its absence
+is what makes a second settlement a no-op. The layout (see ``lua/lib_v3.lua``) is eleven
+integers (the last, ``key_cap``: the reserve is held on the key's credit cap), the key id,
+the allocation of the reserve over grants (``g1:30,g2:5``) and then the model, joined by
+``|``; the model comes last so that it may itself contain ``|``.
 Python reads it for the reaper (which needs the key id to name the keys that settlement
 touches), for reconcile (what is reserved on which grant) and for inspection.
 """
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 
 from gateway.quota.grants import parse_allocation
 
-_INTS = 10
+_INTS = 11
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,7 @@ class Reservation:
     checkpoint_prompt: int | None  # the upstream's prompt count, when a checkpoint had it
     tpm_tokens: int  # tokens counted against the key's TPM window at admission
     tpm_minute: int  # the window minute they were counted in
+    key_cap: bool  # the reserve is held on the key's credit cap counter (see keyspace)
     key_id: str
     allocation: tuple[tuple[str, int], ...]  # the reserve by grant, in drawing order
     model: str
@@ -52,6 +54,7 @@ class Reservation:
             checkpoint_prompt=n[7] if n[7] >= 0 else None,
             tpm_tokens=n[8],
             tpm_minute=n[9],
+            key_cap=n[10] == 1,
             key_id=parts[_INTS],
             allocation=tuple(parse_allocation(parts[_INTS + 1])),
             model=parts[_INTS + 2],

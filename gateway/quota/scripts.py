@@ -1,6 +1,6 @@
 """The quota Lua scripts, shipped as package files and registered once per client.
 
-Each ``lua/<name>_v<N>.lua`` is one atomic operation; ``lua/lib_v2.lua`` is prepended to
+Each ``lua/<name>_v<N>.lua`` is one atomic operation; ``lua/lib_v3.lua`` is prepended to
 each so that the shared helpers (Redis time, integer formatting, cost, the reservation
 record) exist once in the source. A change in behaviour gets a new version in the file
 name, so that gateways of two releases never run different code under one name.
@@ -24,12 +24,12 @@ from gateway.redisio import FastRedis, Script
 
 RedisClient: TypeAlias = "Redis | RedisCluster"
 
-LIB = "lib_v2"
+LIB = "lib_v3"
 
 
 @cache
 def source(name: str) -> str:
-    """The full text of script ``name`` (e.g. ``"admit_v3"``), helpers included."""
+    """The full text of script ``name`` (e.g. ``"admit_v4"``), helpers included."""
     lua = resources.files("gateway.quota") / "lua"
     return (lua / f"{LIB}.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
 
@@ -61,6 +61,9 @@ class Scripts:
     balance: AsyncScript
     rebuild: AsyncScript
     replay: AsyncScript
+    withdraw: AsyncScript
+    key_spend: AsyncScript
+    key_spend_rebuild: AsyncScript
 
     @classmethod
     def register(cls, client: RedisClient, fast: FastRedis | None = None) -> Scripts:
@@ -72,12 +75,15 @@ class Scripts:
             return FastScript(fast, source(name))
 
         return cls(
-            admit=hot("admit_v3"),
-            settle=hot("settle_v3"),
-            checkpoint=hot("checkpoint_v2"),
+            admit=hot("admit_v4"),
+            settle=hot("settle_v4"),
+            checkpoint=hot("checkpoint_v3"),
             expired_leases=client.register_script(source("expired_leases_v1")),
             credit=client.register_script(source("credit_v2")),
             balance=client.register_script(source("balance_v1")),
-            rebuild=client.register_script(source("rebuild_v1")),
+            rebuild=client.register_script(source("rebuild_v2")),
             replay=client.register_script(source("replay_v1")),
+            withdraw=client.register_script(source("withdraw_v1")),
+            key_spend=client.register_script(source("key_spend_v1")),
+            key_spend_rebuild=client.register_script(source("key_spend_rebuild_v1")),
         )

@@ -5,13 +5,15 @@ Every change to an account's credits or a key's limits is one atomic script run 
 overdraw a balance. The lifecycle of a request:
 
     admit       -> Admission (reserves credits from the account's grants that are live and
-                   valid for the model, soonest expiry first; counts rate limits; takes a lease)
+                   valid for the model, soonest expiry first, no more than a capped key's
+                   room; counts rate limits; takes a lease)
     checkpoint  -> renews the lease and records the tokens delivered so far
     settle      -> charges the actual cost: up to the reserve to the grants reserved from
                    (releasing the reservation), the excess to the available credits valid for
                    the model, never below zero (what they cannot pay is ``uncollected`` on
-                   the event); appends the UsageEvent to the shard's stream; a second settle
-                   is a no-op
+                   the event); a capped key's hold becomes its spending in the period (and
+                   its excess is limited by the cap); appends the UsageEvent to the shard's
+                   stream; a second settle is a no-op
     reap        -> settles the requests whose lease passed (their gateway died) as
                    ``expired``: charged the last checkpoint (by the same rule), or nothing
                    without one; and confirms the settlement journal (see ``journal.py``)
@@ -69,13 +71,14 @@ class _Held:
     input_pm: int
     output_pm: int
     started_ms: int
+    key_cap: bool
     allocation: str
     model: str
 
     def packed(self) -> str:
-        """One argument for settle_v3.lua (the model last: it may contain '|')."""
+        """One argument for settle_v4.lua (the model last: it may contain '|')."""
         return (f"{self.epoch}|{self.reserve}|{self.input_pm}|{self.output_pm}|"
-                f"{self.started_ms}|{self.allocation}|{self.model}")  # fmt: skip
+                f"{self.started_ms}|{int(self.key_cap)}|{self.allocation}|{self.model}")  # fmt: skip
 
 
 class QuotaStore(AccountStore):
@@ -114,6 +117,8 @@ class QuotaStore(AccountStore):
         is the least of the request, the ceiling and what the balance pays (and the TPM
         window, when the client set no max_tokens), rounded down to a multiple of
         ``choices`` (n x prompts: each choice gets the same share, at least one token).
+        A key with a credit cap is limited the same way by the room its cap leaves
+        (BalanceExhausted with code ``key_credit_limit`` when that cannot pay the minimum).
         Raises AuthenticationFailed, PermissionDenied, BalanceUnknown, RateLimited,
         BalanceExhausted, QuotaUnavailable.
         """
@@ -137,7 +142,7 @@ class QuotaStore(AccountStore):
         )
         self._held[request_id] = _Held(
             admission.epoch, admission.reserve, input_pm, output_pm, admission.started_ms,
-            admission.allocation, model,
+            admission.key_cap, admission.allocation, model,
         )  # fmt: skip
         if len(self._held) > HELD_LIMIT:
             self._held.popitem(last=False)

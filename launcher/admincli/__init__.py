@@ -1,4 +1,5 @@
-"""``tokengate accounts | keys | packages | purchases | usage``: the admin API from a terminal.
+"""``tokengate accounts | keys | packages | purchases | usage | orders | codes | audit``: the admin
+API from a terminal.
 
 Settings: ``TOKENGATE_CONTROL_URL`` (default ``http://127.0.0.1:8001``; ``--url`` overrides)
 and ``TOKENGATE_ADMIN_KEY`` (``--admin-key`` overrides). Tables by default, the API's JSON
@@ -12,10 +13,10 @@ import argparse
 import os
 import sys
 
-from launcher.admincli import accounts, commerce
+from launcher.admincli import accounts, codes, commerce, orders
 from launcher.admincli.client import DEFAULT_URL, AdminClient, AdminError
 
-COMMANDS = ("accounts", "keys", "packages", "purchases", "usage")
+COMMANDS = ("accounts", "keys", "packages", "purchases", "usage", "orders", "audit", "codes")
 
 
 def common_options() -> argparse.ArgumentParser:
@@ -32,6 +33,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     common = common_options()
     accounts.register(sub, common)
     commerce.register(sub, common)
+    orders.register(sub, common)
+    codes.register(sub, common)
 
 
 def client_of(args: argparse.Namespace) -> AdminClient:

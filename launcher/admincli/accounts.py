@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import secrets
 import urllib.parse
 from typing import Any
 
@@ -20,6 +21,7 @@ KEY_COLUMNS: list[Column] = [
     ("RPM", field("rpm")),
     ("TPM", field("tpm")),
     ("CONCURRENCY", field("max_concurrency")),
+    ("CREDIT LIMIT", lambda k: credit_limit_text(k.get("credit_limit"))),
     ("STATUS", lambda k: "disabled" if k.get("disabled") else "active"),
     ("CREATED", field("created_at")),
 ]
@@ -32,6 +34,16 @@ GRANT_COLUMNS: list[Column] = [
     ("VALID UNTIL", field("valid_until")),
 ]
 BALANCE_FIELDS = ("purchased", "available", "reserved", "spent", "expired")
+ADJUSTMENT_COLUMNS: list[Column] = [
+    ("ID", field("id")),
+    ("CREDITS", field("credits")),
+    ("STATUS", field("status")),
+    ("GRANT", field("grant_id")),
+    ("TAKEN FROM", lambda a: [f"{p['grant_id']}:{p['credits']}" for p in a.get("allocation") or []]),
+    ("KEY", field("idempotency_key")),
+    ("REASON", field("reason")),
+    ("CREATED", field("created_at")),
+]
 
 
 def q(value: str) -> str:
@@ -46,6 +58,32 @@ def positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
+def credit_limit_text(cap: dict[str, Any] | None) -> str:
+    """A key's credit cap in a table cell: ``5000/day``, ``100000 total``, ``none``."""
+    if not cap:
+        return "none"
+    return f"{cap['credits']} total" if cap["period"] == "total" else f"{cap['credits']}/{cap['period']}"
+
+
+def credit_limit_body(args: argparse.Namespace) -> dict[str, Any] | None:
+    """``--credit-limit N --period P`` as the API's ``credit_limit`` (None: not given)."""
+    if args.credit_limit is None and args.period is None:
+        return None
+    if args.credit_limit is None or args.period is None:
+        raise AdminError("--credit-limit and --period go together, e.g. --credit-limit 5000 --period day", 2)
+    return {"credits": args.credit_limit, "period": args.period}
+
+
+def signed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value == 0:
+        raise argparse.ArgumentTypeError("give a non-zero number of credits (negative: a debit)")
     return value
 
 
@@ -88,6 +126,29 @@ def accounts_show(api: AdminClient, args: argparse.Namespace) -> None:
         table(grants, GRANT_COLUMNS)
 
 
+def accounts_adjust(api: AdminClient, args: argparse.Namespace) -> None:
+    """Credit or debit an account once per key (generated unless given: printed for a retry)."""
+    key = args.key or "cli-" + secrets.token_hex(8)
+    body = {"credits": args.credits, "reason": args.reason, "idempotency_key": key}
+    adjustment = api.json("POST", f"/admin/accounts/{q(args.account_id)}/adjustments", body=body,
+                          missing=f"account {args.account_id}")
+    if args.json:
+        return as_json(adjustment)
+    table([adjustment], ADJUSTMENT_COLUMNS)
+    if not args.key:
+        print(f"\nidempotency key {key}: repeat with --key {key} to retry without applying it twice")
+
+
+def accounts_adjustments(api: AdminClient, args: argparse.Namespace) -> None:
+    params = {"limit": args.limit, "cursor": args.cursor}
+    page = api.json("GET", f"/admin/accounts/{q(args.account_id)}/adjustments", params=params,
+                    missing=f"account {args.account_id}")
+    if args.json:
+        return as_json(page)
+    table(page["data"], ADJUSTMENT_COLUMNS)
+    next_page(page.get("next_cursor"))
+
+
 # keys ----------------------------------------------------------------------------------------
 
 
@@ -96,6 +157,8 @@ def keys_create(api: AdminClient, args: argparse.Namespace) -> None:
     for name in ("models", "rpm", "tpm", "max_concurrency"):
         if getattr(args, name) is not None:
             body[name] = getattr(args, name)
+    if (cap := credit_limit_body(args)) is not None:
+        body["credit_limit"] = cap
     key = api.json("POST", f"/admin/accounts/{q(args.account_id)}/keys", body=body,
                    missing=f"account {args.account_id}")
     if args.json:
@@ -122,6 +185,12 @@ def keys_update(api: AdminClient, args: argparse.Namespace) -> None:
             changes[name] = getattr(args, name)
     if args.disabled is not None:
         changes["disabled"] = args.disabled
+    if args.no_credit_limit:
+        if args.credit_limit is not None or args.period is not None:
+            raise AdminError("--no-credit-limit goes alone, without --credit-limit or --period", 2)
+        changes["credit_limit"] = None
+    elif (cap := credit_limit_body(args)) is not None:
+        changes["credit_limit"] = cap
     if not changes:
         raise AdminError("nothing to change: give at least one option (see tokengate keys update --help)", 2)
     key = api.json("PATCH", f"/admin/keys/{q(args.key_id)}", body=changes, missing=f"key {args.key_id}")
@@ -142,7 +211,8 @@ def keys_revoke(api: AdminClient, args: argparse.Namespace) -> None:
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
     accounts = sub.add_parser("accounts", help="create, list and show accounts (admin API)",
                               description="Accounts, over the admin API.")
-    cmds = accounts.add_subparsers(dest="action", required=True, metavar="{create,list,show}")
+    cmds = accounts.add_subparsers(dest="action", required=True,
+                                   metavar="{create,list,show,adjust,adjustments}")
     p = cmds.add_parser("create", parents=[common], help="create an account")
     p.add_argument("name", metavar="NAME", help="the account's name")
     p.set_defaults(handler=accounts_create)
@@ -155,6 +225,21 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = cmds.add_parser("show", parents=[common], help="an account, its balance and grants")
     p.add_argument("account_id", metavar="ID")
     p.set_defaults(handler=accounts_show)
+    p = cmds.add_parser("adjust", parents=[common], help="credit (+N) or debit (-N) an account, once per key",
+                        description="Credit or debit an account. A debit never takes the available "
+                                    "balance below zero (refused, nothing changes).")
+    p.add_argument("account_id", metavar="ACCOUNT")
+    p.add_argument("--credits", type=signed, required=True, metavar="N",
+                   help="credits to add; negative: to take back (e.g. --credits=-500)")
+    p.add_argument("--reason", required=True, metavar="R", help="why (1-500 characters, audited)")
+    p.add_argument("--key", default=None, metavar="K",
+                   help="idempotency key: the same key again applies nothing more (default: generated)")
+    p.set_defaults(handler=accounts_adjust)
+    p = cmds.add_parser("adjustments", parents=[common], help="an account's adjustments, newest first")
+    p.add_argument("account_id", metavar="ACCOUNT")
+    p.add_argument("--limit", type=positive, default=None, metavar="N", help="per page (1-500, default 100)")
+    p.add_argument("--cursor", default=None, metavar="C", help="the next page, as the previous one printed")
+    p.set_defaults(handler=accounts_adjustments)
 
     keys = sub.add_parser("keys", help="create, list, update and revoke API keys (admin API)",
                           description="API keys, over the admin API.")
@@ -193,3 +278,9 @@ def _limit_options(p: argparse.ArgumentParser, clearable: bool = False) -> None:
         group.add_argument(f"--{name}", type=positive, default=None, metavar="N", help=f"at most N {what}")
         if clearable:
             group.add_argument(f"--no-{name}", action="store_true", help=f"no limit on {what}")
+    p.add_argument("--credit-limit", type=positive, default=None, metavar="N",
+                   help="at most N credits per --period (a cap on what this key may spend)")
+    p.add_argument("--period", choices=("day", "month", "total"), default=None,
+                   help="the credit limit's period: UTC calendar day or month, or in total")
+    if clearable:
+        p.add_argument("--no-credit-limit", action="store_true", help="no credit limit")

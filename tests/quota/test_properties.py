@@ -54,7 +54,7 @@ class InFlight:
     ck_prompt: int | None = None
 
     def expiry_cost(self) -> int:
-        """The full cost of an expired lease: its checkpoint's tokens (see settle_v3.lua)."""
+        """The full cost of an expired lease: its checkpoint's tokens (see settle_v4.lua)."""
         if self.ck_prompt is not None:
             prompt = self.ck_prompt
         else:

@@ -167,9 +167,10 @@ def test_usage_event_needs_every_field() -> None:
 
 
 def test_reservation_record_keeps_a_model_with_bars() -> None:
-    raw = b"30|10|20|1000|1000|1700000000000|0|-1|30|28333333|key|g1:25,g2:5|a|b"
+    raw = b"30|10|20|1000|1000|1700000000000|0|-1|30|28333333|0|key|g1:25,g2:5|a|b"
     res = Reservation.decode(raw)
     assert (res.reserve, res.max_tokens, res.key_id, res.model) == (30, 20, "key", "a|b")
     assert res.allocation == (("g1", 25), ("g2", 5))
-    assert res.checkpoint_prompt is None
+    assert res.checkpoint_prompt is None and not res.key_cap
+    assert Reservation.decode(raw.replace(b"|0|key|", b"|1|key|")).key_cap
     assert Reservation.decode(raw.replace(b"g1:25,g2:5", b"")).allocation == ()

@@ -77,6 +77,7 @@ def _create_tables() -> None:
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("provider", sa.String(32), nullable=False),
         sa.Column("provider_ref", sa.String(255), nullable=True),
+        sa.Column("payment_ref", sa.String(255), nullable=True),
         sa.Column("checkout_url", sa.Text(), nullable=True),
         sa.Column("created_at_ms", sa.BigInteger(), nullable=False),
         sa.Column("expires_at_ms", sa.BigInteger(), nullable=False),

@@ -1,15 +1,20 @@
--- rebuild_v1: compare an account's grants in Redis with what the ledger says, and (mode
--- 'apply') replace them, atomically with respect to admission and settlement.
--- KEYS: 1 balance, 2 grants, 3 reservations, 4 usage stream
+-- rebuild_v2: compare an account's grants in Redis with what the ledger says, and (mode
+-- 'apply') replace them, atomically with respect to admission, settlement and withdrawals.
+-- KEYS: 1 balance, 2 grants, 3 reservations, 4 usage stream, 5 withdrawals (v2)
 -- ARGV: 1 'check'|'apply', 2 account id, 3 epoch for a balance that is missing,
 --       4 id of the last stream entry the caller counted ('' = none), 5 n grants, then per
---       grant: id, credits, spent, expires ms, models. `spent` is the ledger's charges plus
---       those of the stream entries up to ARGV[4] that the ledger does not have yet.
+--       grant: id, credits, spent, expires ms, models. `credits` is what the grant holds in
+--       the ledger (bought less withdrawn), `expires` the ledger's (a closed grant's: the
+--       close), `spent` the ledger's charges plus those of the stream entries up to ARGV[4]
+--       that the ledger does not have yet. Then m, and the m operation ids of KEYS[5] that
+--       the caller's ledger snapshot holds (v2).
 -- Reply: {epoch, drift...}: one text per difference found ('balance' = it was missing).
 --
 -- What the caller could not see is added here: the charges of entries appended after
--- ARGV[4] (settled meanwhile, not yet in the ledger) and the reservations in flight, so a
--- rebuild neither loses nor double counts work in progress.
+-- ARGV[4] (settled meanwhile, not yet in the ledger), the reservations in flight, and the
+-- withdrawals Redis made that the snapshot lacks (withdraw_v1.lua; billing posts them after
+-- Redis), so a rebuild neither loses nor double counts work in progress, nor undoes a
+-- withdrawal.
 local mode, account = ARGV[1], ARGV[2]
 local want, order = {}, {}
 for i = 0, tonumber(ARGV[5]) - 1 do
@@ -18,6 +23,23 @@ for i = 0, tonumber(ARGV[5]) - 1 do
              spent = tonumber(ARGV[b + 2]), expires = tonumber(ARGV[b + 3]), models = ARGV[b + 4]}
   want[g.id] = g
   order[#order + 1] = g.id
+end
+
+local posted, base = {}, 6 + tonumber(ARGV[5]) * 5
+for i = 1, tonumber(ARGV[base] or '0') do posted[ARGV[base + i]] = true end
+local ops = redis.call('HGETALL', KEYS[5])
+for j = 1, #ops, 2 do
+  local status, _, _, closed, close, alloc =
+    string.match(ops[j + 1], '^(%a+)|(%d+)|(%d+)|([^|]*)|(%d+)|(.*)$')
+  if status == 'applied' and not posted[ops[j]] then
+    for _, part in ipairs(decode_alloc(alloc)) do
+      local g = want[part[1]]
+      if g then g.credits = g.credits - part[2] end
+    end
+    local g = want[closed]
+    close = tonumber(close)
+    if g and (g.expires == 0 or close < g.expires) then g.expires = close end
+  end
 end
 
 local function add(alloc, field)

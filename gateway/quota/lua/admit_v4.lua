@@ -1,8 +1,12 @@
--- admit_v3: a key's checks, rate limits and the credit reservation of one request, atomically.
+-- admit_v4: a key's checks, rate limits and the credit reservation of one request, atomically.
 -- The reservation is drawn from the account's grants that are live (by Redis time) and valid
 -- for the model, soonest expiry first, so no grant is ever overdrawn.
+-- v4: a key with a credit cap (key record fields credit_limit, credit_period) may reserve
+-- no more than its room, cap - spent in the period - held by its requests in flight (its
+-- counter, KEYS[8]); the reserve is then held there until settlement. A key without a cap
+-- reads two more fields of its record and touches nothing else.
 -- KEYS: 1 key record, 2 balance, 3 reservations, 4 rate window, 5 key inflight, 6 shard leases,
---       7 grants
+--       7 grants, 8 key cap counter
 -- ARGV: 1 request_id, 2 account_id, 3 key_id, 4 model, 5 prompt tokens (upper bound),
 --       6 requested max_tokens (-1: absent), 7 max_tokens ceiling (0: the request produces
 --       no completion, as embeddings; only its prompt is reserved), 8 input_pm, 9 output_pm,
@@ -11,9 +15,12 @@
 -- Replies (RATE = rpm limit (-1: none), remaining, reset ms, tpm limit (-1: none), remaining,
 -- reset ms):
 --   {'ok'|'dup', granted max_tokens, reserve, started ms, lease deadline ms, balance epoch,
---    allocation of the reserve over grants, RATE}
+--    allocation of the reserve over grants, RATE, key_cap 1|0 (the reserve is held on the
+--    key's cap counter)}
 --   {'auth'} | {'model'} | {'unknown'}
 --   {'balance', available for the model, needed, reserved, available for other models only}
+--   {'key_limit', credit_limit, credit_period, spent in the period, held in flight, needed}:
+--    the key's cap, not the balance, leaves too little for the request
 --   {'rate', 'requests'|'tokens'|'concurrency', retry ms, limit, counted, RATE}
 local WIN = 60000
 local rid, account, key_id, model = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -22,7 +29,8 @@ local in_pm, out_pm, lease_ms = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(A
 local choices = tonumber(ARGV[11]) or 1
 local now = now_ms()
 
-local kr = redis.call('HMGET', KEYS[1], 'disabled', 'models', 'rpm', 'tpm', 'max_concurrency')
+local kr = redis.call('HMGET', KEYS[1], 'disabled', 'models', 'rpm', 'tpm', 'max_concurrency',
+                      'credit_limit', 'credit_period')
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 if not kr[1] then
   -- Neither the key nor the balance: Redis lost data; refuse as unknown until rebuilt.
@@ -82,8 +90,10 @@ local existing = redis.call('HGET', KEYS[3], rid)
 if existing then
   local r = decode_record(existing)
   local deadline = tonumber(redis.call('ZSCORE', KEYS[6], account .. '|' .. rid)) or now
-  return {'dup', r.granted, r.reserve, r.started, deadline, epoch or '', r.alloc,
-          unpack(rate_info())}
+  local reply = {'dup', r.granted, r.reserve, r.started, deadline, epoch or '', r.alloc,
+                 unpack(rate_info())}
+  reply[#reply + 1] = r.key_cap
+  return reply
 end
 
 if not epoch then return {'unknown'} end
@@ -103,9 +113,23 @@ for i = 1, #grants do
   end
 end
 
+-- What this request may draw on: the balance, or less when the key's cap leaves less room.
+local payable, capped_by_key = available, false
+local climit, ckind = tonumber(kr[6]), kr[7]
+local period, cspent, cheld
+if climit then
+  if ckind ~= 'day' and ckind ~= 'month' then ckind = 'total' end
+  period = cap_period(ckind, now)
+  local had
+  had, cspent, cheld = read_spend(KEYS[8])
+  cspent = spent_in(period, had, cspent)
+  local key_room = climit - cspent - cheld
+  if key_room < payable then payable, capped_by_key = key_room, true end
+end
+
 local wish = ceiling
 if requested >= 0 and requested < ceiling then wish = requested end
-local left = available * 1000 - prompt * in_pm  -- per-mille credits left after the prompt
+local left = payable * 1000 - prompt * in_pm  -- per-mille credits left after the prompt
 local afford = wish
 if out_pm > 0 then afford = idiv(left, out_pm) elseif left < 0 then afford = -1 end
 
@@ -135,10 +159,15 @@ if ceiling == 0 and left >= 0 then
 else
   granted = granted - granted % choices  -- every choice gets the same max_tokens
   if granted < choices then
-    return {'balance', available, cost(prompt, choices, in_pm, out_pm), reserved, elsewhere}
+    local needed = cost(prompt, choices, in_pm, out_pm)
+    if capped_by_key then
+      return {'key_limit', climit, ckind, cspent, cheld, needed}
+    end
+    return {'balance', available, needed, reserved, elsewhere}
   end
 end
 local reserve = cost(prompt, granted, in_pm, out_pm)
+if climit then write_spend(KEYS[8], period, cspent, cheld + reserve) end
 local alloc = take(usable, reserve)
 for i = 1, #alloc do
   if alloc[i][2] > 0 then
@@ -161,7 +190,10 @@ local deadline = now + lease_ms
 redis.call('HSET', KEYS[3], rid, encode_record({
   reserve = reserve, prompt = prompt, granted = granted, in_pm = in_pm, out_pm = out_pm,
   started = now, ck_completion = 0, ck_prompt = -1, tpm_tokens = tpm_tokens,
-  tpm_minute = minute, key_id = key_id, alloc = alloc, model = model}))
+  tpm_minute = minute, key_cap = climit and 1 or 0, key_id = key_id, alloc = alloc,
+  model = model}))
 redis.call('ZADD', KEYS[6], fmt(deadline), account .. '|' .. rid)
 redis.call('ZADD', KEYS[5], fmt(deadline), rid)
-return {'ok', granted, reserve, now, deadline, epoch, alloc, unpack(rate_info())}
+local reply = {'ok', granted, reserve, now, deadline, epoch, alloc, unpack(rate_info())}
+reply[#reply + 1] = climit and 1 or 0
+return reply

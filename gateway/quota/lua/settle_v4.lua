@@ -1,4 +1,4 @@
--- settle_v3: charge a request's tokens, release its reservation and append its usage event,
+-- settle_v4: charge a request's tokens, release its reservation and append its usage event,
 -- atomically. Idempotent by request id.
 -- The full cost of the tokens is due (invariant 2: billed = what the upstream reports). The
 -- part up to the reserve is charged to the grants reserved from; the excess, when the
@@ -6,13 +6,19 @@
 -- time and valid for the model, in drawing order, never below zero). What those cannot pay
 -- at this instant is recorded as 'uncollected' (v2 charged min(cost, reserve) and dropped
 -- the rest silently).
+-- v4: a request admitted under its key's credit cap (the record's key_cap) releases what it
+-- held on the key's counter and adds its charge to the key's spending in the period of the
+-- settlement (by Redis time; a new period starts at 0), and its excess is also limited by
+-- the key's room (cap - spent - held - this charge): beyond it the excess is uncollected,
+-- so a capped key never spends more than its cap. Other requests touch no cap key.
 -- KEYS: 1 balance, 2 reservations, 3 rate window, 4 key inflight, 5 shard leases,
---       6 usage stream, 7 grants
+--       6 usage stream, 7 grants, 8 key record, 9 key cap counter
 -- ARGV: 1 request_id, 2 account_id, 3 key_id, 4 mode 'settle'|'expire', 5 prompt tokens,
 --       6 completion tokens, 7 cached tokens, 8 status, 9 counted_by, 10 stream '1'|'0',
 --       11 cluster, 12 endpoint   ('expire' ignores 5-12: the reservation decides)
 --       13 only from the gateway that admitted the request ('' otherwise): what it remembers
---          of the admission, 'epoch|reserve|input_pm|output_pm|started ms|allocation|model'
+--          of the admission,
+--          'epoch|reserve|input_pm|output_pm|started ms|key_cap 1|0|allocation|model'
 -- Replies: {'dup'}: no reservation (already settled or expired), nothing changed
 --          {'live', deadline ms}: 'expire', but a live gateway renewed the lease; nothing changed
 --          {'ok', stream entry id, field, value, ...}: the usage event as appended
@@ -33,12 +39,12 @@ if raw then
     return redis.error_reply('ERR tokengate: request ' .. rid .. ' was admitted for another key')
   end
 elseif mode == 'settle' and ARGV[13] ~= '' then
-  local e, rs, i, o, st, al, m = string.match(ARGV[13],
-    '^([^|]*)|(%d+)|(%d+)|(%d+)|(%d+)|([^|]*)|(.*)$')
+  local e, rs, i, o, st, kc, al, m = string.match(ARGV[13],
+    '^([^|]*)|(%d+)|(%d+)|(%d+)|(%d+)|([01])|([^|]*)|(.*)$')
   if epoch == e then return {'dup'} end  -- same life of the balance: it was settled
   lost = true
   r = {reserve = tonumber(rs), in_pm = tonumber(i), out_pm = tonumber(o), started = tonumber(st),
-       alloc = al, model = m, tpm_tokens = 0, tpm_minute = 0}
+       key_cap = tonumber(kc), alloc = al, model = m, tpm_tokens = 0, tpm_minute = 0}
 else
   return {'dup'}
 end
@@ -69,12 +75,29 @@ local charge = 0
 for i = 1, #charged do charge = charge + charged[i][2] end
 local paid = charged  -- the charge by grant, as the event lists it
 
+-- The key's cap: what it held is released (a lost reservation's hold was lost with it), and
+-- the excess may take no more than the room the cap leaves. A key revoked meanwhile has no
+-- record and no counter any more: nothing to keep.
+local climit, period, cspent, cheld
+local key_live = false
+if r.key_cap == 1 then
+  local k = redis.call('HMGET', KEYS[8], 'disabled', 'credit_limit', 'credit_period')
+  key_live = k[1] ~= false
+  local had
+  had, cspent, cheld = read_spend(KEYS[9])
+  if not lost then cheld = cheld - r.reserve end
+  climit = tonumber(k[2])
+  if climit then period = cap_period(k[3], now) else period = had end  -- cap removed: as it was
+  cspent = spent_in(period, had, cspent)
+end
+
 -- A missing balance (Redis lost data) stays missing: writing grants would invent one.
 if epoch then
   local grants, by_id = load_grants(KEYS[7])
   charge_grants(KEYS[7], by_id, reserved, charged, not lost)
   -- The excess over the reserve, from what is free now that this reservation is released.
   local excess, extra = due - charge, nil
+  if climit then excess = math.min(excess, climit - cspent - math.max(0, cheld) - charge) end
   for i = 1, #grants do
     if excess <= 0 then break end
     local g = grants[i]
@@ -106,6 +129,7 @@ if epoch then
   end
 end
 local uncollected = due - charge
+if key_live then write_spend(KEYS[9], period, cspent + charge, cheld) end
 redis.call('HDEL', KEYS[2], rid)
 redis.call('ZREM', KEYS[5], member)
 redis.call('ZREM', KEYS[4], rid)

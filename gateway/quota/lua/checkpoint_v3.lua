@@ -1,5 +1,6 @@
--- checkpoint_v2: record what a live request has delivered so far and renew its lease, so
+-- checkpoint_v3: record what a live request has delivered so far and renew its lease, so
 -- that if this gateway dies the expiry charges what was delivered, and only then.
+-- v3: the same steps on lib_v3's reservation record (eleven integers: key_cap added).
 -- KEYS: 1 reservations, 2 shard leases, 3 key inflight
 -- ARGV: 1 request_id, 2 account_id, 3 key_id, 4 completion tokens so far,
 --       5 prompt tokens reported by the upstream (-1: unknown), 6 lease_ms

@@ -1,5 +1,7 @@
--- lib_v2: helpers shared by the quota scripts; gateway/quota/scripts.py prepends this file
+-- lib_v3: helpers shared by the quota scripts; gateway/quota/scripts.py prepends this file
 -- to each script when it registers it, so every script stays one atomic EVALSHA.
+-- v3: the reservation record gains an eleventh integer, key_cap (its reserve is held on the
+-- key's credit cap counter), and the credit cap helpers (periods by Redis time, the counter).
 
 -- Redis TIME in ms: one clock for every gateway process, never the caller's.
 local function now_ms()
@@ -56,11 +58,12 @@ local function take(list, amount)
   return out
 end
 
--- A reservation record (gateway/quota/reservation.py reads the same layout): ten integers,
--- the key id, the allocation of the reserve over grants, then the model last so that it
--- may contain '|'.
+-- A reservation record (gateway/quota/reservation.py reads the same layout): eleven
+-- integers, the key id, the allocation of the reserve over grants, then the model last so
+-- that it may contain '|'. key_cap is 1 when the reserve is held on the key's credit cap
+-- counter (the key had a cap at admission), else 0.
 local REC_INTS = {'reserve', 'prompt', 'granted', 'in_pm', 'out_pm', 'started',
-                  'ck_completion', 'ck_prompt', 'tpm_tokens', 'tpm_minute'}
+                  'ck_completion', 'ck_prompt', 'tpm_tokens', 'tpm_minute', 'key_cap'}
 
 local function decode_record(s)
   local r, pos = {}, 1
@@ -138,4 +141,51 @@ local function charge_grants(key, by_id, reserved, charged, release)
       redis.call('HSET', key, g.id, encode_grant(g))
     end
   end
+end
+
+-- Credit caps. A key may spend at most `credit_limit` credits per `credit_period` ('day',
+-- 'month': UTC calendar by Redis time; 'total': ever). The period's id, as
+-- gateway/quota/periods.py computes it too: 'd<days since 1970-01-01>',
+-- 'm<year * 12 + month - 1>', or 't'. An unknown period counts as 'total' (never resets).
+local DAY_MS = 86400000
+
+-- (year, month) of a day count since 1970-01-01: Howard Hinnant's civil_from_days, in
+-- floor divisions (exact for any day of the proleptic Gregorian calendar).
+local function civil_month(days)
+  local z = days + 719468
+  local era = idiv(z, 146097)
+  local doe = z - era * 146097
+  local yoe = idiv(doe - idiv(doe, 1460) + idiv(doe, 36524) - idiv(doe, 146096), 365)
+  local doy = doe - (365 * yoe + idiv(yoe, 4) - idiv(yoe, 100))
+  local mp = idiv(5 * doy + 2, 153)
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400
+  if m <= 2 then y = y + 1 end
+  return y, m
+end
+
+local function cap_period(kind, now)
+  if kind == 'day' then return 'd' .. fmt(idiv(now, DAY_MS)) end
+  if kind == 'month' then
+    local y, m = civil_month(idiv(now, DAY_MS))
+    return 'm' .. fmt(y * 12 + m - 1)
+  end
+  return 't'
+end
+
+-- A key's cap counter, HASH period / spent / held: what the key spent in `period` and what
+-- its reservations in flight hold against the cap. Spending of another period counts 0 (a
+-- new period starts at 0); what is held is held whatever the period.
+local function read_spend(key)
+  local c = redis.call('HMGET', key, 'period', 'spent', 'held')
+  return c[1] or '', tonumber(c[2]) or 0, tonumber(c[3]) or 0
+end
+
+local function spent_in(period, had_period, spent)
+  if period == had_period then return spent end
+  return 0
+end
+
+local function write_spend(key, period, spent, held)
+  redis.call('HSET', key, 'period', period, 'spent', fmt(spent), 'held', fmt(math.max(0, held)))
 end

@@ -1,0 +1,103 @@
+"""Alert routes: the admin's (``/admin/accounts/{id}/alerts`` and ``/admin/metrics``, mounted
+by control/admin.py behind the admin credential) and the customer's (``/v1/me/alerts`` with
+an API key, its own account only; control/me.py). Thin: parse, call billing, answer.
+
+``PUT`` takes any of ``url`` (http(s), or null to stop sending), ``low_balance`` (credits,
+>= 0, or null), ``expiry_days`` (1-365, or null) and ``rotate_secret``; an absent field is
+kept. The answer is the settings; ``secret`` is in it only when this request generated it.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import Field
+
+from billing.alert_metrics import alert_metrics
+from billing.alert_settings import read_settings, write_settings
+from billing.alert_urls import MAX_URL
+from billing.api import BillingDep, _Body
+from billing.me import CallerDep
+from billing.records import AlertSettings
+from billing.service import Billing
+from gateway.contract import NotFound, Settings
+
+
+class AlertSettingsBody(_Body):
+    url: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_URL,
+        description="http(s) URL that receives the signed webhooks; null: none",
+    )
+    low_balance: int | None = Field(
+        default=None, ge=0, le=2**50, description="alert when the credits left are at or below this"
+    )
+    expiry_days: int | None = Field(
+        default=None, ge=1, le=365, description="notice this many days before a grant expires"
+    )
+    rotate_secret: bool = Field(default=False, description="generate a new signing secret")
+
+
+admin = APIRouter()
+mine = APIRouter()
+
+
+def _allow_private(request: Request) -> bool:
+    settings: Settings = request.app.state.settings
+    return settings.alerts_allow_private
+
+
+async def _known(billing: Billing, account_id: str) -> None:
+    if await billing.accounts.get_account(account_id) is None:
+        raise NotFound(f"no account {account_id!r}")
+
+
+async def _write(
+    request: Request, billing: Billing, account_id: str, body: AlertSettingsBody, actor: str | None
+) -> AlertSettings:
+    changes = body.model_dump(exclude_unset=True, exclude={"rotate_secret"})
+    return await write_settings(
+        billing.engine,
+        account_id,
+        changes,
+        rotate_secret=body.rotate_secret,
+        allow_private=_allow_private(request),
+        now_ms=billing.clock(),
+        actor=actor,
+    )
+
+
+@admin.get("/accounts/{account_id}/alerts")
+async def account_alerts(account_id: str, billing: BillingDep) -> AlertSettings:
+    await _known(billing, account_id)
+    return await read_settings(billing.engine, account_id)
+
+
+@admin.put("/accounts/{account_id}/alerts")
+async def set_account_alerts(
+    account_id: str, body: AlertSettingsBody, request: Request, billing: BillingDep
+) -> AlertSettings:
+    """Set an account's alert receiver and thresholds (the admin door logs the change)."""
+    await _known(billing, account_id)
+    return await _write(request, billing, account_id, body, actor=None)
+
+
+@admin.get("/metrics", include_in_schema=False)
+async def metrics(billing: BillingDep) -> Response:
+    """Prometheus text: the alerts by kind and state, the oldest undelivered, low accounts."""
+    return Response(await alert_metrics(billing.engine, billing.clock()), media_type=CONTENT_TYPE_LATEST)
+
+
+@mine.get("/alerts")
+async def my_alerts(who: CallerDep, billing: BillingDep) -> AlertSettings:
+    return await read_settings(billing.engine, who[0].account_id)
+
+
+@mine.put("/alerts")
+async def set_my_alerts(
+    body: AlertSettingsBody, who: CallerDep, request: Request, billing: BillingDep
+) -> AlertSettings:
+    """Set the key's account's alert receiver and thresholds (recorded in the audit log)."""
+    account_id = who[0].account_id
+    return await _write(request, billing, account_id, body, actor=f"account:{account_id}")
