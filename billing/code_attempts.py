@@ -34,44 +34,62 @@ return {n, redis.call('PTTL', KEYS[1])}
 """
 
 
-def account_key(account_id: str) -> str:
-    return f"{keyspace.PREFIX}:codefail:acct:{account_id}"
+def account_key(account_id: str, kind: str = "codefail") -> str:
+    return f"{keyspace.PREFIX}:{kind}:acct:{account_id}"
 
 
-def address_key(bucket: str) -> str:
-    return f"{keyspace.PREFIX}:codefail:addr:{bucket}"
+def address_key(bucket: str, kind: str = "codefail") -> str:
+    return f"{keyspace.PREFIX}:{kind}:addr:{bucket}"
 
 
 class FailureLimiter:
     """``check`` before a redemption looks anything up; ``failed`` after one that failed."""
 
     def __init__(
-        self, redis: RedisClient, limit: int = FAILURE_LIMIT, window_ms: int = FAILURE_WINDOW_MS
+        self,
+        redis: RedisClient,
+        limit: int = FAILURE_LIMIT,
+        window_ms: int = FAILURE_WINDOW_MS,
+        *,
+        kind: str = "codefail",
+        what: str = "redemption attempts",
+        code: str = "too_many_redemption_attempts",
+        address_limit: int | None = None,
     ) -> None:
+        """``kind`` names the counters (codes: ``codefail``; the console's sign-in: ``signinfail``,
+        counted per email and per address), ``what`` and ``code`` the 429's message and code;
+        ``address_limit`` (default: ``limit``) lets an address that many (an office behind one
+        NAT signs in as many people)."""
         self.limit = limit
+        self.address_limit = limit if address_limit is None else address_limit
         self.window_ms = window_ms
+        self.kind, self.what, self.code = kind, what, code
         self._count = redis.register_script(_COUNT)
         self._peek = redis.register_script(_PEEK)
 
     async def check(self, account_id: str, bucket: str) -> None:
         """RateLimited (with ``Retry-After``) when the account or the address is over its limit."""
-        for key, who in ((account_key(account_id), "this account"), (address_key(bucket), "this address")):
+        keys = (
+            (account_key(account_id, self.kind), "this account", self.limit),
+            (address_key(bucket, self.kind), "this address", self.address_limit),
+        )
+        for key, who, limit in keys:
             try:
                 count, ttl_ms = await self._peek(keys=[key])
             except UNAVAILABLE as error:
                 raise _unavailable() from error
-            if int(count) >= self.limit:
+            if int(count) >= limit:
                 retry = max(1, math.ceil(int(ttl_ms) / 1000)) if int(ttl_ms) > 0 else 1
                 raise RateLimited(
-                    f"too many failed redemption attempts from {who}; try again in {retry} s",
-                    code="too_many_redemption_attempts",
+                    f"too many failed {self.what} from {who}; try again in {retry} s",
+                    code=self.code,
                     headers={"Retry-After": str(retry)},
                 )
 
     async def failed(self, account_id: str, bucket: str) -> None:
         """Count one failed attempt against the account and the address."""
         try:
-            for key in (account_key(account_id), address_key(bucket)):
+            for key in (account_key(account_id, self.kind), address_key(bucket, self.kind)):
                 await self._count(keys=[key], args=[self.window_ms])
         except UNAVAILABLE as error:
             raise _unavailable() from error

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from billing import audit
@@ -32,11 +32,12 @@ from billing.errors import Conflict
 from billing.packages import PackageService
 from billing.payments import OrderToPay, PaymentProvider, ProviderUnavailable
 from billing.records import Order, OrderPage
-from gateway.contract import BadRequest, NotFound, ServiceUnavailable
+from gateway.contract import BadRequest, NotFound, RateLimited, ServiceUnavailable
 
 log = logging.getLogger("tokengate.billing")
 
 MAX_ORDERS = 500
+MAX_PENDING = 20  # unpaid orders an account may hold at once (each opens a provider checkout)
 PaidOutcome = Literal["paid", "already_paid", "refunded", "mismatch", "unknown_order"]
 # Withdraws what is left of a grant once per operation id: (grant id, operation id) -> credits.
 Withdraw = Callable[[str, str], Awaitable[int]]
@@ -105,6 +106,18 @@ class OrderService:
             package = (await conn.execute(select(packages).where(packages.c.id == package_id))).first()
             if package is None or not package.for_sale:
                 raise NotFound(f"no package {package_id!r} on sale", param="package_id")
+            await self._expire_due(conn, account_id=account_id)
+            waiting = (
+                select(func.count())
+                .select_from(orders)
+                .where(orders.c.account_id == account_id, orders.c.status == "pending")
+            )
+            if int((await conn.execute(waiting)).scalar_one()) >= MAX_PENDING:
+                raise RateLimited(
+                    f"{MAX_PENDING} orders are waiting for payment: pay or let them expire first",
+                    code="too_many_pending_orders",
+                    headers={"Retry-After": "60"},
+                )
             row = {
                 "id": "ord_" + secrets.token_hex(12),
                 "account_id": account_id,

@@ -16,6 +16,7 @@ from billing.db.engine import create_engine, is_sqlite
 from billing.orders import OrderService
 from billing.packages import PackageService
 from billing.payments import PaymentProvider
+from billing.users import UserService
 from gateway.contract import AccountRegistry, AccountStore, RedisClient
 
 log = logging.getLogger("tokengate.billing")
@@ -29,6 +30,7 @@ class Billing:
     packages: PackageService
     orders: OrderService
     adjustments: AdjustmentService  # credits and debits; .withdrawals takes grants back
+    users: UserService  # the console's people and sessions
     clock: Clock
 
     @classmethod
@@ -47,10 +49,12 @@ class Billing:
         adjustments = AdjustmentService(engine, store, clock)
         orders = OrderService(engine, packages, provider, ttl_ms=order_ttl_s * 1000, clock=clock,
                               withdraw=adjustments.withdrawals.withdraw_grant)
+        accounts = AccountService(engine, AccountRegistry(redis, store), clock)
         return cls(
             engine=engine,
             store=store,
-            accounts=AccountService(engine, AccountRegistry(redis, store), clock),
+            accounts=accounts,
+            users=UserService(engine, accounts, packages, clock),
             packages=packages,
             orders=orders,
             adjustments=adjustments,

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 
 from billing import audit
 from billing.service import Billing
-from control import admin, endpoints, health, me, pay, webhooks
+from control import admin, console, endpoints, health, me, pay, webhooks
 from control.guard import AdminGuard, replay_body
 from control.payments import provider_from
 from gateway.contract import (
@@ -76,6 +76,7 @@ class ControlApp:
         self.api.include_router(me.router)
         self.api.include_router(webhooks.router)
         self.api.include_router(pay.router)
+        console.install(self.api)
         self.api.add_exception_handler(GatewayError, _gateway_error)  # type: ignore[arg-type]
         self.api.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
         self.api.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]

@@ -118,5 +118,8 @@ async def order_page(order_id: str, request: Request) -> Response:
     except NotFound:
         return _page("Unknown order", "<h1>Unknown order</h1><p>No such order.</p>", 404)
     title = {"paid": "Thank you", "pending": "Payment pending"}.get(order["status"], "Order")
-    body = f"<h1>{title}</h1><p>{_STATES[order['status']]}</p>{_summary(order, name)}"
+    body = (
+        f"<h1>{title}</h1><p>{_STATES[order['status']]}</p>{_summary(order, name)}"
+        '<p><a href="/console/overview">Back to the console</a></p>'
+    )
     return _page(title, body)

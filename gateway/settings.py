@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     # page of the control plane: for trials and demos only; 'stripe'; unset: no orders),
     # and how long an order may wait for its payment.
     public_url: str | None = Field(default=None, validation_alias="TOKENGATE_PUBLIC_URL")
+    # The data plane's public base URL (no /v1): the console's snippets show it, and its
+    # playground sends requests there, metered like any other (control/console/playground.py).
+    data_url: str | None = Field(default=None, validation_alias="TOKENGATE_DATA_URL")
     payment_provider: str | None = Field(default=None, pattern="^(test|stripe)$",
                                          validation_alias="TOKENGATE_PAYMENT_PROVIDER")
     order_ttl_s: int = Field(default=3600, ge=1800, le=86_400, validation_alias="TOKENGATE_ORDER_TTL")

@@ -146,6 +146,18 @@ def _add_billing(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     alerts.add_argument("--once", action="store_true", help="one pass, then exit (cron, tests)")
 
 
+def _add_console(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """``tokengate console create-admin``: defined here, so that parsing loads no control plane."""
+    console = sub.add_parser("console", help="the web console: create-admin",
+                             description="The web console's people, in the ledger at DATABASE_URL.")
+    commands = console.add_subparsers(dest="console_command", required=True)
+    create = commands.add_parser("create-admin", help="create a platform admin of the console "
+                                 "(the password is prompted for, never an argument)")
+    create.add_argument("--email", required=True)
+    create.add_argument("--password-stdin", action="store_true",
+                        help="read the password from the first line of standard input")
+
+
 def parser() -> argparse.ArgumentParser:
     root = _Parser(prog="tokengate", description="Token-metered OpenAI gateway")
     sub = root.add_subparsers(dest="command", required=True)
@@ -175,6 +187,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("sim", help="run vLLM simulators (see: tokengate sim --help)", add_help=False)
 
     _add_billing(sub)
+    _add_console(sub)
 
     from launcher.admincli import add_parsers as add_admin
 
@@ -199,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
         from billing.commands import run as run_billing
 
         return run_billing(args)
+    if args.command == "console":
+        from control.console.admin_cli import run as run_console
+
+        return run_console(args)
     return _quickstart(args)
 
 

@@ -4,8 +4,8 @@ It starts its own redis-server (AOF, fsync always) unless ``REDIS_URL`` is set, 
 simulator per cluster of models.yaml (each serving the models deployed there), the billing
 worker, the control plane (admin API, self-service ledger), the data plane (the OpenAI
 API, in this process), and a demo account created in the ledger (SQLite in the data
-directory unless ``DATABASE_URL`` is set) and funded by buying the starter package; then
-prints how to call it.
+directory unless ``DATABASE_URL`` is set) and funded by buying the starter package, with an
+owner who signs in to the web console; then prints how to call it and where to sign in.
 """
 
 from __future__ import annotations
@@ -29,9 +29,11 @@ from billing.db import migrate
 from billing.errors import Conflict
 from billing.packages import NewPackage
 from billing.service import Billing
+from billing.users import check_password
 from gateway.accounts import KeyLimits
 from gateway.app import create_app
 from gateway.catalog import parse_catalog
+from gateway.contract import BadRequest
 from gateway.server import GatewayHttpProtocol
 from gateway.settings import Settings
 from gateway.state import connect_redis
@@ -41,6 +43,7 @@ STARTER_CREDITS = 1_000_000
 STARTER = NewPackage(id="starter", name="Starter", credits=STARTER_CREDITS, valid_days=365,
                      price={"amount": 4900, "currency": "CNY"}, for_sale=True)
 TRIAL = NewPackage(id="trial", name="Trial", credits=100_000, valid_days=14, trial=True)
+DEMO_EMAIL = "demo@tokengate.local"  # the demo account's owner in the console
 
 
 def simulated_config(config_text: str, ports: dict[str, int]) -> tuple[str, list[tuple[int, list[str]]]]:
@@ -56,8 +59,27 @@ def simulated_config(config_text: str, ports: dict[str, int]) -> tuple[str, list
     return yaml.safe_dump(doc, sort_keys=False), servers
 
 
-async def _demo_key(redis_url: str, database_url: str) -> tuple[str, str]:
-    """A demo account in the ledger, funded by buying the starter package, and its key."""
+def demo_password(data: Path) -> str:
+    """The demo console user's password: ``TOKENGATE_DEMO_PASSWORD``, else one generated on the
+    first run and kept in the data directory (a rerun prints the same one)."""
+    if os.environ.get("TOKENGATE_DEMO_PASSWORD"):
+        try:
+            check_password(os.environ["TOKENGATE_DEMO_PASSWORD"])
+        except BadRequest as error:
+            raise RuntimeError(f"TOKENGATE_DEMO_PASSWORD: {error.message}") from None
+        return os.environ["TOKENGATE_DEMO_PASSWORD"]
+    kept = data / "demo-password"
+    if kept.is_file():
+        return kept.read_text(encoding="utf-8").strip()
+    password = secrets.token_urlsafe(12)
+    kept.touch(mode=0o600)
+    kept.write_text(password + "\n", encoding="utf-8")
+    return password
+
+
+async def _demo_key(redis_url: str, database_url: str, password: str) -> tuple[str, str]:
+    """A demo account in the ledger, funded by buying the starter package, its key, and its
+    owner in the console (``DEMO_EMAIL`` with ``password``; kept when a rerun finds it)."""
     redis = connect_redis(redis_url)
     billing = Billing.build(database_url, redis)
     try:
@@ -68,6 +90,8 @@ async def _demo_key(redis_url: str, database_url: str) -> tuple[str, str]:
         account = await billing.accounts.create_account("demo")
         await billing.packages.purchase(account["id"], "starter", f"quickstart-{account['id']}")
         key = await billing.accounts.create_key(account["id"], "quickstart", KeyLimits())
+        with contextlib.suppress(Conflict):  # a rerun on the same ledger: that user stays
+            await billing.users.invite_member(account["id"], DEMO_EMAIL, password, role="owner")
         return account["id"], key["key"]
     finally:
         await billing.close()
@@ -88,7 +112,8 @@ def start_control_plane(settings: Settings, host: str, port: int, log: Path) -> 
            "TOKENGATE_CONFIG": settings.config_path,
            "TOKENGATE_ADMIN_KEY": settings.admin_key.get_secret_value() if settings.admin_key else "",
            # Orders are paid on the control plane's test page: no money moves (docs/billing.md).
-           "TOKENGATE_PAYMENT_PROVIDER": os.environ.get("TOKENGATE_PAYMENT_PROVIDER", "test")}
+           "TOKENGATE_PAYMENT_PROVIDER": os.environ.get("TOKENGATE_PAYMENT_PROVIDER", "test"),
+           "TOKENGATE_DATA_URL": settings.data_url or ""}  # the console's snippets and playground
     args = [sys.executable, "-m", "launcher.cli", "control", "--host", host, "--port", str(port)]
     with log.open("ab") as out:
         process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -97,7 +122,7 @@ def start_control_plane(settings: Settings, host: str, port: int, log: Path) -> 
 
 
 def _banner(base: str, control: str, admin_key: str, key: str, model: str, redis_url: str,
-            database_url: str) -> str:
+            database_url: str, password: str) -> str:
     return f"""
 tokengate is running.
 
@@ -105,6 +130,8 @@ tokengate is running.
   API key    {key}   (demo account, {STARTER_CREDITS:,} credits)
   admin API  {control}
   admin key  {admin_key}
+  console    {control}/console
+  sign in    {DEMO_EMAIL} / {password}   (the demo account's owner)
   Redis      {redis_url}
   ledger     {database_url}
 
@@ -173,15 +200,17 @@ def run(config_path: str, host: str, port: int, data_dir: str) -> int:
             config_path=str(generated),
             database_url=os.environ.get("DATABASE_URL", f"sqlite:///{data / 'ledger.db'}"),
             control_url=control_url,
+            data_url=f"http://{_display_host(host)}:{port}",
         )
-        _, key = asyncio.run(_demo_key(redis_url, settings.database_url))
+        password = demo_password(data)
+        _, key = asyncio.run(_demo_key(redis_url, settings.database_url, password))
         worker = start_billing_worker(redis_url, settings.database_url, data / "billing-worker.log")
         children.insert(0, worker)  # stopped first, before the Redis it reads
         # The admin API listens on loopback only, whatever --host says: never on the public listener.
         children.insert(0, start_control_plane(settings, "127.0.0.1", control_port, data / "control.log"))
         first_model = next(m["name"] for m in doc["models"] if m.get("kind", "chat") == "chat")
         banner = _banner(f"http://{_display_host(host)}:{port}/v1", control_url, admin_key, key,
-                         first_model, redis_url, settings.database_url)
+                         first_model, redis_url, settings.database_url, password)
         uvloop.run(_serve(settings, host, port, banner))
         return 0
     except KeyboardInterrupt:

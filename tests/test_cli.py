@@ -85,6 +85,11 @@ def test_quickstart_serves_the_printed_key(tmp_path: Path) -> None:
             [sys.executable, "-m", "launcher.cli", "accounts", "list"], cwd=ROOT, capture_output=True,
             text=True, timeout=60, env={**env, "TOKENGATE_CONTROL_URL": control.group(1)}, check=False)
         assert listed.returncode == 0 and "demo" in listed.stdout, listed.stderr
+        # The console's URL and the demo account owner's sign-in, printed, work.
+        console = re.search(r"console\s+(http://\S+/console)\n", output)
+        sign_in = re.search(r"sign in\s+(\S+@\S+) / (\S+)", output)
+        assert console and sign_in and console.group(1) == control.group(1) + "/console", output
+        _sign_in_to_console(console.group(1), sign_in.group(1), sign_in.group(2))
         children = _children(process.pid)
         assert len(children) >= 4  # Redis, the simulators, the billing worker, the control plane
     finally:
@@ -94,6 +99,27 @@ def test_quickstart_serves_the_printed_key(tmp_path: Path) -> None:
             process.stdout.close()
     time.sleep(0.5)
     assert [pid for pid in children if Path(f"/proc/{pid}").exists()] == []
+
+
+def _sign_in_to_console(console: str, email: str, password: str) -> None:
+    """Sign in over HTTP as a browser does (the form's CSRF token), then open the console."""
+    with httpx.Client(base_url=console.removesuffix("/console"), timeout=10) as browser:
+        form = browser.get("/console/signin")
+        token = re.search(r'name="csrf" value="([^"]+)"', form.text)
+        assert form.status_code == 200 and token, form.text
+        wrong = browser.post(
+            "/console/signin", data={"csrf": token.group(1), "email": email, "password": password + "x"}
+        )
+        assert wrong.status_code == 400 and "tg_session" not in browser.cookies
+        signed = browser.post(
+            "/console/signin", data={"csrf": token.group(1), "email": email, "password": password}
+        )
+        assert signed.status_code == 303 and signed.headers["location"] == "/console", signed.text
+        assert browser.cookies.get("tg_session")
+        home = browser.get("/console")  # a session: to the organization's pages, not to sign-in
+        assert home.status_code == 303 and home.headers["location"] == "/console/overview"
+        overview = browser.get("/console/overview")
+        assert overview.status_code == 200 and "demo" in overview.text
 
 
 def _children(pid: int) -> list[int]:

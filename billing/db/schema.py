@@ -298,3 +298,38 @@ audit_log = Table(
     Index("ix_audit_time", "at_ms", "id"),
     Index("ix_audit_target", "target", "at_ms"),
 )
+
+# The console (migration 0005): people who sign in. A user belongs to organizations (accounts)
+# with a role; platform admins (``is_admin``) manage everything. Passwords are argon2 hashes.
+users = Table(
+    "users",
+    metadata,
+    Column("id", Id, primary_key=True),  # 'usr_<hex>'
+    Column("email", String(320), nullable=False, unique=True),  # lower-cased
+    Column("password_hash", String(255), nullable=False),
+    Column("is_admin", Boolean, nullable=False, server_default=false()),
+    Column("disabled", Boolean, nullable=False, server_default=false()),
+    Column("created_at_ms", Ms, nullable=False),
+)
+
+memberships = Table(
+    "memberships",
+    metadata,
+    Column("user_id", Id, ForeignKey("users.id"), primary_key=True),
+    Column("account_id", Id, ForeignKey("accounts.id"), primary_key=True, index=True),
+    Column("role", String(16), nullable=False),
+    Column("created_at_ms", Ms, nullable=False),
+    CheckConstraint("role IN ('owner', 'member')", name="role"),
+)
+
+# A signed-in browser: the cookie holds a random token, the table its SHA-256.
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("user_id", Id, ForeignKey("users.id"), nullable=False, index=True),
+    Column("account_id", Id, ForeignKey("accounts.id"), nullable=True),  # the organization in view
+    Column("csrf", String(64), nullable=False),  # the token every form of this session carries
+    Column("created_at_ms", Ms, nullable=False),
+    Column("expires_at_ms", Ms, nullable=False),
+)

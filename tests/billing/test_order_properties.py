@@ -25,6 +25,7 @@ from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
     invariant,
+    precondition,
     rule,
     run_state_machine_as_test,
 )
@@ -32,12 +33,12 @@ from redis.asyncio import Redis
 from sqlalchemy import func, select
 
 from billing.db.schema import grants
-from billing.orders import Payment
+from billing.orders import MAX_PENDING, Payment
 from billing.packages import NewPackage
 from billing.payments.testpay import TestProvider
 from billing.service import Billing
 from gateway.accounts import KeyLimits
-from gateway.errors import BalanceExhausted
+from gateway.errors import BalanceExhausted, RateLimited
 from gateway.quota.store import QuotaStore
 
 from .helpers import Funded, ManualClock, conserved, drain, ledger_figures, request
@@ -62,6 +63,8 @@ class OrderMachine(RuleBasedStateMachine):
         self.credits_of: dict[str, int] = {}  # order id -> its package's credits
         self.paid: set[str] = set()
         self.withdrawn = 0
+        self.placed_at: dict[str, int] = {}  # order id -> when it was placed (the billing clock)
+        self.paid_once: set[str] = set()  # paid at some point (refunded or not)
 
     def run(self, aw: Awaitable[T]) -> T:
         return self.loop.run_until_complete(aw)
@@ -91,11 +94,26 @@ class OrderMachine(RuleBasedStateMachine):
         key = self.run(self.billing.accounts.create_key(account["id"], "k", KeyLimits()))
         self.who = Funded(account["id"], key["id"], key["key"], [])
 
+    def waiting(self) -> int:
+        """The orders still pending by the model (unpaid, not expired)."""
+        ttl = self.billing.orders.ttl_ms
+        return sum(
+            1 for o, at in self.placed_at.items() if o not in self.paid_once and self.clock.now < at + ttl
+        )
+
+    @precondition(lambda self: self.waiting() < MAX_PENDING)
     @rule(target=orders, package=st.sampled_from(sorted(PACKAGES)))
     def place(self, package: str) -> str:
         order = self.run(self.billing.orders.create(self.who.account_id, self.package_ids[package]))
         self.credits_of[order["id"]] = PACKAGES[package][0]
+        self.placed_at[order["id"]] = self.clock.now
         return order["id"]
+
+    @precondition(lambda self: self.waiting() >= MAX_PENDING)
+    @rule()
+    def place_one_too_many(self) -> None:
+        with pytest.raises(RateLimited):
+            self.run(self.billing.orders.create(self.who.account_id, self.package_ids["small"]))
 
     @rule(order_id=orders, copies=st.integers(1, 4))
     def pay(self, order_id: str, copies: int) -> None:
@@ -110,6 +128,7 @@ class OrderMachine(RuleBasedStateMachine):
             assert sorted(outcomes) == ["already_paid"] * (copies - 1) + ["paid"]
             event(f"paid a {order['status']} order")
             self.paid.add(order_id)
+            self.paid_once.add(order_id)
         else:
             assert set(outcomes) <= {"already_paid", "refunded"}
 
@@ -199,7 +218,7 @@ def test_order_properties(ledger_url: str, request: pytest.FixtureRequest) -> No
     run_state_machine_as_test(
         Machine,
         settings=settings(
-            max_examples=20,
+            max_examples=15,
             stateful_step_count=25,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow],

@@ -13,12 +13,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from billing.audit import audit_page
 from billing.db.schema import grants, ledger_entries
 from billing.errors import Conflict
-from billing.orders import Payment
+from billing.orders import MAX_PENDING, Payment
 from billing.packages import NewPackage
 from billing.payments.testpay import TestProvider
 from billing.service import Billing
 from gateway.accounts import KeyLimits
-from gateway.errors import NotFound, ServiceUnavailable
+from gateway.errors import NotFound, RateLimited, ServiceUnavailable
 from gateway.quota.store import QuotaStore
 
 from .helpers import Funded, ManualClock, conserved, request
@@ -196,3 +196,14 @@ async def test_only_a_paid_order_is_refunded(shop: Billing) -> None:
         await shop.orders.refund(order["id"], "not paid")
     with pytest.raises(NotFound):
         await shop.orders.refund("ord_unknown", "no such order")
+
+
+async def test_an_account_holds_a_bounded_number_of_unpaid_orders(shop: Billing, clock: ManualClock) -> None:
+    package_id, account_id = await _on_sale(shop), await _account(shop)
+    for _ in range(MAX_PENDING):
+        await shop.orders.create(account_id, package_id)
+    with pytest.raises(RateLimited) as refused:
+        await shop.orders.create(account_id, package_id)
+    assert refused.value.code == "too_many_pending_orders"
+    clock.set(clock.now + shop.orders.ttl_ms)  # they expire: room again
+    assert (await shop.orders.create(account_id, package_id))["status"] == "pending"

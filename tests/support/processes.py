@@ -217,8 +217,9 @@ def start_gateway(config: Path, redis_url: str, log: Path, *, database_url: str 
     database_url = database_url or f"sqlite:///{log.parent / 'ledger.db'}"
     environ = environment(redis_url, database_url, **env)
     control_log = log.with_name(log.stem + "-control" + log.suffix)
-    control_process, control = start_control(config, environ, control_log)
-    port = free_port()
+    port = free_port()  # known first: the control plane's console links and calls the data plane
+    control_env = {"TOKENGATE_DATA_URL": f"http://127.0.0.1:{port}", **environ}
+    control_process, control = start_control(config, control_env, control_log)
     args = tokengate("serve", "--config", str(config), "--port", str(port), "--workers", str(workers),
                      "--log-level", "info")
     process = spawn(args, log, {**environ, "TOKENGATE_CONTROL_URL": control}, ROOT)
