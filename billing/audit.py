@@ -85,7 +85,7 @@ async def audit_page(
         query = query.where(c.action == action)
     if cursor:
         at, last = decode_cursor(cursor)
-        if not last.isdigit():
+        if not (last.isascii() and last.isdigit() and len(last) <= 18):  # a BIGINT id
             raise BadRequest("not a cursor of this listing", param="cursor")
         query = query.where(or_(c.at_ms < at, and_(c.at_ms == at, c.id < int(last))))
     query = query.order_by(c.at_ms.desc(), c.id.desc()).limit(limit + 1)

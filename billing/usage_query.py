@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -68,11 +68,39 @@ def _encode(value: Any) -> str:
     return base64.urlsafe_b64encode(orjson.dumps(value)).decode()
 
 
+_BAD_CURSOR = "not a cursor of this listing"
+_MAX_INT = 2**63 - 1  # BIGINT: a larger bound would fail in the database, not here
+_MAX_OFFSET = 10**9
+
+
 def _decode(cursor: str) -> Any:
     try:
         return orjson.loads(base64.urlsafe_b64decode(cursor.encode()))
     except (ValueError, orjson.JSONDecodeError):
-        raise BadRequest("not a cursor of this listing", param="cursor") from None
+        raise BadRequest(_BAD_CURSOR, param="cursor") from None
+
+
+def _position(cursor: str) -> tuple[int, str]:
+    """``(finished_at_ms, request_id)`` of a page cursor; BadRequest for anything else (a
+    crafted cursor is refused here, never handed to the database)."""
+    value = _decode(cursor)
+    if not (isinstance(value, list) and len(value) == 2):
+        raise BadRequest(_BAD_CURSOR, param="cursor")
+    finished, request_id = value
+    if not (isinstance(finished, int) and not isinstance(finished, bool) and 0 <= finished <= _MAX_INT):
+        raise BadRequest(_BAD_CURSOR, param="cursor")
+    if not (isinstance(request_id, str) and 0 < len(request_id) <= 200 and request_id.isprintable()):
+        raise BadRequest(_BAD_CURSOR, param="cursor")
+    return finished, request_id
+
+
+def _offset(cursor: str) -> int:
+    """The offset of a grouped listing's cursor; BadRequest for anything else."""
+    value = _decode(cursor)
+    offset = value.get("offset") if isinstance(value, dict) else None
+    if not (isinstance(offset, int) and not isinstance(offset, bool) and 0 <= offset <= _MAX_OFFSET):
+        raise BadRequest(_BAD_CURSOR, param="cursor")
+    return offset
 
 
 _COLUMNS = RECORD_FIELDS[: RECORD_FIELDS.index("started_at")]  # read as they are stored
@@ -97,8 +125,8 @@ def _filtered(query: Select[Any], q: UsageQuery) -> Select[Any]:
     return query
 
 
-def _after(cursor: Sequence[Any]) -> Any:
-    finished, request_id = int(cursor[0]), str(cursor[1])
+def _after(cursor: tuple[int, str]) -> Any:
+    finished, request_id = cursor
     return or_(c.finished_at_ms < finished, and_(c.finished_at_ms == finished, c.request_id < request_id))
 
 
@@ -108,10 +136,7 @@ async def usage_page(engine: AsyncEngine, q: UsageQuery) -> UsagePage:
         return await _grouped(engine, q)
     query = _filtered(select(usage_records), q)
     if q.cursor:
-        cursor = _decode(q.cursor)
-        if not isinstance(cursor, list) or len(cursor) != 2:
-            raise BadRequest("not a cursor of this listing", param="cursor")
-        query = query.where(_after(cursor))
+        query = query.where(_after(_position(q.cursor)))
     query = query.order_by(c.finished_at_ms.desc(), c.request_id.desc()).limit(q.limit + 1)
     async with transaction(engine) as conn:
         rows = list(await conn.execute(query))
@@ -124,10 +149,7 @@ async def usage_page(engine: AsyncEngine, q: UsageQuery) -> UsagePage:
 async def _grouped(engine: AsyncEngine, q: UsageQuery) -> UsagePage:
     offset = 0
     if q.cursor:
-        decoded = _decode(q.cursor)
-        if not isinstance(decoded, dict) or not isinstance(decoded.get("offset"), int):
-            raise BadRequest("not a cursor of this listing", param="cursor")
-        offset = decoded["offset"]
+        offset = _offset(q.cursor)
     columns = {"day": (c.finished_at_ms // DAY_MS).label("day"), "model": c.model, "key": c.key_id}
     keys = [columns[g] for g in q.group_by]
     query = _filtered(

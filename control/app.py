@@ -9,6 +9,7 @@ can run behind one load balancer.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -20,6 +21,7 @@ from starlette.exceptions import HTTPException
 from billing import audit
 from billing.service import Billing
 from control import admin, console, endpoints, health, me, pay, webhooks
+from control.admin_key import weakness
 from control.guard import AdminGuard, replay_body
 from control.payments import provider_from
 from gateway.contract import (
@@ -39,6 +41,8 @@ from gateway.contract import (
     settle_heap,
     with_header,
 )
+
+log = logging.getLogger("tokengate.control")
 
 
 class ControlApp:
@@ -81,6 +85,10 @@ class ControlApp:
         self.api.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
         self.api.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
         admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
+        weak = weakness(admin_key)
+        if weak is not None:  # accepted (a local trial needs no ceremony), never silently
+            log.warning("warning: TOKENGATE_ADMIN_KEY is weak: %s; anyone who guesses it is the "
+                        "admin. Make one with: openssl rand -base64 32", weak)
         self.admin_guard = AdminGuard(self.api, admin_key, settings.max_body_bytes, self._audit)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.media_urls import MediaHosts
 from gateway.prompt_rules import UNKNOWABLE_FIELDS, MediaLimits
 from gateway.routing.config import RoutingConfig
 from gateway.tokenizers import TokenizerError, load_tokenizer
@@ -133,10 +134,27 @@ class ModelSpec(_Strict):
         return not self.tokenizer.startswith("tiktoken:")
 
 
+class MediaUrlsSpec(_Strict):
+    """Hosts whose http(s) media URLs the upstream may fetch (``*.example.com``: its
+    subdomains); even they are refused when they resolve to a non-public address."""
+
+    allowed_hosts: list[str] = Field(default_factory=list)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, hosts: list[str]) -> list[str]:
+        for host in hosts:
+            if not re.match(r"^(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?$", host):
+                raise ValueError(f"{host!r} is not a host name (no scheme, port or path; "
+                                 "'*.example.com' for subdomains)")
+        return hosts
+
+
 class CatalogSpec(_Strict):
     clusters: list[ClusterSpec] = Field(min_length=1)
     models: list[ModelSpec] = Field(min_length=1)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    media_urls: MediaUrlsSpec = Field(default_factory=MediaUrlsSpec)
 
     @model_validator(mode="after")
     def _references(self) -> CatalogSpec:
@@ -210,6 +228,7 @@ class Catalog:
     source: str = ""
     endpoints: tuple[Endpoint, ...] = field(default=())
     routing: RoutingConfig = field(default_factory=RoutingConfig)
+    media_hosts: MediaHosts = field(default_factory=MediaHosts)  # models.yaml media_urls.allowed_hosts
 
     def get(self, name: str) -> Model | None:
         return self.models.get(name)
@@ -264,7 +283,7 @@ def build_catalog(spec: CatalogSpec, source: str = "", env: dict[str, str] | Non
     }
     all_endpoints = tuple(ep for eps in by_cluster.values() for ep in eps)
     return Catalog(models=models, clusters=tuple(by_cluster), source=source, endpoints=all_endpoints,
-                   routing=spec.routing)
+                   routing=spec.routing, media_hosts=MediaHosts.of(spec.media_urls.allowed_hosts))
 
 
 def load_catalog(path: str | Path, env: dict[str, str] | None = None, *,

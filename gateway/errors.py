@@ -29,6 +29,7 @@ The status codes are the ones the official OpenAI clients map to their exception
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
 
 import orjson
@@ -157,21 +158,61 @@ def error_type_for(status: int) -> str:
     return _TYPE_BY_STATUS.get(status, "invalid_request_error" if status < 500 else "api_error")
 
 
-def upstream_error_body(status: int, body: bytes) -> bytes:
+# What an upstream's message must not carry to a client: a traceback, a file or model path,
+# a URL or host address, an object's memory address. Such a message is replaced whole.
+_INTERNAL = re.compile(
+    r"Traceback|File \"|\bline \d+, in\b|(?<![\w.~-])/(?:[\w.~-]+/)+[\w.~-]*|\b[A-Za-z]:\\"
+    r"|\w+://|\b\d{1,3}(?:\.\d{1,3}){3}\b|\bat 0x[0-9a-fA-F]+"
+)
+_MESSAGE_LIMIT = 1000
+
+
+def client_message(status: int, message: str, served: str | None = None, public: str | None = None) -> str:
+    """What a client may read of an upstream's error message: a refusal's (4xx) own message
+    when it shows nothing internal (the served model name put back to the public one), else a
+    message of our own; a failure's (5xx) never (it is logged, not answered)."""
+    if status < 400 or status >= 500:
+        return f"the model server failed to answer ({status})"
+    if served and public and served != public:
+        message = message.replace(served, public)
+    if len(message) > _MESSAGE_LIMIT or _INTERNAL.search(message):
+        return f"the model server refused the request ({status})"
+    return message
+
+
+def upstream_error_body(status: int, body: bytes, served: str | None = None,
+                        public: str | None = None) -> bytes:
     """An upstream's error answer in OpenAI's shape. vLLM names its ``type`` after Python's
     exception (``BadRequestError``) and sends ``code`` as the status number; OpenAI clients
-    branch on ``type`` and a string (or null) ``code``. Message and param are kept."""
+    branch on ``type`` and a string (or null) ``code``. A refusal's message and param are kept
+    when they show nothing internal (:func:`client_message`); a failure's are not."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
         doc = None
     error = doc.get("error") if isinstance(doc, dict) else None
     if not isinstance(error, dict):
-        error = {"message": body[:500].decode("utf-8", "replace").strip()}
+        error = {"message": body[:_MESSAGE_LIMIT + 1].decode("utf-8", "replace").strip()}
     code, param = error.get("code"), error.get("param")
+    message = str(error.get("message") or f"upstream answered {status}")
+    message = client_message(status, message, served, public)
+    client_error = status < 500
     return error_body(
-        str(error.get("message") or f"upstream answered {status}"),
+        message,
         error_type_for(status),
-        code if isinstance(code, str) else None,
-        param if isinstance(param, str) else None,
+        code if isinstance(code, str) and client_error and len(code) <= 64 else None,
+        param if isinstance(param, str) and client_error and not _INTERNAL.search(param) else None,
     )
+
+
+def upstream_event_error(payload: bytes, served: str | None = None, public: str | None = None) -> bytes:
+    """An error event an upstream sent mid-stream (``{"error": ...}``), as the client may see
+    it: in OpenAI's shape, its status a client error's own, else 502 (see
+    :func:`upstream_error_body`)."""
+    try:
+        error = orjson.loads(payload).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        error = None
+    code = error.get("code") if isinstance(error, dict) else None
+    status = code if isinstance(code, int) and 400 <= code < 500 else 502
+    return upstream_error_body(status, payload, served, public)

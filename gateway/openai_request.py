@@ -1,8 +1,12 @@
 """Parse an OpenAI request body just enough to meter and route it (no pydantic per request).
 
-We read the fields that admission, routing and counting need, refuse bad input with a
-clear 400 naming the parameter, and leave everything else for the upstream to judge.
-Counting the prompt (``count_prompt_tokens``) lives in ``gateway.prompt_size``.
+We check the body's top-level fields against the route's allowlist
+(``gateway.request_fields``: steering and unknown fields refused, a few OpenAI-only ones
+dropped), read the fields that admission, routing and counting need, refuse bad input with
+a clear 400 naming the parameter, collect the media URLs that are not ``data:`` (the
+pipeline checks them against the catalog before admission: ``gateway.media_urls``), and
+leave the values of everything else for the upstream to judge. Counting the prompt
+(``count_prompt_tokens``) lives in ``gateway.prompt_size``.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from typing import Any, Literal
 import orjson
 
 from gateway.errors import BadRequest
+from gateway.media_urls import remote_media_urls
 from gateway.prompt_size import PromptRules, PromptSize, count_prompt_tokens, prompt_list
+from gateway.request_fields import check_fields
 
 __all__ = ["Kind", "OpenAIRequest", "PromptRules", "PromptSize", "count_prompt_tokens", "parse_request"]
 
@@ -31,6 +37,7 @@ class OpenAIRequest:
     client_include_usage: bool
     client_continuous_usage: bool
     choices: int  # sequences generated: n per prompt (several completions prompts); 1 for embeddings
+    media_urls: tuple[str, ...] = ()  # media URLs other than data: ones, checked before admission
 
 
 def parse_request(kind: Kind, raw: bytes) -> OpenAIRequest:
@@ -41,6 +48,7 @@ def parse_request(kind: Kind, raw: bytes) -> OpenAIRequest:
         raise BadRequest(f"request body is not valid JSON (UTF-8): {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
+    check_fields(kind, body)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("'model' is required and must be a string", param="model")
@@ -59,6 +67,7 @@ def parse_request(kind: Kind, raw: bytes) -> OpenAIRequest:
     options = options or {}
     _require_input(body, kind)
     prompts = len(prompt_list(body["prompt"])) if kind == "completions" else 1
+    media_urls = remote_media_urls(body["messages"]) if kind == "chat" else ()
     return OpenAIRequest(
         kind=kind,
         body=body,
@@ -69,6 +78,7 @@ def parse_request(kind: Kind, raw: bytes) -> OpenAIRequest:
         client_include_usage=bool(options.get("include_usage")),
         client_continuous_usage=bool(options.get("continuous_usage_stats")),
         choices=1 if kind == "embeddings" else n * prompts,
+        media_urls=media_urls,
     )
 
 

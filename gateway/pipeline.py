@@ -19,19 +19,24 @@ import orjson
 
 from gateway.asgi import Receive, Scope, Send, read_body
 from gateway.auth import Authenticator, KeyRef, bearer_token
+from gateway.cache_salt import CacheSalter
 from gateway.catalog import Catalog, Endpoint, Model
 from gateway.errors import (
     BadRequest,
+    BalanceExhausted,
+    BalanceUnknown,
     GatewayError,
     NoHealthyEndpoint,
     NotFound,
     UpstreamError,
     UpstreamTimeout,
 )
+from gateway.media_urls import check_remote_media
 from gateway.metrics import GatewayMetrics
 from gateway.openai_request import Kind, OpenAIRequest, count_prompt_tokens, parse_request
 from gateway.prompt_size import counted_prompt
 from gateway.quota.store import Admission, QuotaStore
+from gateway.redact import redact_url
 from gateway.relay.http1 import UpstreamConnectError, UpstreamResponse
 from gateway.relay.meter import Usage
 from gateway.relay.outcome import Outcome
@@ -50,6 +55,10 @@ log = logging.getLogger("tokengate.pipeline")
 # OpenAI's (and vLLM's) legacy completions API stops at 16 tokens when max_tokens is absent;
 # chat has no such default (the rest of the context window, or what the balance pays).
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+
+# A body this big is checked against the key and the balance before its prompt is tokenized
+# (two Redis reads, against milliseconds of tokenizing): see Pipeline.refuse_early.
+EARLY_CHECK_BYTES = 16 * 1024
 
 UPSTREAM_PATHS: dict[Kind, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions",
                                    "embeddings": "/v1/embeddings"}
@@ -103,17 +112,24 @@ class Pipeline:
         self.upstream = upstream
         self.metrics = metrics
         self.reservations = ReservationDesk(quota, metrics, settings.lease_seconds)
+        self.salter = CacheSalter.from_settings(settings)
 
     async def serve(self, call: Call, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one /v1 request: its answer goes to ``send``; a GatewayError raised here was
         sent nothing yet (the edge answers it). The key is checked before the body is read."""
-        key = call.key = await self.auth.authenticate(bearer_token(scope))
+        key = call.key = await self.auth.authenticate(bearer_token(scope), scope)
         raw = await read_body(scope, receive, self.settings.max_body_bytes)
         request = call.request = parse_request(call.kind, raw)
         model = call.model = self.model_for(request)
+        if len(raw) > EARLY_CHECK_BYTES:  # no tokenizing megabytes for a key that cannot pay
+            await self.refuse_early(key, model)
+        if request.media_urls:  # http(s) media: allowed hosts with public addresses only
+            await check_remote_media(request.media_urls, self.catalog.media_hosts)
         admission = call.admission = await self.admit(key, request, model, call.request_id)
         held = self.reservations.hold(key, model, call.request_id, request.stream)
         try:
+            if request.kind != "embeddings":  # before the affinity key: it is per account
+                request.body["cache_salt"] = self.salter.salt(key.account_id)
             body = self.upstream_body(request, model, admission)
             affinity = self.router.affinity_key(request.body)
             headers, prompt = admission.header_pairs(), self.prompt_counter(request, model, admission)
@@ -147,15 +163,34 @@ class Pipeline:
         finally:
             held.settle(call.ended())
 
-    async def list_models(self, token: str | None) -> dict[str, object]:
-        """/v1/models: the catalog's models, for an enabled key."""
-        await self.auth.authenticate_enabled(token)
+    async def list_models(self, token: str | None, scope: Scope | None = None) -> dict[str, object]:
+        """/v1/models: the catalog's models the key may use (its own ``models``; null: all),
+        for a live key: its record is read every time, so a revoked key lists nothing at
+        once, on every worker."""
+        _, allowed = await self.auth.live_key(token, scope)
+        models = self.catalog.models.values()
         data = [
             {"id": m.name, "object": "model", "created": 0, "owned_by": "tokengate",
              "max_model_len": m.context_window}
-            for m in self.catalog.models.values()
+            for m in models
+            if allowed is None or m.name in allowed
         ]
         return {"object": "list", "data": data}
+
+    async def refuse_early(self, key: KeyRef, model: Model) -> None:
+        """Before a big prompt is tokenized, refuse what admission surely would: a disabled key,
+        a model the key may not use, an account with no credit available at all. A key that
+        cannot pay then never makes a worker tokenize megabytes (the body is bounded, and
+        admission, which decides everything atomically, still runs for the rest). The balance
+        read counts every live grant, whatever its models: it may overstate what the model
+        can draw on, never understate it, so nothing admission would accept is refused."""
+        await self.auth.check_key(key, model.name)
+        try:
+            balance = await self.quota.balance(key.account_id)
+        except BalanceUnknown:
+            return  # admission answers it (503 until reconciled)
+        if balance["available"] <= 0:
+            raise BalanceExhausted("balance exhausted: no credits available", code="insufficient_quota")
 
     def model_for(self, request: OpenAIRequest) -> Model:
         model = self.catalog.get(request.model)
@@ -284,37 +319,40 @@ class Pipeline:
                     # it, so no retry; not a failure either (health probes tell a dead server)
                     router.saturated(endpoint)
                     router.finished(endpoint, ok=True)
-                    self.metrics.upstream_errors.labels(endpoint.cluster, endpoint.url, "timeout").inc()
+                    self._upstream_trouble(endpoint, "timeout", "no response head in time")
                     raise UpstreamTimeout(
-                        f"upstream {endpoint.cluster} sent no response within "
-                        f"{self.settings.first_byte_timeout:g}s",
+                        f"the upstream sent no response within {self.settings.first_byte_timeout:g}s",
                         code="upstream_timeout",
                     ) from None
                 self._failed(endpoint, "connect")  # refused, reset, connect timeout: next one
-                error = UpstreamError(
-                    f"cannot reach upstream in cluster {endpoint.cluster}: {exc.__class__.__name__}",
-                    code="upstream_unreachable",
-                )
+                self._upstream_trouble(endpoint, None, f"cannot connect: {exc!r}")
+                error = UpstreamError("cannot reach the upstream", code="upstream_unreachable")
                 continue
             if response.status == 429:  # saturated: alive, so not a failure; try elsewhere
                 router.saturated(endpoint)
                 router.finished(endpoint, ok=True)
-                self.metrics.upstream_errors.labels(endpoint.cluster, endpoint.url, "saturated").inc()
-                error = NoHealthyEndpoint(
-                    f"upstream in cluster {endpoint.cluster} is saturated (429): {detail}",
-                    code="upstream_saturated",
-                )
+                self._upstream_trouble(endpoint, "saturated", f"answered 429: {detail!r}")
+                error = NoHealthyEndpoint("the upstream is saturated (429)", code="upstream_saturated")
                 continue
             self._failed(endpoint, "status")
-            error = UpstreamError(
-                f"upstream in cluster {endpoint.cluster} answered {response.status}: {detail}",
-                code="upstream_error",
-            )
+            self._upstream_trouble(endpoint, None, f"answered {response.status}: {detail!r}",
+                                   logging.WARNING)
+            # The client learns the status, never the upstream's text nor where it runs: those
+            # are in the log and the metrics (docs/errors.md).
+            error = UpstreamError(f"the upstream answered {response.status}", code="upstream_error")
         raise error or UpstreamError("no upstream attempt was made")
 
     def _failed(self, endpoint: Endpoint, kind: str) -> None:
         self.router.finished(endpoint, ok=False)
-        self.metrics.upstream_errors.labels(endpoint.cluster, endpoint.url, kind).inc()
+        self.metrics.upstream_errors.labels(endpoint.cluster, redact_url(endpoint.url), kind).inc()
+
+    def _upstream_trouble(self, endpoint: Endpoint, kind: str | None, what: str,
+                          level: int = logging.INFO) -> None:
+        """Log (and with ``kind``, count) an upstream's trouble where operators look: its
+        text and where it runs are never in the client's answer."""
+        if kind is not None:
+            self.metrics.upstream_errors.labels(endpoint.cluster, redact_url(endpoint.url), kind).inc()
+        log.log(level, "upstream %s (cluster %s) %s", redact_url(endpoint.url), endpoint.cluster, what[:500])
 
     async def settle(self, key: KeyRef, model: Model, request_id: str, stream: bool,
                      outcome: Outcome) -> None:

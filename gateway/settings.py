@@ -46,6 +46,9 @@ class Settings(BaseSettings):
 
     # Who may tell the control plane a client's address (X-Forwarded-For): the peers in these
     # comma-separated CIDRs, normally the data plane on loopback (control/client_address.py).
+    # Sign-ups from one client address per hour (each new organization gets the trial once):
+    # what keeps a script from farming trial credits.
+    signups_per_hour: int = Field(default=10, ge=1, validation_alias="TOKENGATE_SIGNUPS_PER_HOUR")
     trusted_proxies: str = Field(default="127.0.0.1/32,::1/128", validation_alias="TOKENGATE_TRUSTED_PROXIES")
 
     # Alerts (billing/alerts*.py): seconds between the billing worker's alert passes (0: none
@@ -69,12 +72,26 @@ class Settings(BaseSettings):
     idle_timeout: float = Field(default=60.0, validation_alias="TOKENGATE_IDLE_TIMEOUT")
     upstream_attempts: int = Field(default=2, ge=1, le=5, validation_alias="TOKENGATE_UPSTREAM_ATTEMPTS")
 
+    # The clients' side of the data plane (gateway/server.py): a request's line and headers
+    # must arrive within header_timeout of the connection or of the request's first byte and
+    # may take max_header_bytes (431 beyond); a body may pause at most body_timeout between
+    # two reads (408, then closed); a worker holds at most max_connections client connections
+    # (503 to the ones beyond, closed at once).
+    header_timeout: float = Field(default=10.0, gt=0, validation_alias="TOKENGATE_HEADER_TIMEOUT")
+    body_timeout: float = Field(default=30.0, gt=0, validation_alias="TOKENGATE_BODY_TIMEOUT")
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024, validation_alias="TOKENGATE_MAX_HEADER_BYTES")
+    max_connections: int = Field(default=4096, ge=1, validation_alias="TOKENGATE_MAX_CONNECTIONS")
+
     # Metering. A Redis that does not answer within redis_timeout is treated as down
     # (fail closed: 503); generous, so that a briefly starved host is not an outage.
     redis_timeout: float = Field(default=5.0, gt=0, validation_alias="TOKENGATE_REDIS_TIMEOUT")
     lease_seconds: float = Field(default=30.0, gt=0, validation_alias="TOKENGATE_LEASE_SECONDS")
     reaper_interval: float = Field(default=5.0, gt=0, validation_alias="TOKENGATE_REAPER_INTERVAL")
     auth_cache_seconds: float = Field(default=10.0, ge=0, validation_alias="TOKENGATE_AUTH_CACHE_SECONDS")
+    # The secret behind each account's prefix-cache salt (gateway/cache_salt.py): the same in
+    # every data-plane process. Unset: derived from TOKENGATE_ADMIN_KEY, else random per process.
+    cache_salt_secret: SecretStr | None = Field(default=None, min_length=32,
+                                                validation_alias="TOKENGATE_CACHE_SALT_SECRET")
 
     @field_validator("trusted_proxies")
     @classmethod

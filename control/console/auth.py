@@ -1,6 +1,8 @@
 """Sign up, sign in, sign out.
 
 Sign-up makes an organization (an account), its owner and grants the trial package once;
+sign-ups are limited per client address (``TOKENGATE_SIGNUPS_PER_HOUR``), so that a script
+cannot farm trial credits;
 sign-in checks the argon2 hash and is limited per email and per client address (failed
 attempts only, ``billing.code_attempts``); both forms carry a CSRF token before any session
 exists (a double-submit cookie, ``tg_csrf``). The session cookie is HttpOnly, SameSite=Lax,
@@ -31,7 +33,7 @@ from control.console.web import (
     session_of,
     users_of,
 )
-from gateway.contract import BadRequest, RateLimited
+from gateway.contract import BadRequest, RateLimited, Settings
 
 router = APIRouter()
 CSRF_COOKIE = "tg_csrf"
@@ -77,11 +79,33 @@ async def signup_page(request: Request) -> Response:
     return _form_page(request, "signup.html", values={})
 
 
+def _signups(request: Request) -> FailureLimiter:
+    """Sign-ups counted per client address (and per email, which can only succeed once)."""
+    settings: Settings = request.app.state.settings
+    return FailureLimiter(
+        request.app.state.redis,
+        settings.signups_per_hour,
+        3_600_000,
+        kind="signup",
+        what="sign-ups",
+        code="too_many_sign_ups",
+    )
+
+
 @router.post("/signup")
 async def signup(request: Request) -> Response:
     form = await form_of(request, None)
     values = {k: form.get(k, "") for k in ("email", "organization")}
-    users = users_of(request)
+    users, limiter, bucket = users_of(request), _signups(request), request_bucket(request)
+    email = form.get("email", "").strip().lower()[:320]
+    try:
+        await limiter.check(email, bucket)
+    except RateLimited as error:
+        seconds = error.headers.get("Retry-After", "60")
+        message = translate(language(request), "too_many_signups", seconds=seconds)
+        response = _form_page(request, "signup.html", status=429, values=values, errors={"form": message})
+        response.headers["Retry-After"] = seconds
+        return response
     try:
         user = await users.sign_up(
             form.get("email", ""), form.get("password", ""), form.get("organization", "")
@@ -90,6 +114,7 @@ async def signup(request: Request) -> Response:
         return _form_page(
             request, "signup.html", status=400, values=values, errors={error.param or "form": error.message}
         )
+    await limiter.failed(email, bucket)  # counts a sign-up made (the limiter counts any event)
     return _signed_in(request, await users.start_session(user), "/console")
 
 

@@ -37,6 +37,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "language": "中文",
         "password_hint": "At least 8 characters.",
         "forbidden": "This page is not available to you.",
+        "too_many_signups": "Too many sign-ups from your network. Try again in {seconds} seconds.",
         "bad_form": "This form could not be read. Reload the page and try again.",
     },
     "zh": {
@@ -65,6 +66,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "language": "English",
         "password_hint": "至少 8 个字符。",
         "forbidden": "您无权访问此页面。",
+        "too_many_signups": "您的网络注册次数过多，请 {seconds} 秒后再试。",
         "bad_form": "无法读取此表单，请刷新页面后重试。",
     },
 }

@@ -64,7 +64,7 @@ class OpenAIHandler:
             if path == "/v1/models":
                 if method != "GET":
                     raise MethodNotAllowed(f"{path} accepts GET only", headers={"Allow": "GET"})
-                await send_json(send, 200, await self.pipeline.list_models(bearer_token(scope)),
+                await send_json(send, 200, await self.pipeline.list_models(bearer_token(scope), scope),
                                 request_id)
                 return
             if kind is None:

@@ -60,8 +60,8 @@ async def relay_json(
         raise
     response.release()
     if response.status >= 400:  # the upstream refused the request: relayed, free
-        await send_bytes(send, response.status, upstream_error_body(response.status, body), request_id,
-                         [*JSON_HEADERS, *headers])
+        error = upstream_error_body(response.status, body, model.served_name, model.name)
+        await send_bytes(send, response.status, error, request_id, [*JSON_HEADERS, *headers])
         return Outcome(Usage(), status=STATUS_UPSTREAM_ERROR, counted_by=COUNTED_BY_GATEWAY)
     await send_bytes(send, response.status, ModelRenamer(model.name)(body), request_id,
                      [*JSON_HEADERS, *headers])
@@ -128,7 +128,8 @@ async def relay_whole(
             response.close()  # aborts the upstream request: vLLM stops generating
     if whole:
         return await relay_json(send, request_id, response, model, headers, prompt, head)
-    return await _answer(send, request_id, answer, headers, prompt, status, failure, fault, cut)
+    return await _answer(send, request_id, answer, headers, prompt, status, failure, fault, cut,
+                         model)
 
 
 async def _answer(
@@ -141,6 +142,7 @@ async def _answer(
     failure: GatewayError | None,
     fault: bool,
     cut: bool,
+    model: Model,
 ) -> Outcome:
     """Send what the relay ended with; the outcome bills what the upstream generated."""
     generated = answer.delivered(prompt)
@@ -157,8 +159,8 @@ async def _answer(
         return Outcome(generated, status=STATUS_UPSTREAM_ERROR, counted_by=COUNTED_BY_GATEWAY)
     if answer.error is not None:
         code = _error_status(answer.error)
-        await send_bytes(send, code, upstream_error_body(code, answer.error), request_id,
-                         [*JSON_HEADERS, *headers])
+        error = upstream_error_body(code, answer.error, model.served_name, model.name)
+        await send_bytes(send, code, error, request_id, [*JSON_HEADERS, *headers])
         return Outcome(generated, status=STATUS_UPSTREAM_ERROR, counted_by=COUNTED_BY_GATEWAY)
     if cut:
         await send_bytes(send, 200, answer.body(generated, cut=True), request_id, [*JSON_HEADERS, *headers])

@@ -16,13 +16,17 @@ carries the running count, so a stream cut anywhere is billed for what was deliv
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from gateway.errors import upstream_event_error
 from gateway.tokenizers import Tokenizer
+
+log = logging.getLogger("tokengate.relay")
 
 _USAGE = b',"usage":'
 _DATA = b"data: "
@@ -229,9 +233,16 @@ class StreamMeter(GenerationTally):
             return b"data: [DONE]\n\n"
         if payload.startswith(b'{"error"'):
             self.error = payload
-            return event + b"\n\n"
+            return b"data: " + self._client_error(payload) + b"\n\n"
         payload = self._usage(payload)
         return b"data: " + self._rename(payload) + b"\n\n" if payload else b""
+
+    def _client_error(self, payload: bytes) -> bytes:
+        """The upstream's error event with nothing internal in it (gateway.errors); its own
+        text goes to the log."""
+        log.warning("upstream error event mid-answer: %r", payload[:500])
+        served = self._upstream_model[9:-1].decode("utf-8", "replace") if self._upstream_model else None
+        return upstream_event_error(payload, served, orjson.loads(self._rename.new[8:]))
 
     def _learn_model_name(self, events: bytes) -> None:
         """The upstream's ``"model":"..."`` (from the first event that has one), which whole

@@ -10,9 +10,15 @@ those characters agree on the key. A stable part shorter than ``min_chars`` has 
 it is too short for the prefix cache to matter, and such requests are better spread by
 load alone.
 
+The key is per tenant: the gateway sets each account's ``cache_salt`` on the body before the
+key is made (``gateway.cache_salt``), and the salt seeds the hash. vLLM shares cached
+prefixes only between requests with the same salt, so steering two accounts' identical
+prefixes to one endpoint would gain nothing and would put them side by side on purpose;
+one account's requests still meet on one endpoint.
+
 Weighted rendezvous hashing (highest random weight) maps a key to one endpoint of the
 candidates left after filtering: when an endpoint leaves, only its keys move, and every
-gateway process computes the same target (crc32 and integer mixing: no salted hash).
+gateway process computes the same target (crc32 and integer mixing: no per-process hash seed).
 """
 
 from __future__ import annotations
@@ -34,25 +40,27 @@ def prefix_key(body: dict[str, Any], limit: int, min_chars: int = 0) -> int:
     if limit <= 0:
         return 0
     min_chars = min(min_chars, limit)  # a prefix is never asked to be longer than the key
+    salt = body.get("cache_salt")
+    seed = zlib.crc32(salt.encode()) if isinstance(salt, str) else 0
     messages = body.get("messages")
     if isinstance(messages, list):
-        return _messages_key(messages, limit, min_chars)
+        return _messages_key(messages, limit, min_chars, seed)
     prompt = body.get("prompt")
     if isinstance(prompt, list) and prompt:
         prompt = prompt[0] if not isinstance(prompt[0], int) else prompt
     if isinstance(prompt, str):
         if not prompt or len(prompt) < min_chars:
             return 0
-        return _mix(zlib.crc32(prompt[:limit].encode()) + 1)
+        return _mix(zlib.crc32(prompt[:limit].encode(), seed) + 1)
     if isinstance(prompt, list):  # token ids: a few characters each
         if len(prompt) * 4 < min_chars:
             return 0
-        return _mix(zlib.crc32(repr(prompt[: limit // 4]).encode()) + 1)
+        return _mix(zlib.crc32(repr(prompt[: limit // 4]).encode(), seed) + 1)
     return 0
 
 
-def _messages_key(messages: list[Any], limit: int, min_chars: int) -> int:
-    crc = 0
+def _messages_key(messages: list[Any], limit: int, min_chars: int, seed: int) -> int:
+    crc = seed
     left = limit
     for message in messages:
         if left <= 0 or not isinstance(message, dict):

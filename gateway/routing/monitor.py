@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from gateway.redact import redact_url
 from gateway.relay.upstream import UpstreamClient
 from gateway.routing.registry import EndpointState
 from gateway.routing.router import Router
@@ -89,7 +90,7 @@ class EndpointMonitor:
             self.router.probed(state, False, exc.__class__.__name__)
             return
         except Exception as exc:  # a probe never kills the loop
-            log.exception("routing: probe of %s failed", state.endpoint.url)
+            log.exception("routing: probe of %s failed", redact_url(state.endpoint.url))
             self.router.probed(state, False, exc.__class__.__name__)
             return
         self.router.probed(state, status == 200, "" if status == 200 else f"HTTP {status}")

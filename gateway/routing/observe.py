@@ -13,6 +13,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gateway.redact import redact_url
 from gateway.routing import health
 from gateway.routing.registry import EndpointState
 from gateway.routing.router import Router
@@ -45,7 +46,7 @@ def _row(state: EndpointState, now: float, router: Router, models: list[str]) ->
     ep = state.endpoint
     fresh = now - state.scraped_at <= router.config.metrics_stale_after
     return {
-        "url": ep.url,
+        "url": redact_url(ep.url),  # never its user:password@
         "cluster": ep.cluster,
         "region": ep.region,
         "weight": ep.weight,
@@ -103,7 +104,7 @@ class RoutingCollector(Collector):
         draining = router.registry.draining  # removed by a reload, still finishing streams
         for state in [*router.states.values(), *draining.values()]:
             ep = state.endpoint
-            values = [ep.cluster, ep.url]
+            values = [ep.cluster, redact_url(ep.url)]
             listed = draining.get(ep.url) is not state
             up = listed and health.available(state, now)
             totals = clusters.setdefault(ep.cluster, [0, 0, 0])

@@ -24,6 +24,7 @@ from typing import Any
 
 from gateway.catalog import Catalog, Endpoint, Model
 from gateway.errors import NoHealthyEndpoint
+from gateway.redact import redact_url
 from gateway.routing import health
 from gateway.routing.affinity import prefix_key
 from gateway.routing.config import RoutingConfig
@@ -114,7 +115,7 @@ class Router:
             return
         if health.finished(state, ok, self.clock(), self.config):
             log.warning("routing: ejected %s (%s) after consecutive failures; back in %.0fs",
-                        endpoint.url, endpoint.cluster, state.open_until - self.clock())
+                        redact_url(endpoint.url), endpoint.cluster, state.open_until - self.clock())
         self.registry.settle_draining(state)
 
     # --- the monitor's reports ----------------------------------------------------------
@@ -122,9 +123,11 @@ class Router:
     def probed(self, state: EndpointState, ok: bool, error: str = "") -> None:
         change = health.probed(state, ok, self.clock(), self.config, error)
         if change == "down":
-            log.warning("routing: %s (%s) is down: %s", state.endpoint.url, state.endpoint.cluster, error)
+            log.warning("routing: %s (%s) is down: %s", redact_url(state.endpoint.url),
+                        state.endpoint.cluster, error)
         elif change == "up":
-            log.warning("routing: %s (%s) is back up", state.endpoint.url, state.endpoint.cluster)
+            log.warning("routing: %s (%s) is back up", redact_url(state.endpoint.url),
+                        state.endpoint.cluster)
 
     def scraped(self, state: EndpointState, running: float, waiting: float, kv_cache: float) -> None:
         health.scraped(state, running, waiting, kv_cache, self.clock())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,6 +19,8 @@ from .textgen import embedding_base64, render_chat
 from .wire import full_usage
 
 STATE_KEY = web.AppKey("vllm_sim_state", SimState)
+# The last bodies received (--record-requests N), for tests that check what reached the upstream.
+RECORD_KEY = web.AppKey("vllm_sim_requests", deque)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -32,6 +35,10 @@ async def _body(request: web.Request) -> dict[str, Any]:
         raise ApiError(f"1 validation error:\n  JSON decode error: {exc}", "Bad Request") from exc
     if not isinstance(body, dict):
         raise ApiError("1 validation error:\n  Input should be a valid dictionary", "Bad Request")
+    recorded = request.app.get(RECORD_KEY)
+    if recorded is not None and request.path.startswith("/v1/"):
+        recorded.append({"path": request.path, "request_id": request.headers.get("X-Request-Id"),
+                         "body": body})
     return body
 
 
@@ -219,6 +226,11 @@ async def get_stats(state: SimState, request: web.Request) -> web.StreamResponse
     return _json(state.stats_dict())
 
 
+async def get_requests(state: SimState, request: web.Request) -> web.StreamResponse:
+    """The recorded requests, oldest first: {"data": [{"path", "request_id", "body"}]}."""
+    return _json({"data": list(request.app.get(RECORD_KEY) or ())})
+
+
 async def reset_stats(state: SimState, request: web.Request) -> web.StreamResponse:
     state.reset_stats()
     return _json(state.stats_dict())
@@ -228,6 +240,8 @@ def build_app(config: SimConfig) -> web.Application:
     """The simulator app. Serve it with handler_cancellation=True (see serve())."""
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[STATE_KEY] = SimState(config)
+    if config.record_requests:
+        app[RECORD_KEY] = deque(maxlen=config.record_requests)
     routes = [
         ("GET", "/health", health),
         ("GET", "/ping", health),
@@ -243,6 +257,7 @@ def build_app(config: SimConfig) -> web.Application:
         ("POST", "/sim/faults", set_faults),
         ("GET", "/sim/stats", get_stats),
         ("POST", "/sim/reset", reset_stats),
+        ("GET", "/sim/requests", get_requests),
     ]
     for method, path, fn in routes:
         app.router.add_route(method, path, _api(fn))

@@ -95,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="answer at natural length whatever max_tokens asks (a misbehaving server)")
     p.add_argument("--ignore-stream", action="store_true",
                    help="always answer with one JSON body, even when a stream is asked for")
+    p.add_argument("--record-requests", type=int, default=0, metavar="N",
+                   help="test aid: keep the last N request bodies for GET /sim/requests")
     p.add_argument(
         "--fault",
         default=None,
@@ -129,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                     report_usage=not args.no_usage,
                     ignore_max_tokens=args.ignore_max_tokens,
                     ignore_stream=args.ignore_stream,
+                    record_requests=args.record_requests,
                 ),
                 args.host,
                 port,

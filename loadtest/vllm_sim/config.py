@@ -15,7 +15,8 @@ class FaultSpec:
     """A fault applied to generation requests (chat and completions).
 
     ``count`` is how many further requests it applies to (None = until changed);
-    when it reaches 0 the mode reverts to ``none``.
+    when it reaches 0 the mode reverts to ``none``. ``message``: the error message of an
+    ``error_before`` answer (default: the status's phrase), e.g. a traceback to leak.
     """
 
     mode: FaultMode = "none"
@@ -23,11 +24,12 @@ class FaultSpec:
     after_tokens: int = 0
     drip_ms: float = 0.0
     count: int | None = None
+    message: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FaultSpec:
         """Validate a JSON object (POST /sim/faults, --fault) into a spec."""
-        unknown = set(data) - {"mode", "status", "after_tokens", "drip_ms", "count"}
+        unknown = set(data) - {"mode", "status", "after_tokens", "drip_ms", "count", "message"}
         if unknown:
             raise ValueError(f"unknown fault fields: {sorted(unknown)}")
         mode = data.get("mode", "none")
@@ -45,7 +47,10 @@ class FaultSpec:
             count = _int(data, "count", 0)
         if after_tokens < 0 or (count is not None and count < 0):
             raise ValueError("after_tokens and count must be >= 0")
-        return cls(cast(FaultMode, mode), status, after_tokens, float(drip_ms), count)
+        message = data.get("message")
+        if message is not None and not isinstance(message, str):
+            raise ValueError("message must be a string")
+        return cls(cast(FaultMode, mode), status, after_tokens, float(drip_ms), count, message)
 
     @classmethod
     def parse_cli(cls, text: str) -> FaultSpec:
@@ -101,12 +106,16 @@ class SimConfig:
     report_usage: bool = True  # False: never any usage (streams and whole answers)
     ignore_max_tokens: bool = False  # True: answers run to their natural length regardless
     ignore_stream: bool = False  # True: always one JSON body, whatever "stream" asks
+    # A test aid: keep the bodies of the last N /v1 POSTs for GET /sim/requests (0: none).
+    record_requests: int = 0
 
     def __post_init__(self) -> None:
         if self.max_model_len < 1 or self.capacity < 1 or self.embedding_dim < 1:
             raise ValueError("max_model_len, capacity and embedding_dim must be >= 1")
         if not self.served_names:
             raise ValueError("model needs at least one served name")
+        if self.record_requests < 0:
+            raise ValueError("record_requests must be >= 0")
         if self.ttft_ms < 0 or self.itl_ms < 0:
             raise ValueError("ttft_ms and itl_ms must be >= 0")
 

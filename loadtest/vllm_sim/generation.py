@@ -94,7 +94,7 @@ async def _drop_connection(request: web.Request) -> None:
 
 def _fault_response(fault: FaultSpec) -> web.Response:
     status = fault.status
-    message = "Internal server error" if status == 500 else HTTPStatus(status).phrase
+    message = fault.message or ("Internal server error" if status == 500 else HTTPStatus(status).phrase)
     body = error_body(message, status_error_type(status), status)
     return web.Response(status=status, body=body, content_type="application/json")
 

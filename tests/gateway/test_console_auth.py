@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import re
 import secrets
+from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.support.processes import Gateway
+
+from .conftest import start_gateway
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -152,3 +155,25 @@ def test_a_body_that_is_no_form_of_ours_is_a_400_page(gateway: Gateway) -> None:
             headers={"content-type": "application/x-www-form-urlencoded"},
         )
         assert binary.status_code == 403  # no CSRF token in it
+
+
+def test_sign_ups_are_limited_per_address(gateway: Gateway, tmp_path: Path) -> None:
+    """Each sign-up gets the trial: one address makes TOKENGATE_SIGNUPS_PER_HOUR of them an hour."""
+    strict = start_gateway(
+        gateway.config, gateway.redis_url, tmp_path / "gateway.log", TOKENGATE_SIGNUPS_PER_HOUR="3"
+    )
+    address = f"10.{secrets.randbelow(250)}.{secrets.randbelow(250)}.{secrets.randbelow(250) + 1}"
+    try:
+        answers = []
+        for _ in range(4):
+            with httpx.Client(
+                base_url=strict.control, timeout=30, headers={"X-Forwarded-For": address}
+            ) as browser:
+                answers.append(_sign_up(browser, _email()))
+        assert [a.status_code for a in answers] == [303, 303, 303, 429]
+        assert "Too many sign-ups" in answers[-1].text and int(answers[-1].headers["retry-after"]) > 0
+        other = f"10.{secrets.randbelow(250)}.{secrets.randbelow(250)}.{secrets.randbelow(250) + 1}"
+        with httpx.Client(base_url=strict.control, timeout=30, headers={"X-Forwarded-For": other}) as browser:
+            assert _sign_up(browser, _email()).status_code == 303  # another address: its own count
+    finally:
+        strict.stop()
