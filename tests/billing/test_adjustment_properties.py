@@ -19,21 +19,18 @@ reconcile. After every step:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import ClassVar, TypeVar
+from typing import TypeVar
 
 import pytest
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
-    RuleBasedStateMachine,
     initialize,
     invariant,
     precondition,
     rule,
     run_state_machine_as_test,
 )
-from redis.asyncio import Redis
 from sqlalchemy import func, select
 
 from billing.clock import DAY_MS
@@ -42,12 +39,12 @@ from billing.db.schema import ledger_legs
 from billing.errors import Conflict
 from billing.ledger import LedgerGrant, ledger_balance, ledger_grants, record_usage
 from billing.reconcile import Reconciler
-from billing.service import Billing
 from gateway.errors import BalanceExhausted
 from gateway.quota.grants import BalanceView
 from gateway.quota.store import QuotaStore
 
-from .helpers import ManualClock, Pack, funded, new_id, redis_now
+from .helpers import Pack, funded, new_id, redis_now
+from .machines import BillingMachine
 from .test_properties import funded_more
 
 T = TypeVar("T")
@@ -58,27 +55,14 @@ def pick(items: list[T], i: int) -> T:
     return items[i % len(items)]
 
 
-class AdjustmentMachine(RuleBasedStateMachine):
-    ledger_url: ClassVar[str] = ""
-    redis_port: ClassVar[int] = 0
+class AdjustmentMachine(BillingMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.loop = asyncio.new_event_loop()
-        self.redis = Redis(port=self.redis_port)
-        self.billing = Billing.build(self.ledger_url, self.redis, ManualClock())
         self.store = QuotaStore(self.redis)
         self.in_flight: dict[str, tuple[int, int]] = {}  # request id -> (prompt, completion)
         self.adjusted: list[tuple[str, int, str, str | None]] = []  # key, credits, reason, entry id
         self.withdrawn: dict[str, tuple[str, int]] = {}  # operation id -> (grant, credits)
-
-    def run(self, aw: Awaitable[T]) -> T:
-        return self.loop.run_until_complete(aw)
-
-    def teardown(self) -> None:
-        self.run(self.billing.close())
-        self.run(self.redis.aclose())
-        self.loop.close()
 
     def view(self) -> BalanceView:
         return self.run(self.store.view(self.who.account_id))

@@ -14,22 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
-    RuleBasedStateMachine,
     initialize,
     invariant,
     precondition,
     rule,
     run_state_machine_as_test,
 )
-from redis.asyncio import Redis
 from sqlalchemy import select
 
 from billing.clock import DAY_MS
@@ -41,11 +38,11 @@ from billing.errors import Conflict
 from billing.ledger import ledger_balance, ledger_grants
 from billing.packages import NewPackage
 from billing.reconcile import Reconciler
-from billing.service import Billing
 from gateway.errors import NotFound, RateLimited
 from gateway.quota.store import QuotaStore
 
-from .helpers import ManualClock, funded
+from .helpers import funded
+from .machines import BillingMachine
 
 T = TypeVar("T")
 LIMIT = 8  # failures allowed per account and per address: small, so the limit is met in a run
@@ -60,30 +57,16 @@ class Minted:
     redeemed_by: str | None = None
 
 
-class CodeMachine(RuleBasedStateMachine):
-    ledger_url: ClassVar[str] = ""
-    redis_port: ClassVar[int] = 0
+class CodeMachine(BillingMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.loop = asyncio.new_event_loop()
-        self.redis = Redis(port=self.redis_port)
-        self.clock = ManualClock()
-        self.billing = Billing.build(self.ledger_url, self.redis, self.clock)
         self.codes = CodeService(
             self.billing.engine, self.billing.packages, FailureLimiter(self.redis, limit=LIMIT), self.clock
         )
         self.minted: list[Minted] = []
         self.batches: list[str] = []
         self.failures: dict[str, int] = {}
-
-    def run(self, aw: Awaitable[T]) -> T:
-        return self.loop.run_until_complete(aw)
-
-    def teardown(self) -> None:
-        self.run(self.billing.close())
-        self.run(self.redis.aclose())
-        self.loop.close()
 
     @initialize()
     def open_accounts(self) -> None:

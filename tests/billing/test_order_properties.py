@@ -14,50 +14,41 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
-from typing import ClassVar, TypeVar
+from typing import TypeVar
 
 import pytest
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
-    RuleBasedStateMachine,
     initialize,
     invariant,
     precondition,
     rule,
     run_state_machine_as_test,
 )
-from redis.asyncio import Redis
 from sqlalchemy import func, select
 
 from billing.db.schema import grants
 from billing.orders import MAX_PENDING, Payment
 from billing.packages import NewPackage
 from billing.payments.testpay import TestProvider
-from billing.service import Billing
 from gateway.accounts import KeyLimits
 from gateway.errors import BalanceExhausted, RateLimited
 from gateway.quota.store import QuotaStore
 
-from .helpers import Funded, ManualClock, conserved, drain, ledger_figures, request
+from .helpers import Funded, conserved, drain, ledger_figures, request
+from .machines import BillingMachine
 
 T = TypeVar("T")
 PACKAGES = {"small": (100, 990), "large": (700, 4900)}  # credits, price in fen
 
 
-class OrderMachine(RuleBasedStateMachine):
-    ledger_url: ClassVar[str] = ""
-    redis_port: ClassVar[int] = 0
+class OrderMachine(BillingMachine):
     orders = Bundle("orders")
 
     def __init__(self) -> None:
         super().__init__()
-        self.loop = asyncio.new_event_loop()
-        self.redis = Redis(port=self.redis_port)
-        self.clock = ManualClock()
-        self.billing = Billing.build(self.ledger_url, self.redis, self.clock)
         self.billing.orders.provider = TestProvider("http://control.test")
         self.store = QuotaStore(self.redis)
         self.credits_of: dict[str, int] = {}  # order id -> its package's credits
@@ -65,14 +56,6 @@ class OrderMachine(RuleBasedStateMachine):
         self.withdrawn = 0
         self.placed_at: dict[str, int] = {}  # order id -> when it was placed (the billing clock)
         self.paid_once: set[str] = set()  # paid at some point (refunded or not)
-
-    def run(self, aw: Awaitable[T]) -> T:
-        return self.loop.run_until_complete(aw)
-
-    def teardown(self) -> None:
-        self.run(self.billing.close())
-        self.run(self.redis.aclose())
-        self.loop.close()
 
     @initialize()
     def open_shop(self) -> None:

@@ -17,21 +17,18 @@ at every step:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import ClassVar, TypeVar
+from typing import TypeVar
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
-    RuleBasedStateMachine,
     initialize,
     invariant,
     precondition,
     rule,
     run_state_machine_as_test,
 )
-from redis.asyncio import Redis
 
 from billing.clock import DAY_MS
 from billing.ledger import LedgerGrant, ledger_balance, ledger_grants
@@ -42,33 +39,21 @@ from gateway.quota import cost
 from gateway.quota.store import QuotaStore
 from gateway.usage import UsageEvent, format_allocation, parse_allocation
 
-from .helpers import ManualClock, Pack, drain, funded, new_id, redis_now
+from .helpers import Pack, drain, funded, new_id, redis_now
+from .machines import BillingMachine
 from .test_worker import records
 
 T = TypeVar("T")
 MODELS = st.sampled_from(["x", "y"])
 
 
-class LedgerMachine(RuleBasedStateMachine):
-    ledger_url: ClassVar[str] = ""
-    redis_port: ClassVar[int] = 0
+class LedgerMachine(BillingMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.loop = asyncio.new_event_loop()
-        self.redis = Redis(port=self.redis_port)
-        self.billing = Billing.build(self.ledger_url, self.redis, ManualClock())
         self.store = QuotaStore(self.redis)
         self.in_flight: dict[str, int] = {}
         self.charged: dict[str, int] = {}
-
-    def run(self, aw: Awaitable[T]) -> T:
-        return self.loop.run_until_complete(aw)
-
-    def teardown(self) -> None:
-        self.run(self.billing.close())
-        self.run(self.redis.aclose())
-        self.loop.close()
 
     @initialize(credits=st.integers(1, 300), models=st.none() | st.just(["x"]))
     def open_account(self, credits: int, models: list[str] | None) -> None:
