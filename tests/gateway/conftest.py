@@ -7,6 +7,7 @@ client.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,8 @@ from tests.support.processes import start_gateway as start_both_planes
 
 __all__ = ["ADMIN_KEY", "Gateway", "Sims", "credit", "start_sims", "stop_process"]
 
-GATEWAY_REDIS_DB = 2
+# Redis db of the session's gateways (flushed at start); parallel runs on one machine pick others.
+GATEWAY_REDIS_DB = int(os.environ.get("TOKENGATE_TEST_REDIS_DB", "2"))
 CHAT_MODEL = "chat-model"
 SERVED_CHAT = "org/Chat-Model-7B"
 EMBED_MODEL = "embed-model"
