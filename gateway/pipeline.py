@@ -111,7 +111,8 @@ class Pipeline:
         self.router = router
         self.upstream = upstream
         self.metrics = metrics
-        self.reservations = ReservationDesk(quota, metrics, settings.lease_seconds)
+        self.reservations = ReservationDesk(quota, metrics, settings.lease_seconds,
+                                            settings.progress_seconds)
         self.salter = CacheSalter.from_settings(settings)
 
     async def serve(self, call: Call, scope: Scope, receive: Receive, send: Send) -> None:

@@ -33,11 +33,13 @@ class ReservationDesk:
     """Where a process's reservations checkpoint and settle; ``drain`` waits for the last
     settlements at shutdown."""
 
-    def __init__(self, quota: QuotaStore, metrics: GatewayMetrics, lease_seconds: float) -> None:
+    def __init__(self, quota: QuotaStore, metrics: GatewayMetrics, lease_seconds: float,
+                 progress_seconds: float = 1.0) -> None:
         self.quota = quota
         self.metrics = metrics
         self.lease_ms = int(lease_seconds * 1000)
         self.renew_every = lease_seconds / 3
+        self.progress_every = progress_seconds  # how stale a checkpoint of a live stream may be
         self.retry_for = lease_seconds * 10  # a deferred settlement's retries; then the reaper's
         self.settling: set[asyncio.Future[None]] = set()  # settlements under way (or retrying)
 
@@ -117,7 +119,7 @@ class HeldReservation(LeaseKeeper):
 
     def __init__(self, desk: ReservationDesk, key: KeyRef, model: Model, request_id: str,
                  stream: bool) -> None:
-        super().__init__(None, desk.renew_every)
+        super().__init__(None, desk.renew_every, desk.progress_every)
         self._desk = desk
         self._key = key
         self._model = model

@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     # (fail closed: 503); generous, so that a briefly starved host is not an outage.
     redis_timeout: float = Field(default=5.0, gt=0, validation_alias="TOKENGATE_REDIS_TIMEOUT")
     lease_seconds: float = Field(default=30.0, gt=0, validation_alias="TOKENGATE_LEASE_SECONDS")
+    # A live request's progress reaches Redis at most this stale (only when it moved): what a
+    # gateway SIGKILLed mid-stream is billed short of what its clients received.
+    progress_seconds: float = Field(default=1.0, gt=0, validation_alias="TOKENGATE_PROGRESS_SECONDS")
     reaper_interval: float = Field(default=5.0, gt=0, validation_alias="TOKENGATE_REAPER_INTERVAL")
     auth_cache_seconds: float = Field(default=10.0, ge=0, validation_alias="TOKENGATE_AUTH_CACHE_SECONDS")
     # The secret behind each account's prefix-cache salt (gateway/cache_salt.py): the same in

@@ -231,6 +231,12 @@ async def get_requests(state: SimState, request: web.Request) -> web.StreamRespo
     return _json({"data": list(request.app.get(RECORD_KEY) or ())})
 
 
+async def get_generated(state: SimState, request: web.Request) -> web.StreamResponse:
+    """Tokens generated per request id, for the last --record-requests requests:
+    {"data": {"<X-Request-Id>": tokens}} (a request retried here counts each attempt)."""
+    return _json({"data": dict(state.generated or {})})
+
+
 async def reset_stats(state: SimState, request: web.Request) -> web.StreamResponse:
     state.reset_stats()
     return _json(state.stats_dict())
@@ -258,6 +264,7 @@ def build_app(config: SimConfig) -> web.Application:
         ("GET", "/sim/stats", get_stats),
         ("POST", "/sim/reset", reset_stats),
         ("GET", "/sim/requests", get_requests),
+        ("GET", "/sim/generated", get_generated),
     ]
     for method, path, fn in routes:
         app.router.add_route(method, path, _api(fn))

@@ -96,7 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ignore-stream", action="store_true",
                    help="always answer with one JSON body, even when a stream is asked for")
     p.add_argument("--record-requests", type=int, default=0, metavar="N",
-                   help="test aid: keep the last N request bodies for GET /sim/requests")
+                   help="test aid: keep the last N request bodies for GET /sim/requests and "
+                        "the tokens generated per request id for GET /sim/generated")
     p.add_argument(
         "--fault",
         default=None,

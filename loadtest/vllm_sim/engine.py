@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -81,6 +81,18 @@ class SimState:
         self.generation_tokens_total = 0
         self.finished: dict[str, int] = {"stop": 0, "length": 0, "abort": 0}
         self.created = time.time()
+        # --record-requests N: tokens generated per request id (X-Request-Id), the last N
+        # requests', so a test can check that what was billed is at most what was generated.
+        self.generated: OrderedDict[str, int] | None = OrderedDict() if config.record_requests else None
+
+    def record_generated(self, request_id: str, tokens: int) -> None:
+        generated = self.generated
+        if generated is None:
+            return
+        generated[request_id] = generated.get(request_id, 0) + tokens  # a retry adds up
+        generated.move_to_end(request_id)
+        while len(generated) > self.config.record_requests:
+            generated.popitem(last=False)
 
     def take_fault(self) -> FaultSpec:
         """The fault for this request (consuming one unit of ``count``)."""

@@ -68,6 +68,7 @@ class _Run:
         state = self.state
         state.scheduler.release(self.k)
         state.free_kv(self.kv)
+        state.record_generated(self.job.request_id.split("-", 1)[-1], sum(self.done))
         for seq, done in zip(self.job.seqs, self.done, strict=True):
             reason = seq.finish if done >= seq.ntokens else "abort"
             state.finished[reason] = state.finished.get(reason, 0) + 1

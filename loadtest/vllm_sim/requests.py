@@ -179,7 +179,7 @@ def parse_chat(state: SimState, body: dict[str, Any], headers: CIMultiDictProxy[
     plen = len(state.model.encode(prompt))
     limit = _limit(state, plen, requested, param)
     key = prompt.encode()
-    seqs = [state.model.generate(key, i, 0, limit) for i in range(n)]
+    seqs = [state.model.generate(key, i, 0, limit, body.get("ignore_eos") is True) for i in range(n)]
     return Job(
         True,
         stream,
@@ -233,7 +233,7 @@ def parse_completion(state: SimState, body: dict[str, Any], headers: CIMultiDict
         if not ids:
             engine_error = validation_error("The decoder prompt cannot be empty")
         lens.append(len(ids))
-        seqs += [state.model.generate(key, i, p_idx, limit) for i in range(n)]
+        seqs += [state.model.generate(key, i, p_idx, limit, body.get("ignore_eos") is True) for i in range(n)]
     for i, seq in enumerate(seqs):
         seq.index = i  # prompt_idx * n + choice, as vLLM numbers batch choices
     return Job(

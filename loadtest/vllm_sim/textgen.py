@@ -146,12 +146,13 @@ class SimModel:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)
 
-    def generate(self, key: bytes, index: int, prompt_idx: int, limit: int) -> Seq:
-        """The choice ``index`` for a prompt (given by ``key``), capped at ``limit`` tokens."""
+    def generate(self, key: bytes, index: int, prompt_idx: int, limit: int, ignore_eos: bool = False) -> Seq:
+        """The choice ``index`` for a prompt (given by ``key``), capped at ``limit`` tokens;
+        with ``ignore_eos`` (vLLM's sampling parameter) it runs to the limit."""
         digest = hashlib.blake2b(key, digest_size=8, person=b"vllm-sim").digest()
         rng = random.Random(int.from_bytes(digest, "little") ^ (index * 0x9E3779B97F4A7C15))
         natural = rng.randint(MIN_NATURAL_TOKENS, MAX_NATURAL_TOKENS)  # words + EOS
-        if natural <= limit:
+        if natural <= limit and not ignore_eos:
             count, finish = natural - 1, "stop"
         else:
             count, finish = limit, "length"
