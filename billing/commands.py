@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def _worker(args: argparse.Namespace, settings: Settings) -> int:
     redis = connect_redis(settings.redis_url)
-    billing = Billing.build(settings.database_url, redis)
+    billing = Billing.build(settings.database_url, redis, create_ledger=False)
     await billing.prepare()
     options = WorkerOptions(
         batch=args.batch or WorkerOptions.batch,

@@ -32,6 +32,7 @@ class Billing:
     adjustments: AdjustmentService  # credits and debits; .withdrawals takes grants back
     users: UserService  # the console's people and sessions
     clock: Clock
+    creates_ledger: bool = True  # may create and migrate an embedded SQLite ledger (prepare)
 
     @classmethod
     def build(
@@ -42,8 +43,12 @@ class Billing:
         *,
         provider: PaymentProvider | None = None,
         order_ttl_s: int = 3600,
+        create_ledger: bool = True,
     ) -> Billing:
-        engine = create_engine(database_url)
+        """Every service over one engine. ``create_ledger=False`` (the billing worker): never
+        create an embedded ledger, so a worker started while the SQLite file is away holds
+        the usage until it is back instead of writing it into a new, empty ledger."""
+        engine = create_engine(database_url, create=create_ledger)
         store = AccountStore(redis)
         packages = PackageService(engine, store, clock)
         adjustments = AdjustmentService(engine, store, clock)
@@ -59,10 +64,12 @@ class Billing:
             orders=orders,
             adjustments=adjustments,
             clock=clock,
+            creates_ledger=create_ledger,
         )
 
     async def prepare(self) -> None:
-        """Migrate an embedded SQLite ledger; check that PostgreSQL is migrated (never waits).
+        """Migrate an embedded SQLite ledger (if this process creates ledgers); check that
+        PostgreSQL is migrated (never waits).
 
         A database that cannot be reached is logged, not fatal: the gateway serves from
         Redis without it, and the control plane answers 503 until it is back.
@@ -70,7 +77,7 @@ class Billing:
         try:
             async with asyncio.timeout(30):
                 at = await migrate.current(self.engine)
-                if at != migrate.HEAD and is_sqlite(self.engine):
+                if at != migrate.HEAD and is_sqlite(self.engine) and self.creates_ledger:
                     await migrate.upgrade(self.engine)
                 elif at != migrate.HEAD:
                     log.error("the ledger is not migrated: run `tokengate billing migrate`")

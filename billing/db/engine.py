@@ -47,8 +47,9 @@ def is_sqlite(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
-    """An engine for ``DATABASE_URL``; the SQLite file's directory is created if needed."""
+def create_engine(database_url: str, *, create: bool = True, **kwargs: Any) -> AsyncEngine:
+    """An engine for ``DATABASE_URL``; the SQLite file's directory is created if needed and
+    ``create`` (a process that only writes usage never makes a ledger where none is)."""
     url = make_url(async_url(database_url))
     if url.get_backend_name() != "sqlite":
         return create_async_engine(
@@ -59,7 +60,7 @@ def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
             connect_args={"timeout": CONNECT_TIMEOUT_S},  # a database down fails fast
             **kwargs,
         )
-    if url.database and url.database != ":memory:":
+    if create and url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(
         url, poolclass=NullPool, connect_args={"timeout": SQLITE_BUSY_MS / 1000}, **kwargs

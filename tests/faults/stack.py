@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -75,8 +76,15 @@ class FaultStack:
         return gateway
 
     def start_worker(self) -> None:
-        self.worker = start_billing_worker(self.redis.url, self.database_url, self.tmp / "worker.log",
+        """A billing worker, once it is reading the streams."""
+        log = self.tmp / "worker.log"
+        before = log.read_text().count(" started") if log.exists() else 0
+        self.worker = start_billing_worker(self.redis.url, self.database_url, log,
                                            "--block-ms", "100", "--claim-idle-ms", "1000")
+        deadline = time.monotonic() + 30
+        while log.read_text().count(" started") == before:
+            assert self.worker.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
 
     def kill_worker(self) -> None:
         """SIGKILL the billing worker (whatever batch it holds stays unacked)."""
