@@ -48,8 +48,15 @@ class _Families(Collector):
         return iter(self.families)
 
 
-async def alert_metrics(engine: AsyncEngine, now_ms: int) -> bytes:
-    """The gauges in Prometheus' text format."""
+def exposition(families: Iterable[Metric]) -> bytes:
+    """Gauges in Prometheus' text format."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(families))
+    return generate_latest(registry)
+
+
+async def alert_families(engine: AsyncEngine, now_ms: int) -> list[Metric]:
+    """The alerts' gauges (see the module), from the ledger."""
     d, a = alert_deliveries.c, account_alerts.c
     state = state_of().label("state")
     left = (
@@ -114,6 +121,4 @@ async def alert_metrics(engine: AsyncEngine, now_ms: int) -> bytes:
     accounts.add_metric(["url"], receivers.get(True, 0))
     accounts.add_metric(["none"], receivers.get(False, 0))
 
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Families([alerts, age, below, accounts]))
-    return generate_latest(registry)
+    return [alerts, age, below, accounts]

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.core import GaugeMetricFamily
 from pydantic import Field
 
-from billing.alert_metrics import alert_metrics
+from billing.alert_metrics import alert_families, exposition
 from billing.alert_settings import read_settings, write_settings
 from billing.alert_urls import MAX_URL
 from billing.api import BillingDep, _Body
+from billing.errors import LedgerUnavailable
 from billing.me import CallerDep
 from billing.records import AlertSettings
 from billing.service import Billing
+from billing.usage_metrics import usage_families
 from gateway.contract import NotFound, Settings
 
 
@@ -85,8 +88,17 @@ async def set_account_alerts(
 
 @admin.get("/metrics", include_in_schema=False)
 async def metrics(billing: BillingDep) -> Response:
-    """Prometheus text: the alerts by kind and state, the oldest undelivered, low accounts."""
-    return Response(await alert_metrics(billing.engine, billing.clock()), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus text: the usage backlog and dead letters (from Redis), and the alerts by
+    kind and state, the oldest undelivered, low accounts (from the ledger). With the database
+    down the ledger's gauges are left out and ``tokengate_ledger_up`` is 0; the rest answers."""
+    families = await usage_families(billing.store.client)
+    up = GaugeMetricFamily("tokengate_ledger_up", "1 when the ledger answered this scrape")
+    try:
+        families += await alert_families(billing.engine, billing.clock())
+        up.add_metric([], 1)
+    except LedgerUnavailable:
+        up.add_metric([], 0)
+    return Response(exposition([*families, up]), media_type=CONTENT_TYPE_LATEST)
 
 
 @mine.get("/alerts")

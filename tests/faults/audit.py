@@ -2,7 +2,8 @@
 
 * every request a client saw served has exactly one usage record (the ledger's primary key
   makes it at most one; the audit checks it is there);
-* nothing stays reserved (leases of dead gateways expired and were settled by the reaper);
+* nothing stays reserved (leases of dead gateways expired and were settled by the reaper),
+  and the billing worker set no usage aside (no dead letters);
 * each account's usage charges equal the ledger's debits, and Redis's balance equals the
   ledger's figures;
 * purchased = available + reserved + spent + expired, in Redis and in the ledger;
@@ -25,6 +26,8 @@ from billing.db.schema import usage_records
 from billing.ledger import ledger_balance, ledger_grants
 from billing.service import Billing
 from billing.streams import backlog
+from gateway.keyspace import USAGE_SHARDS
+from gateway.quota.keys import dead_letter_key
 from tests.billing.helpers import ManualClock
 from tests.faults.stack import FaultStack
 from tests.faults.traffic import Seen
@@ -47,6 +50,8 @@ async def audit(stack: FaultStack, accounts: list[str], seen: list[Seen], *, sho
         billing = Billing.build(stack.database_url, redis, ManualClock())
         try:
             await _settled(billing, redis, accounts, timeout)
+            dead = [await redis.xlen(dead_letter_key(shard)) for shard in range(USAGE_SHARDS)]
+            assert not any(dead), f"usage dead-lettered by the billing worker: {dead}"
             records = await _records(billing, accounts)
             for account in accounts:
                 await _balances(billing, account, [r for r in records.values() if r.account_id == account])

@@ -59,8 +59,22 @@ async def _down_for(stack: FaultStack, seconds: float, stop: object, start: obje
         await asyncio.sleep(max(0.0, seconds - (time.monotonic() - down)))
         async with Redis(port=stack.redis.port) as redis:
             assert await backlog(redis) >= 20  # the usage waits in the streams
+        with stack.gateway.admin() as admin:  # and the operator sees it waiting
+            gauges = _gauges(admin.get("/admin/metrics").raise_for_status().text)
+        assert gauges["tokengate_ledger_up"] == 0 and gauges["tokengate_usage_backlog"] >= 20, gauges
     finally:
         await asyncio.to_thread(start)
     await traffic.wait_served(5, after=time.monotonic())
     seen = await traffic.stop()
     await audit(stack, [account], seen, timeout=120)
+    with stack.gateway.admin() as admin:
+        gauges = _gauges(admin.get("/admin/metrics").raise_for_status().text)
+    assert gauges["tokengate_ledger_up"] == 1 and gauges["tokengate_usage_backlog"] == 0, gauges
+    assert gauges["tokengate_usage_dead_letters"] == 0, gauges
+
+
+def _gauges(text: str) -> dict[str, float]:
+    """The unlabelled gauges of a Prometheus text exposition."""
+    return {name: float(value) for name, _, value in
+            (line.partition(" ") for line in text.splitlines() if line and not line.startswith("#"))
+            if "{" not in name}
