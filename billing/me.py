@@ -5,6 +5,7 @@ the one public route, the price list (``GET /v1/packages``, no key).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -25,12 +26,22 @@ def _billing(request: Request) -> Billing:
 BillingDep = Annotated[Billing, Depends(_billing)]
 
 
+def client_bucket(request: Request) -> str:
+    """The client's address as limits per address count it. Which proxies to believe is the
+    serving app's to say (the control plane sets ``app.state.client_bucket``); billing does
+    not know its deployment."""
+    bucket_of: Callable[[Request], str] = request.app.state.client_bucket
+    return bucket_of(request)
+
+
 async def caller(request: Request, billing: BillingDep) -> tuple[KeyRef, ApiKey]:
-    """The key presented (``Authorization: Bearer tg-...``) and its record, if it is live."""
+    """The key presented (``Authorization: Bearer tg-...``) and its record, if it is live.
+    Failed keys are limited per client address with the data plane's limit, so ``/v1/me``
+    is no way around it (through the data plane or straight to the control plane)."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     ref: KeyRef = await key_authenticator(request.app.state).authenticate(
-        token.strip() if scheme.lower() == "bearer" else None
+        token.strip() if scheme.lower() == "bearer" else None, address=client_bucket(request)
     )
     key = await billing.accounts.get_key(ref.key_id)  # the ledger: not revoked, not disabled
     if key is None or key["disabled"] or key["account_id"] != ref.account_id:

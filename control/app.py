@@ -22,6 +22,7 @@ from billing import audit
 from billing.service import Billing
 from control import admin, console, endpoints, health, me, pay, webhooks
 from control.admin_key import weakness
+from control.client_address import request_bucket
 from control.guard import AdminGuard, replay_body
 from control.payments import provider_from
 from gateway.contract import (
@@ -74,6 +75,9 @@ class ControlApp:
         # FastAPI's public defaults.
         self.api = FastAPI(title="tokengate control plane", lifespan=lifespan, docs_url=None,
                            openapi_url=None, redoc_url=None)
+        # The client's address for billing's limits per address (failed API keys on /v1/me):
+        # X-Forwarded-For believed from TOKENGATE_TRUSTED_PROXIES only (the data plane).
+        self.api.state.client_bucket = request_bucket
         self.api.include_router(health.router)
         self.api.include_router(admin.router)
         self.api.include_router(endpoints.router)

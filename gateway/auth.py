@@ -87,9 +87,12 @@ class Authenticator:
         per_minute = per_minute_from_env() if failures_per_minute is None else failures_per_minute
         self._failures = FailureLimiter(per_minute) if per_minute > 0 else None
 
-    async def authenticate(self, token: str | None, scope: Scope | None = None) -> KeyRef:
+    async def authenticate(self, token: str | None, scope: Scope | None = None, *,
+                           address: str | None = None) -> KeyRef:
         """The key ``token`` is; ``scope``: the request, whose client address the failed
-        authentications are limited by (none without it)."""
+        authentications are limited by; ``address``: that address's bucket when the caller
+        knows it better than the TCP peer (the control plane, behind the data plane). No
+        limit without either."""
         if not token:
             raise AuthenticationFailed(
                 "missing API key: send 'Authorization: Bearer tg-...'", code="invalid_api_key"
@@ -99,15 +102,16 @@ class Authenticator:
         hit = self._cache.get(digest)
         if hit is not None and hit[0] > now:
             return hit[1]
-        return await self._authenticate_slow(digest, now, hit is not None, scope)
+        return await self._authenticate_slow(digest, now, hit is not None, scope, address)
 
-    async def _authenticate_slow(self, digest: str, now: float, known: bool, scope: Scope | None) -> KeyRef:
+    async def _authenticate_slow(self, digest: str, now: float, known: bool, scope: Scope | None,
+                                 address: str | None) -> KeyRef:
         """A key not in the cache, or whose entry is stale: looked up in Redis, unless the
         client has failed too often (a key this worker knows is always looked up)."""
-        limiter = self._failures if scope is not None else None
-        address = client_address(scope) if limiter is not None else ""
+        limiter = self._failures if scope is not None or address is not None else None
+        where = address if address is not None else client_address(scope) if limiter is not None else ""
         if limiter is not None and not known:
-            wait = limiter.retry_after(address, now)
+            wait = limiter.retry_after(where, now)
             if wait:
                 raise RateLimited(
                     "too many requests with invalid API keys from this address; retry later",
@@ -123,7 +127,7 @@ class Authenticator:
                 if len(self._unknown) > _NEGATIVE_LIMIT:
                     self._unknown.popitem(last=False)
             if limiter is not None:
-                limiter.failed(address, now)
+                limiter.failed(where, now)
             raise AuthenticationFailed("invalid API key", code="invalid_api_key")
         cache = self._cache
         if known:

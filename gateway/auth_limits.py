@@ -9,7 +9,9 @@ so clients behind one proxy with a working key are not locked out by a neighbour
 
 The address is the TCP peer's (the data plane is the edge); IPv6 peers are limited per /64,
 which one subscriber usually holds whole. Only failures are counted: the successful path
-never touches this module.
+never touches this module. The control plane, which authenticates the keys of ``/v1/me*``
+itself, applies the same limit in each of its processes, on the address the data plane
+forwards (``control.client_address``).
 """
 
 from __future__ import annotations

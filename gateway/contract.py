@@ -186,8 +186,10 @@ __all__ = [  # grouped in the module docstring
 class KeyAuthenticator(Protocol):
     """The gateway's cached lookup of API keys, as billing's routes use it."""
 
-    async def authenticate(self, token: str | None) -> KeyRef:
-        """The key a bearer token is, or :class:`AuthenticationFailed`."""
+    async def authenticate(self, token: str | None, *, address: str | None = None) -> KeyRef:
+        """The key a bearer token is, or :class:`AuthenticationFailed`; with the client's
+        ``address`` (its bucket), failed keys from it are limited as on the data plane
+        (:class:`RateLimited`, ``too_many_invalid_keys``, past the limit)."""
         ...
 
     def forget(self, key_id: str) -> None:

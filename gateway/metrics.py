@@ -55,6 +55,14 @@ class GatewayMetrics:
             ["model"],
             registry=self.registry,
         )
+        self.early_refusals = Counter(
+            "tokengate_refused_before_counting",
+            "Requests with a big body (over 16 KiB) refused before their prompt was tokenized, "
+            "by error code: a prompt that cannot fit the window or that its key's credits "
+            "cannot pay for at least, a disabled key, a model the key may not use.",
+            ["code"],
+            registry=self.registry,
+        )
         # labels() takes a lock and builds a key on every call; the request path records
         # through children cached by their (bounded) label values instead.
         self._answered: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
@@ -89,6 +97,10 @@ class GatewayMetrics:
         """Credits a settlement could not collect (rare: labels() per call is fine)."""
         if credits > 0:
             self.uncollected.labels(model).inc(credits)
+
+    def refused_early(self, code: str | None) -> None:
+        """A big request refused before counting (rare next to the requests: labels() is fine)."""
+        self.early_refusals.labels(code or "").inc()
 
     def watch(self, collector: Collector) -> None:
         """Add a collector that reads its values when Prometheus scrapes."""

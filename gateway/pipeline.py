@@ -21,9 +21,9 @@ from gateway.asgi import Receive, Scope, Send, read_body
 from gateway.auth import Authenticator, KeyRef, bearer_token
 from gateway.cache_salt import CacheSalter
 from gateway.catalog import Catalog, Endpoint, Model
+from gateway.early_refusal import refuse_beyond_window, refuse_unaffordable
 from gateway.errors import (
     BadRequest,
-    BalanceExhausted,
     BalanceUnknown,
     GatewayError,
     NoHealthyEndpoint,
@@ -33,8 +33,8 @@ from gateway.errors import (
 )
 from gateway.media_urls import check_remote_media
 from gateway.metrics import GatewayMetrics
-from gateway.openai_request import Kind, OpenAIRequest, count_prompt_tokens, parse_request
-from gateway.prompt_size import counted_prompt
+from gateway.openai_request import Kind, OpenAIRequest, parse_request
+from gateway.prompt_size import Prompt, collect_prompt, counted_prompt, measure_prompt, prompt_floor
 from gateway.quota.store import Admission, QuotaStore
 from gateway.redact import redact_url
 from gateway.relay.http1 import UpstreamConnectError, UpstreamResponse
@@ -45,6 +45,7 @@ from gateway.relay.upstream import UpstreamClient
 from gateway.reservation import ReservationDesk
 from gateway.routing.router import Router
 from gateway.settings import Settings
+from gateway.token_floor import token_floor
 from gateway.tokenizers import load_tokenizer
 from gateway.usage import COUNTED_BY_GATEWAY, STATUS_UPSTREAM_ERROR
 
@@ -56,8 +57,9 @@ log = logging.getLogger("tokengate.pipeline")
 # chat has no such default (the rest of the context window, or what the balance pays).
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 
-# A body this big is checked against the key and the balance before its prompt is tokenized
-# (two Redis reads, against milliseconds of tokenizing): see Pipeline.refuse_early.
+# A body this big is checked against the key, the window and the balance before its prompt
+# is tokenized (two Redis reads, against milliseconds to seconds of tokenizing): see
+# Pipeline.refuse_early. A smaller body goes straight to admission, as it always did.
 EARLY_CHECK_BYTES = 16 * 1024
 
 UPSTREAM_PATHS: dict[Kind, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions",
@@ -122,11 +124,12 @@ class Pipeline:
         raw = await read_body(scope, receive, self.settings.max_body_bytes)
         request = call.request = parse_request(call.kind, raw)
         model = call.model = self.model_for(request)
+        collected = None
         if len(raw) > EARLY_CHECK_BYTES:  # no tokenizing megabytes for a key that cannot pay
-            await self.refuse_early(key, model)
+            collected = await self.refuse_early(key, request, model)
         if request.media_urls:  # http(s) media: allowed hosts with public addresses only
             await check_remote_media(request.media_urls, self.catalog.media_hosts)
-        admission = call.admission = await self.admit(key, request, model, call.request_id)
+        admission = call.admission = await self.admit(key, request, model, call.request_id, collected)
         held = self.reservations.hold(key, model, call.request_id, request.stream)
         try:
             if request.kind != "embeddings":  # before the affinity key: it is per account
@@ -178,20 +181,30 @@ class Pipeline:
         ]
         return {"object": "list", "data": data}
 
-    async def refuse_early(self, key: KeyRef, model: Model) -> None:
+    async def refuse_early(self, key: KeyRef, request: OpenAIRequest, model: Model) -> Prompt:
         """Before a big prompt is tokenized, refuse what admission surely would: a disabled key,
-        a model the key may not use, an account with no credit available at all. A key that
-        cannot pay then never makes a worker tokenize megabytes (the body is bounded, and
-        admission, which decides everything atomically, still runs for the rest). The balance
-        read counts every live grant, whatever its models: it may overstate what the model
-        can draw on, never understate it, so nothing admission would accept is refused."""
-        await self.auth.check_key(key, model.name)
+        a model the key may not use, a prompt whose floor (tokens it takes at least, known
+        without tokenizing: ``gateway.token_floor``) cannot fit the window, an account whose
+        credits cannot pay for that floor. A key with one credit then never makes a worker
+        tokenize megabytes (the body is bounded, and admission, which decides everything
+        atomically, still runs for the rest). The balance read counts every live grant,
+        whatever its models: it may overstate what the model can draw on, never understate
+        it, so nothing admission would accept is refused (``gateway.early_refusal``).
+        Returns the prompt as collected, for admission to measure."""
         try:
-            balance = await self.quota.balance(key.account_id)
-        except BalanceUnknown:
-            return  # admission answers it (503 until reconciled)
-        if balance["available"] <= 0:
-            raise BalanceExhausted("balance exhausted: no credits available", code="insufficient_quota")
+            await self.auth.check_key(key, model.name)
+            prompt = collect_prompt(request, model)
+            floor = prompt_floor(prompt, token_floor(model.tokenizer), model)
+            refuse_beyond_window(request, model, floor)
+            try:
+                balance = await self.quota.balance(key.account_id)
+            except BalanceUnknown:
+                return prompt  # admission answers it (503 until reconciled)
+            refuse_unaffordable(request, model, floor.estimate, balance["available"])
+        except GatewayError as error:
+            self.metrics.refused_early(error.code)
+            raise
+        return prompt
 
     def model_for(self, request: OpenAIRequest) -> Model:
         model = self.catalog.get(request.model)
@@ -205,14 +218,18 @@ class Pipeline:
             raise BadRequest(f"model '{model.name}' is served on /v1/{route}", param="model")
         return model
 
-    async def admit(self, key: KeyRef, request: OpenAIRequest, model: Model, request_id: str) -> Admission:
+    async def admit(self, key: KeyRef, request: OpenAIRequest, model: Model, request_id: str,
+                    collected: Prompt | None = None) -> Admission:
         """Reserve the prompt's honest bound (``size.estimate``) plus the granted max_tokens.
 
         The window checks and the ceiling use the tokenizer's count (a stand-in's too, so that
         ordinary prompts are not refused because their bytes exceed the window); that count
-        is made only when the cheap ``size.bound`` does not already settle the question."""
+        is made only when the cheap ``size.bound`` does not already settle the question.
+        ``collected``: the request's prompt if :meth:`refuse_early` collected it already."""
         tokenizer = load_tokenizer(model.tokenizer)
-        size = count_prompt_tokens(request, tokenizer, model)
+        if collected is None:
+            collected = collect_prompt(request, model)
+        size = measure_prompt(collected, tokenizer, model)
         choices = request.choices
         window = model.context_window
         if request.kind == "embeddings":

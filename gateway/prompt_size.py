@@ -114,17 +114,29 @@ class PromptSize:
         return self.bound + self.overhead
 
 
-def count_prompt_tokens(request: OpenAIRequest, tokenizer: Tokenizer, rules: PromptRules) -> PromptSize:
-    """The prompt sizes of a request; several completions prompts or embedding inputs are
-    separate sequences, each of which must fit the window, and all of which are billed.
+class Prompt:
+    """What the upstream renders of a request, collected once (no text measured yet): the
+    sequences (one chat, or each completions prompt or embedding input), the template
+    overhead, the media tokens, and the allowed fields' values."""
+
+    __slots__ = ("allowed", "media", "overhead", "sequences")
+
+    def __init__(self, sequences: list[_Pieces], overhead: int, media: int, allowed: _Pieces) -> None:
+        self.sequences = sequences
+        self.overhead = overhead
+        self.media = media
+        self.allowed = allowed
+
+
+def collect_prompt(request: OpenAIRequest, rules: PromptRules) -> Prompt:
+    """The texts of a request's prompt(s); several completions prompts or embedding inputs
+    are separate sequences, each of which must fit the window, and all of which are billed.
 
     Raises BadRequest for what cannot be bounded: a field of ``UNKNOWABLE_FIELDS`` the
     model does not allow, a media part the model's ``media`` does not price, an unknown part.
     """
     body = request.body
     allowed = _checked_fields(request, rules)
-    count = _counter(tokenizer)
-    measure = count if rules.tokenizer_exact else byte_bound
     media = 0
     if request.kind == "chat":
         prompts = [_Pieces()]
@@ -137,13 +149,42 @@ def count_prompt_tokens(request: OpenAIRequest, tokenizer: Tokenizer, rules: Pro
             for pieces in prompts:
                 pieces.texts.append(suffix)
         overhead = PER_REQUEST_OVERHEAD
-    sizes = [p.size(measure) for p in prompts]
-    bound = max(sizes)
-    estimate = (sum(sizes) + overhead + PER_SEQUENCE_OVERHEAD * (len(sizes) - 1) + media
-                + allowed.size(measure))
+    return Prompt(prompts, overhead, media, allowed)
+
+
+def measure_prompt(prompt: Prompt, tokenizer: Tokenizer, rules: PromptRules) -> PromptSize:
+    """The prompt sizes admission uses: the model's tokenizer counts every text when it is
+    exact; a stand-in's estimate is the byte bound, its count made only on first use."""
+    count = _counter(tokenizer)
     if rules.tokenizer_exact:
-        return PromptSize(estimate, bound, overhead, longest=bound)
-    return PromptSize(estimate, bound, overhead, pieces=prompts, count=count)
+        return _measured(prompt, count, None)
+    return _measured(prompt, byte_bound, count)
+
+
+def prompt_floor(prompt: Prompt, floor: Count, rules: PromptRules) -> PromptSize:
+    """Sizes no greater than :func:`measure_prompt`'s, with no tokenizer run: the same sums
+    with ``floor`` (at most the tokenizer's count of each text: ``gateway.token_floor``) in
+    place of the count. A stand-in's estimate and bound need no tokenizer: they are exact."""
+    if rules.tokenizer_exact:
+        return _measured(prompt, floor, None)
+    return _measured(prompt, byte_bound, floor)
+
+
+def count_prompt_tokens(request: OpenAIRequest, tokenizer: Tokenizer, rules: PromptRules) -> PromptSize:
+    """The prompt sizes of a request (:func:`collect_prompt`, then :func:`measure_prompt`)."""
+    return measure_prompt(collect_prompt(request, rules), tokenizer, rules)
+
+
+def _measured(prompt: Prompt, measure: Count, count: Count | None) -> PromptSize:
+    """The estimate and bound by ``measure``; the longest prompt by ``count`` on first use
+    (None: ``measure`` is the count)."""
+    sizes = [p.size(measure) for p in prompt.sequences]
+    bound = max(sizes)
+    estimate = (sum(sizes) + prompt.overhead + PER_SEQUENCE_OVERHEAD * (len(sizes) - 1) + prompt.media
+                + prompt.allowed.size(measure))
+    if count is None:
+        return PromptSize(estimate, bound, prompt.overhead, longest=bound)
+    return PromptSize(estimate, bound, prompt.overhead, pieces=prompt.sequences, count=count)
 
 
 class _Exact:

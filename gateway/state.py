@@ -37,6 +37,7 @@ from gateway.routing.monitor import EndpointMonitor
 from gateway.routing.observe import RoutingCollector, describe
 from gateway.routing.router import Router
 from gateway.settings import Settings
+from gateway.token_floor import token_floor
 from gateway.tokenizers import load_tokenizer
 from gateway.usage import UsageEvent
 
@@ -84,6 +85,7 @@ class GatewayState:
         catalog = catalog or load_catalog(settings.config_path)
         for model in catalog.models.values():
             load_tokenizer(model.tokenizer)  # fail at start, not on the first request
+            token_floor(model.tokenizer)  # read the vocabulary now, not on the first big prompt
         redis = connect_redis(settings.redis_url)
         await check_durability(redis)
         fast = fast_redis(settings.redis_url, settings.redis_timeout)  # the request path's
@@ -107,6 +109,8 @@ class GatewayState:
     def reload_catalog(self) -> Catalog:
         """Swap in a new models.yaml; requests in flight keep the model they started with."""
         catalog = load_catalog(self.settings.config_path, tokenizers=True)
+        for model in catalog.models.values():
+            token_floor(model.tokenizer)  # a new tokenizer's vocabulary read here, once
         self.pipeline.catalog = catalog
         self.pipeline.router.sync(catalog)  # endpoint state survives for URLs that remain
         return catalog

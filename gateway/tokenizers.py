@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.util
+import json
 import os
 import tempfile
 from functools import lru_cache
@@ -36,22 +37,27 @@ class TokenizerError(ValueError):
     """A tokenizer spec that cannot be loaded (bad scheme, missing file or encoding)."""
 
 
-class _HFTokenizer:
+class HFTokenizer:
     """Adapter from a `tokenizers.Tokenizer` to the `Tokenizer` protocol."""
 
     def __init__(self, directory: Path) -> None:
-        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import Tokenizer as RustTokenizer
 
         path = directory / "tokenizer.json" if directory.is_dir() else directory
         if not path.is_file():
             raise TokenizerError(f"no tokenizer.json at {directory}")
-        self._tok = HFTokenizer.from_file(str(path))
+        self._tok = RustTokenizer.from_file(str(path))
 
     def encode(self, text: str) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=False).ids)
 
     def decode(self, tokens: list[int]) -> str:
         return str(self._tok.decode(tokens, skip_special_tokens=False))
+
+    def config(self) -> dict[str, Any]:
+        """Its ``tokenizer.json`` as data: what :mod:`gateway.token_floor` reads its bound from."""
+        config: dict[str, Any] = json.loads(self._tok.to_str())
+        return config
 
 
 class _ByteTokenizer:
@@ -67,7 +73,7 @@ class _ByteTokenizer:
 BYTES = _ByteTokenizer()
 
 
-class _TiktokenTokenizer:
+class TiktokenTokenizer:
     """tiktoken without special-token parsing: user text such as '<|endoftext|>' is text."""
 
     def __init__(self, encoding: Any) -> None:
@@ -79,6 +85,11 @@ class _TiktokenTokenizer:
 
     def decode(self, tokens: list[int]) -> str:
         return str(self._enc.decode(tokens))
+
+    def token_bytes(self) -> list[bytes]:
+        """The bytes of every token ``encode`` can make (the special tokens are not among them)."""
+        values: list[bytes] = self._enc.token_byte_values()
+        return values
 
 
 def _drop_python_ranks(encoding: Any) -> None:
@@ -134,9 +145,9 @@ def load_tokenizer(spec: str) -> Tokenizer:
             reason = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
             raise TokenizerError(f"cannot load tiktoken encoding {arg!r}: {reason}") from exc
         _drop_python_ranks(encoding)
-        return _TiktokenTokenizer(encoding)
+        return TiktokenTokenizer(encoding)
     if scheme == "hf" and arg:
-        return _HFTokenizer(Path(arg).expanduser())
+        return HFTokenizer(Path(arg).expanduser())
     raise TokenizerError(
         f"tokenizer must be 'tiktoken:<encoding>', 'hf:<directory>' or 'bytes', got {spec!r}"
     )

@@ -250,6 +250,44 @@ def test_failed_authentications_are_limited_per_address(limited: Gateway) -> Non
     assert models_of(limited, new_key(limited)["key"]).status_code == 429
 
 
+def me(url: str, key: str, **headers: str) -> httpx.Response:
+    return httpx.get(url + "/v1/me", timeout=10, headers={"Authorization": f"Bearer {key}", **headers})
+
+
+def test_failed_keys_on_self_service_are_limited_per_address_on_both_urls(limited: Gateway) -> None:
+    """/v1/me is authenticated by the control plane, reached through the data plane or
+    straight: both ways fill one bucket per client address, and past it the answer is the
+    data plane's 429. The data plane names the client (X-Forwarded-For from its socket), a
+    client cannot name itself through it, and the control plane believes the header from
+    trusted proxies only (loopback here, as every test client is)."""
+    known = new_key(limited)["key"]
+    assert me(limited.base, known).status_code == 200  # known to the control plane
+    bad = [f"tg-bad-me-{i}-{time.monotonic_ns()}" for i in range(FAILURES_PER_MINUTE + 3)]
+    urls = [limited.base, limited.control] * len(bad)
+    statuses = [me(url, key).status_code for url, key in zip(urls, bad[:FAILURES_PER_MINUTE], strict=False)]
+    assert statuses == [401] * FAILURES_PER_MINUTE
+    refused = [me(url, key) for url, key in zip((limited.base, limited.control), bad[-2:], strict=True)]
+    for response in refused:
+        assert response.status_code == 429, response.text
+        assert 1 <= int(response.headers["retry-after"]) <= 60
+        assert response.headers["x-request-id"]
+    # the same answer as the data plane's own (its bucket is filled here, or by the test above)
+    for key in bad:
+        data_plane = chat(limited, key)
+        if data_plane.status_code == 429:
+            break
+    assert data_plane.status_code == 429
+    assert refused[0].json() == refused[1].json() == data_plane.json()
+    assert data_plane.json()["error"]["code"] == "too_many_invalid_keys"
+    # an address of one's choosing is not passed on by the data plane...
+    assert me(limited.base, bad[-3], **{"X-Forwarded-For": "203.0.113.9"}).status_code == 429
+    # ...but it is the address the control plane counts when a trusted proxy sends it
+    assert me(limited.control, bad[-3], **{"X-Forwarded-For": "203.0.113.9"}).status_code == 401
+    # a key the control plane knows goes on, both ways
+    assert me(limited.base, known).status_code == 200
+    assert me(limited.control, known).status_code == 200
+
+
 def test_the_session_gateway_is_not_limited_by_the_default(gateway: Gateway, api_key: str) -> None:
     """The default (60 a minute) leaves room for honest mistakes."""
     for i in range(10):
