@@ -18,7 +18,6 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
 from sqlalchemy import select
 
 from billing.clock import wall_ms
@@ -28,6 +27,7 @@ from billing.service import Billing
 from billing.streams import backlog
 from gateway.keyspace import USAGE_SHARDS
 from gateway.quota.keys import dead_letter_key
+from gateway.state import RedisClient
 from tests.billing.helpers import ManualClock
 from tests.faults.stack import FaultStack
 from tests.faults.traffic import Seen
@@ -46,7 +46,7 @@ async def audit(stack: FaultStack, accounts: list[str], seen: list[Seen], *, sho
                 timeout: float = 60.0) -> dict[str, Billed]:
     """Wait until nothing is reserved or waiting for the ledger, then check the money (see
     the module); the usage records of ``accounts`` by request id."""
-    async with Redis(port=stack.redis.port) as redis:
+    async with stack.connect() as redis:
         billing = Billing.build(stack.database_url, redis, ManualClock())
         try:
             await _settled(billing, redis, accounts, timeout)
@@ -61,7 +61,7 @@ async def audit(stack: FaultStack, accounts: list[str], seen: list[Seen], *, sho
     return records
 
 
-async def _settled(billing: Billing, redis: Redis, accounts: list[str], timeout: float) -> None:
+async def _settled(billing: Billing, redis: RedisClient, accounts: list[str], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         waiting = await backlog(redis)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from gateway.state import RedisClient, connect_redis
 from tests.billing.procs import PostgresServer
 from tests.redis_servers import RedisServer
 from tests.support.catalogs import model, write_catalog
@@ -52,7 +53,8 @@ AOF = ("--appendonly", "yes", "--appendfsync", "always")  # what docs/operations
 
 @dataclass
 class FaultStack:
-    redis: RedisServer
+    redis: RedisServer | None  # the scenario's own standalone Redis (None: a cluster's URL)
+    redis_direct: str  # Redis's URL (``redis+cluster://`` for a cluster)
     database_url: str
     sims: Sims
     config: Path
@@ -63,15 +65,26 @@ class FaultStack:
     proxy: SlowProxy | None = None
 
     @property
+    def server(self) -> RedisServer:
+        """The scenario's own Redis server (scenarios that kill or flush it)."""
+        assert self.redis is not None
+        return self.redis
+
+    def connect(self) -> RedisClient:
+        """An asyncio client of Redis itself (never through the proxy)."""
+        return connect_redis(self.redis_direct)
+
+    @property
     def gateway(self) -> Gateway:
         return self.gateways[0]
 
-    def add_gateway(self, **env: str) -> Gateway:
-        """Both planes of one more gateway on this stack's Redis and ledger."""
+    def add_gateway(self, workers: int = 1, **env: str) -> Gateway:
+        """Both planes of one more gateway (``workers`` data-plane processes) on this stack's
+        Redis and ledger."""
         index = len(self.gateways)
-        gateway = start_gateway(self.config, self.redis_url or self.redis.url,
+        gateway = start_gateway(self.config, self.redis_url or self.redis_direct,
                                 self.tmp / f"gateway{index}.log", database_url=self.database_url,
-                                **{**GATEWAY_ENV, **env})
+                                workers=workers, **{**GATEWAY_ENV, **env})
         self.gateways.append(gateway)
         return gateway
 
@@ -79,7 +92,7 @@ class FaultStack:
         """A billing worker, once it is reading the streams."""
         log = self.tmp / "worker.log"
         before = log.read_text().count(" started") if log.exists() else 0
-        self.worker = start_billing_worker(self.redis.url, self.database_url, log,
+        self.worker = start_billing_worker(self.redis_direct, self.database_url, log,
                                            "--block-ms", "100", "--claim-idle-ms", "1000")
         deadline = time.monotonic() + 30
         while log.read_text().count(" started") == before:
@@ -98,18 +111,19 @@ class FaultStack:
         gateway.process.wait(10)
 
     def reconcile(self) -> None:
-        done = billing_command(self.redis.url, self.database_url, "reconcile", "--grace", "0.5")
+        done = billing_command(self.redis_direct, self.database_url, "reconcile", "--grace", "0.5")
         assert done.returncode == 0, done.stdout + done.stderr
 
-    def fund(self, credits: int = 10**7) -> tuple[str, str]:
-        """(account id, key) of a new account that bought ``credits`` through the admin API."""
+    def fund(self, credits: int = 10**7, **limits: object) -> tuple[str, str]:
+        """(account id, key with ``limits``) of a new account that bought ``credits`` through
+        the admin API."""
         with self.gateway.admin() as admin:
             account = admin.post("/admin/accounts", json={"name": "fault"}).raise_for_status().json()
             package = admin.post("/admin/packages", json={"name": "p", "credits": credits, "valid_days": 30})
             admin.post(f"/admin/accounts/{account['id']}/purchases",
                        json={"package_id": package.raise_for_status().json()["id"],
                              "order_id": "o-" + account["id"]}).raise_for_status()
-            key = admin.post(f"/admin/accounts/{account['id']}/keys", json={"name": "k"})
+            key = admin.post(f"/admin/accounts/{account['id']}/keys", json={"name": "k", **limits})
         return account["id"], key.raise_for_status().json()["key"]
 
     def generated(self) -> dict[str, int]:
@@ -130,31 +144,35 @@ class FaultStack:
 
 @contextmanager
 def fault_stack(tmp: Path, *, database_url: str | None = None, redis_args: tuple[str, ...] = (),
-                slow_redis: bool = False) -> Iterator[FaultStack]:
-    """A stack with one gateway and a billing worker running; SQLite unless ``database_url``;
-    with ``slow_redis`` the gateways reach Redis through ``stack.proxy`` (the worker does not)."""
-    redis = RedisServer(*redis_args).start()
+                slow_redis: bool = False, redis_url: str | None = None,
+                workers: int = 1) -> Iterator[FaultStack]:
+    """A stack with one gateway (``workers`` data-plane processes) and a billing worker
+    running; SQLite unless ``database_url``; a Redis of its own unless ``redis_url``; with
+    ``slow_redis`` the gateways reach Redis through ``stack.proxy`` (the worker does not)."""
+    redis = None if redis_url else RedisServer(*redis_args).start()
+    direct = redis_url or (redis.url if redis else "")
     database_url = database_url or f"sqlite:///{tmp / 'ledger.db'}"
-    migrated = billing_command(redis.url, database_url, "migrate")
+    migrated = billing_command(direct, database_url, "migrate")
     assert migrated.returncode == 0, migrated.stderr
     sims = start_sims(2, SERVED, "--itl-ms", str(ITL_MS), "--record-requests", "1000000",
                       log=tmp / "sims.log")
     config = write_catalog(tmp / "models.yaml", {"east": [sims.url(0)], "west": [sims.url(1)]}, [
         model(MODEL, ["east", "west"], served_name=SERVED, tokenizer="tiktoken:cl100k_base"),
     ])
-    stack = FaultStack(redis, database_url, sims, config, tmp)
+    stack = FaultStack(redis, direct, database_url, sims, config, tmp)
     if slow_redis:
-        stack.proxy = SlowProxy(redis.port).start()
+        stack.proxy = SlowProxy(stack.server.port).start()
         stack.redis_url = stack.proxy.url
     try:
-        stack.add_gateway()
+        stack.add_gateway(workers)
         stack.start_worker()
         yield stack
     finally:
         stack.stop()
         if stack.proxy is not None:
             stack.proxy.stop()
-        redis.cleanup()
+        if redis is not None:
+            redis.cleanup()
 
 
 @contextmanager

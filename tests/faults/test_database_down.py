@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-from redis.asyncio import Redis
 
 from billing.streams import backlog
 from tests.faults.audit import audit
@@ -57,7 +56,7 @@ async def _down_for(stack: FaultStack, seconds: float, stop: object, start: obje
         with stack.gateway.admin() as admin:  # the ledger's reads say it is away
             assert admin.get(f"/admin/accounts/{account}/usage").status_code == 503
         await asyncio.sleep(max(0.0, seconds - (time.monotonic() - down)))
-        async with Redis(port=stack.redis.port) as redis:
+        async with stack.connect() as redis:
             assert await backlog(redis) >= 20  # the usage waits in the streams
         with stack.gateway.admin() as admin:  # and the operator sees it waiting
             gauges = _gauges(admin.get("/admin/metrics").raise_for_status().text)

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-from redis.asyncio import Redis
 
 from tests.faults.audit import audit
 from tests.faults.stack import AOF, SOAK, FaultStack, fault_stack
@@ -22,9 +21,9 @@ async def test_redis_killed_with_aof_comes_back_with_everything(tmp_path: Path) 
         account, key = stack.fund()
         traffic = Traffic(stack.gateway.base, key, clients=6).start()
         await traffic.wait_served(10)
-        stack.redis.stop()  # SIGKILL
+        stack.server.stop()  # SIGKILL
         await asyncio.sleep(1.0)
-        stack.redis.start(stack.redis.port)  # the same directory: AOF replayed
+        stack.server.start(stack.server.port)  # the same directory: AOF replayed
         await traffic.wait_served(10, after=time.monotonic())
         await asyncio.sleep(SOAK)
         seen = await traffic.stop()
@@ -36,9 +35,9 @@ async def test_redis_killed_without_aof_fails_closed_until_reconcile(tmp_path: P
         account, key = stack.fund()
         traffic = Traffic(stack.gateway.base, key, clients=6).start()
         await traffic.wait_served(10)
-        stack.redis.stop()
+        stack.server.stop()
         await asyncio.sleep(1.0)
-        stack.redis.start(stack.redis.port)  # empty: balances, reservations, streams gone
+        stack.server.start(stack.server.port)  # empty: balances, reservations, streams gone
         await _rebuilt_by_reconcile(stack, traffic)
         seen = await traffic.stop()
         await audit(stack, [account], seen)
@@ -49,7 +48,7 @@ async def test_flushall_under_load_fails_closed_until_reconcile(tmp_path: Path) 
         account, key = stack.fund()
         traffic = Traffic(stack.gateway.base, key, clients=6).start()
         await traffic.wait_served(10)
-        async with Redis(port=stack.redis.port) as redis:
+        async with stack.connect() as redis:
             await redis.flushall()
         await _rebuilt_by_reconcile(stack, traffic)
         seen = await traffic.stop()
