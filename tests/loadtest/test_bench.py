@@ -8,6 +8,7 @@ import pytest
 
 from loadtest.bench.cli import main
 from loadtest.bench.figures import Figures, Table, checks
+from loadtest.bench.scaling import main as scaling_main
 from loadtest.bench.soak import Point, verdict
 
 
@@ -78,3 +79,12 @@ def test_quick_benchmark_of_tokengate(tmp_path: Path) -> None:
     assert code == 0
     report = (tmp_path / "benchmarks.md").read_text()
     assert "| tokengate |" in report and "not valid" not in report
+
+
+def test_quick_scaling_benchmark(tmp_path: Path) -> None:
+    """Admission throughput against data-plane processes: one and two, every request served."""
+    out = tmp_path / "scaling.md"
+    args = ["--workers", "1,2", "--seconds", "0.5", "--concurrency", "8", "--out", str(out)]
+    assert scaling_main(args) == 0
+    rows = [line for line in out.read_text().splitlines() if line.startswith(("| 1 |", "| 2 |"))]
+    assert len(rows) == 2 and all(row.endswith("| 0 |") for row in rows), rows
