@@ -116,6 +116,7 @@ URLS = {"redis.url": "redis://r:6379/0", "database.url": "postgresql://d/t"}
         ({**URLS, "redis.existingSecret": "s"}, "redis: set either redis.url or redis.existingSecret"),
         ({**URLS, "payments.provider": "stripe"}, "payments.stripe.apiKey: set payments.stripe.apiKey.value"),
         ({**URLS, "cacheSaltSecret.value": "short"}, "cacheSaltSecret.value: at least 32 characters"),
+        ({**URLS, "gatway.workers": "3"}, "Additional property gatway is not allowed"),  # values.schema.json
     ],
 )
 def test_missing_or_conflicting_values_fail_the_render(
