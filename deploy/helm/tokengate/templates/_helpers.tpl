@@ -19,7 +19,7 @@
 {{/* "<fullname>-<component>", within 63 characters. Call with (list $ "gateway"). */}}
 {{- define "tokengate.componentName" -}}
 {{- $root := index . 0 -}}
-{{- printf "%s-%s" (include "tokengate.fullname" $root | trunc (int (sub 62 (len (index . 1))))) (index . 1) | trimSuffix "-" -}}
+{{- printf "%s-%s" (include "tokengate.fullname" $root | trunc (int (sub 62 (len (index . 1)))) | trimSuffix "-") (index . 1) -}}
 {{- end -}}
 
 {{- define "tokengate.labels" -}}
