@@ -73,6 +73,9 @@ class PackageBody(_Body):
     price: PriceBody | None = None
     for_sale: bool = False
     trial: bool = False
+    weight: int = Field(default=1, ge=1, le=100,
+                        description="its tier in fair shares: turns at a model at capacity go by the "
+                                    "weight of the account's best live package")
 
 
 class PurchaseBody(_Body):

@@ -23,6 +23,7 @@ from billing.db.schema import accounts, grants, packages
 from billing.errors import Conflict
 from billing.ledger import post, purchase_legs
 from billing.records import Grant, Offer, Package, Price
+from billing.tiers import refresh_tier
 from gateway.contract import AccountStore, BadRequest, BalanceUnknown, NotFound, QuotaUnavailable
 
 log = logging.getLogger("tokengate.billing")
@@ -39,10 +40,11 @@ class NewPackage:
     price: Price | None = None  # what a customer pays for it (required when for_sale)
     for_sale: bool = False
     trial: bool = False  # granted once to each account made by sign-up; one package at most
+    weight: int = 1  # its tier in fair shares at a full model (billing/tiers.py)
 
 
 _CONTENT = ("name", "credits", "valid_days", "models", "list_price", "price_amount", "price_currency",
-            "for_sale", "trial")  # what makes a package the same package again
+            "for_sale", "trial", "weight")  # what makes a package the same package again
 
 
 def price_of(row: Any) -> Price | None:
@@ -62,6 +64,7 @@ def package_of(row: Any) -> Package:
         "price": price_of(row),
         "for_sale": bool(row.for_sale),
         "trial": bool(row.trial),
+        "weight": int(row.weight),
         "created_at": ms_to_iso(row.created_at_ms),
     }
 
@@ -113,6 +116,7 @@ class PackageService:
             "price_currency": new.price["currency"].upper() if new.price else None,
             "for_sale": new.for_sale,
             "trial": new.trial,
+            "weight": new.weight,
         }
         try:
             async with transaction(self.engine) as conn:
@@ -192,6 +196,7 @@ class PackageService:
                 expires_ms=int(grant.valid_until_ms),
                 models=grant.models,
             )
+            await refresh_tier(self.engine, self.store, grant.account_id, self.clock())
             return True
         except (BalanceUnknown, QuotaUnavailable) as error:
             log.warning(

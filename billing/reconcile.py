@@ -38,10 +38,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from billing.accounts import limits_of
 from billing.adjustments import AdjustmentService, op_id
+from billing.clock import wall_ms
 from billing.db.schema import accounts, api_keys, usage_records
 from billing.key_caps import check_key_spend
 from billing.ledger import LedgerGrant, LedgerRefused, ledger_grants, recorded_ids
 from billing.streams import Entry, entries_of
+from billing.tiers import refresh_tier
 from billing.trim import MARGIN_S
 from billing.withdrawals import posted_ids
 from gateway.contract import (
@@ -108,6 +110,9 @@ class Reconciler:
         if later:  # their balances were missing: rebuilt now
             report.pending = []
             await self._complete_withdrawals(later, apply, report)
+        if apply:  # the tiers fair shares read (lost with the rest when Redis lost its data)
+            for account_id in ids:
+                await refresh_tier(self.engine, self.store, account_id, wall_ms())
         return report
 
     async def _complete_withdrawals(self, ids: Sequence[str], apply: bool, report: Report) -> list[str]:

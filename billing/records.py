@@ -64,6 +64,7 @@ class Package(TypedDict):
     price: Price | None
     for_sale: bool
     trial: bool
+    weight: int
     created_at: str
 
 

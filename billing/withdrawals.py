@@ -27,6 +27,7 @@ from billing.db.engine import transaction
 from billing.db.schema import grants, ledger_entries, ledger_legs
 from billing.errors import Conflict
 from billing.ledger import LedgerRefused, post, withdrawal_legs
+from billing.tiers import refresh_tier
 from gateway.contract import AccountStore, NotFound, ServiceUnavailable, Withdrawal
 
 
@@ -140,6 +141,7 @@ class Withdrawals:
         if done.closed_grant != grant_id:
             raise Conflict(f"operation {op_id!r} withdrew from another grant")
         await self.post(grant.account_id, done)
+        await refresh_tier(self.engine, self.store, grant.account_id, self.clock())  # it was the best?
         return done.credits
 
     async def post(self, account_id: str, done: Withdrawal) -> bool:

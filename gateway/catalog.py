@@ -34,6 +34,9 @@ class EndpointSpec(_Strict):
     url: str = Field(pattern=r"^https?://[^/\s]+(/[^\s]*)?$")
     weight: int = Field(default=1, ge=1, le=1000)
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # Requests one data-plane process sends here at most; past it they wait their fair turn
+    # (gateway/flow.py). Its capacity (vLLM's --max-num-seqs) over the processes sending to it.
+    max_in_flight: int | None = Field(default=None, ge=1, le=1_000_000)
 
     @field_validator("url")
     @classmethod
@@ -199,6 +202,7 @@ class Endpoint:
     url: str
     weight: int
     api_key: str | None
+    max_in_flight: int | None = None  # per data-plane process; None: no local cap
 
     @property
     def id(self) -> str:
@@ -261,6 +265,7 @@ def build_catalog(spec: CatalogSpec, source: str = "", env: dict[str, str] | Non
                 url=ep.url,
                 weight=ep.weight,
                 api_key=env.get(ep.api_key_env) if ep.api_key_env else None,
+                max_in_flight=ep.max_in_flight,
             )
             for ep in cluster.endpoints
         )

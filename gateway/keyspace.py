@@ -34,6 +34,12 @@ def balance_key(account_id: str) -> str:
     return f"{_tag(shard_of(account_id))}:a:{account_id}:bal"
 
 
+def tier_key(account_id: str) -> str:
+    """HASH weight / until_ms: the account's package tier (its best live package's weight and
+    when that package ends), which fair shares read (gateway/flow.py). Absent: weight 1."""
+    return f"{_tag(shard_of(account_id))}:a:{account_id}:tier"
+
+
 def reservations_key(account_id: str) -> str:
     """HASH request_id -> reservation record of the account's requests in flight."""
     return f"{_tag(shard_of(account_id))}:a:{account_id}:res"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ from gateway.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from gateway.flow import FairShares
 from gateway.media_urls import check_remote_media
 from gateway.metrics import GatewayMetrics
 from gateway.openai_request import Kind, OpenAIRequest, parse_request
@@ -116,6 +118,7 @@ class Pipeline:
         self.reservations = ReservationDesk(quota, metrics, settings.lease_seconds,
                                             settings.progress_seconds)
         self.salter = CacheSalter.from_settings(settings)
+        self.flow = FairShares(router, self._tier, catalog.routing)
 
     async def serve(self, call: Call, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one /v1 request: its answer goes to ``send``; a GatewayError raised here was
@@ -129,6 +132,15 @@ class Pipeline:
             collected = await self.refuse_early(key, request, model)
         if request.media_urls:  # http(s) media: allowed hosts with public addresses only
             await check_remote_media(request.media_urls, self.catalog.media_hosts)
+        turn = await self.flow.turn(model, key.account_id)  # at once unless the model is full
+        try:
+            await self._serve_admitted(call, key, request, model, collected, send, receive)
+        finally:
+            turn.release()
+
+    async def _serve_admitted(self, call: Call, key: KeyRef, request: OpenAIRequest, model: Model,
+                              collected: Prompt | None, send: Send, receive: Receive) -> None:
+        """Reserve, route, relay (failing over while nothing reached the client), settle."""
         admission = call.admission = await self.admit(key, request, model, call.request_id, collected)
         held = self.reservations.hold(key, model, call.request_id, request.stream)
         try:
@@ -166,6 +178,10 @@ class Pipeline:
             call.outcome = outcome
         finally:
             held.settle(call.ended())
+
+    async def _tier(self, account_id: str) -> int:
+        """The account's package weight, read only when one of its requests must wait."""
+        return await self.quota.tier(account_id, int(time.time() * 1000))
 
     async def list_models(self, token: str | None, scope: Scope | None = None) -> dict[str, object]:
         """/v1/models: the catalog's models the key may use (its own ``models``; null: all),

@@ -19,6 +19,7 @@ from gateway.auth import Authenticator
 from gateway.catalog import Catalog, load_catalog
 from gateway.durability import check_durability
 from gateway.errors import QuotaUnavailable
+from gateway.flow import FairSharesCollector
 from gateway.keyspace import USAGE_SHARDS
 from gateway.metrics import GatewayMetrics
 from gateway.ops import (
@@ -97,6 +98,7 @@ class GatewayState:
         router = Router(catalog)
         metrics.watch(RoutingCollector(router))
         pipeline = Pipeline(settings, catalog, authenticator, quota, router, upstream, metrics)
+        metrics.watch(FairSharesCollector(pipeline.flow))
         state = cls(settings, redis, quota, authenticator, AccountRegistry(redis, quota),
                     pipeline, metrics, upstream)
         state.tasks.append(asyncio.create_task(state._reap_forever()))
@@ -113,6 +115,7 @@ class GatewayState:
             token_floor(model.tokenizer)  # a new tokenizer's vocabulary read here, once
         self.pipeline.catalog = catalog
         self.pipeline.router.sync(catalog)  # endpoint state survives for URLs that remain
+        self.pipeline.flow.configure(catalog.routing)
         return catalog
 
     def _reload_on_signal(self) -> None:

@@ -97,8 +97,12 @@ packages = Table(
     Column("price_currency", String(3), nullable=True),
     Column("for_sale", Boolean, nullable=False, server_default=false()),
     Column("trial", Boolean, nullable=False, server_default=false()),  # granted once at sign-up
+    # Its tier in fair shares (migration 0006): turns at a full model go by the weight of the
+    # account's best live package (gateway/flow.py, billing/tiers.py).
+    Column("weight", Integer, nullable=False, server_default="1"),
     CheckConstraint("credits > 0", name="credits"),
     CheckConstraint("valid_days > 0", name="valid_days"),
+    CheckConstraint("weight >= 1 AND weight <= 100", name="weight"),
     CheckConstraint("list_price IS NULL OR list_price >= 0", name="list_price"),
     CheckConstraint("(price_amount IS NULL) = (price_currency IS NULL) AND "
                     "(price_amount IS NULL OR price_amount >= 0)", name="price"),

@@ -273,6 +273,24 @@ class AccountStore:
             raise _unknown(account_id)
         return BalanceView.from_reply(reply)
 
+    async def tier(self, account_id: str, now_ms: int) -> int:
+        """The account's package weight for fair shares: 1 when none is set or it ended."""
+        async with self._redis():
+            weight, until = await self.client.hmget(keyspace.tier_key(account_id), ["weight", "until_ms"])
+        if weight is None or (until is not None and int(until) <= now_ms):
+            return 1
+        return max(1, int(weight))
+
+    async def set_tier(self, account_id: str, weight: int, until_ms: int) -> None:
+        """Record the account's tier (the control plane: at a purchase, refund or rebuild);
+        weight 1 removes it."""
+        key = keyspace.tier_key(account_id)
+        async with self._redis():
+            if weight <= 1:
+                await self.client.delete(key)
+            else:
+                await self.client.hset(key, mapping={"weight": weight, "until_ms": until_ms})
+
     async def balance(self, account_id: str) -> dict[str, int]:
         """purchased, reserved, spent, expired and available; BalanceUnknown if missing."""
         return (await self.view(account_id)).totals()

@@ -51,6 +51,12 @@ class RoutingConfig(BaseModel):
     saturated_waiting: float = Field(default=8, ge=0)
     saturated_kv_cache: float = Field(default=0.95, gt=0, le=1)
 
+    # Fair shares (gateway/flow.py): while every endpoint of a model is full (saturated, or at
+    # its max_in_flight), requests wait in per-account queues, served by package weight, at
+    # most queue_seconds (then 429 model_overloaded). Off: they go on to vLLM's own queue.
+    fair_shares: bool = True
+    queue_seconds: float = Field(default=10.0, ge=0, le=600)
+
     # Scorer scales: the load at which a score falls to 1/2.
     inflight_scale: float = Field(default=16.0, gt=0)
     queue_scale: float = Field(default=2.0, gt=0)

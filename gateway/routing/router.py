@@ -28,7 +28,7 @@ from gateway.redact import redact_url
 from gateway.routing import health
 from gateway.routing.affinity import prefix_key
 from gateway.routing.config import RoutingConfig
-from gateway.routing.filters import build_filters
+from gateway.routing.filters import NotSaturated, build_filters
 from gateway.routing.pickers import build_picker
 from gateway.routing.plugins import PickContext
 from gateway.routing.registry import EndpointRegistry, EndpointState
@@ -51,6 +51,7 @@ class Router:
 
     def configure(self, config: RoutingConfig) -> None:
         self.config = config
+        self.saturation = NotSaturated(config)
         self.filters = build_filters(config, self.random)
         self.scorers = build_scorers(config)
         self.picker = build_picker(config, self.random)
@@ -87,6 +88,25 @@ class Router:
         if ctx.panic:
             self.panics += 1
         return self.picker(pool, ctx, self.score).endpoint
+
+    def has_room(self, model: Model, out: int) -> bool:
+        """May this process send ``model`` one more request, with ``out`` already sent
+        (gateway/flow.py)? Yes while an available endpoint of it is neither saturated nor
+        at its ``max_in_flight`` (the caps of the unsaturated ones added up), and when none is
+        available at all (the pick answers that)."""
+        now = self.clock()
+        capacity, available = 0, False
+        for state in self.registry.route(model).states:
+            if not health.available(state, now):
+                continue
+            available = True
+            if self.saturation.saturated(state, now):
+                continue
+            cap = state.endpoint.max_in_flight
+            if cap is None:
+                return True
+            capacity += cap
+        return out < capacity or not available
 
     def score(self, state: EndpointState, ctx: PickContext) -> float:
         total = 0.0

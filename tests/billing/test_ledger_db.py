@@ -158,6 +158,31 @@ async def test_0002_adds_uncollected_to_records_already_there(blank_url: str) ->
         await engine.dispose()
 
 
+async def test_0006_weighs_packages_one_unless_told(blank_url: str) -> None:
+    engine = create_engine(blank_url)
+    try:
+        await migrate.upgrade(engine, "0005")
+        async with engine.begin() as conn:
+            await conn.execute(insert(packages).values(id="old", name="o", credits=1, valid_days=1,
+                                                       created_at_ms=1))
+        await migrate.upgrade(engine, "0006")
+        async with engine.connect() as conn:
+            assert set((await conn.execute(select(packages.c.weight))).scalars()) == {1}  # all of them
+        new = {"name": "n", "credits": 1, "valid_days": 1, "created_at_ms": 2}
+        async with engine.begin() as conn:
+            await conn.execute(insert(packages).values(id="heavy", weight=100, **new))
+        for weight in (0, 101):
+            with pytest.raises(exc.IntegrityError):
+                async with engine.begin() as conn:
+                    await conn.execute(insert(packages).values(id=f"w{weight}", weight=weight, **new))
+        await migrate.downgrade(engine, "0005")
+        async with engine.connect() as conn:
+            found = await conn.run_sync(lambda sync: inspect(sync).get_columns("packages"))
+        assert "weight" not in {c["name"] for c in found}
+    finally:
+        await engine.dispose()
+
+
 async def test_0003_puts_packages_on_sale_with_one_trial_at_most(blank_url: str) -> None:
     engine = create_engine(blank_url)
     try:
@@ -171,7 +196,7 @@ async def test_0003_puts_packages_on_sale_with_one_trial_at_most(blank_url: str)
                                              packages.c.price_amount))).one()
             found = await conn.run_sync(lambda sync: inspect(sync).get_columns("packages"))
         assert tuple(old) == (False, False, None)
-        assert {c["name"] for c in found} == {c.name for c in packages.columns}
+        assert {c["name"] for c in found} == {c.name for c in packages.columns} - {"weight"}  # 0006's
         new = {"name": "t", "credits": 1, "valid_days": 1, "created_at_ms": 2}
         async with engine.begin() as conn:
             await conn.execute(insert(packages).values(id="t1", trial=True, **new))

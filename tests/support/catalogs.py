@@ -21,12 +21,14 @@ def model(name: str, deployments: list[str], *, served_name: str | None = None,
     return entry
 
 
-def write_catalog(path: Path, clusters: dict[str, list[str]], models: list[dict[str, Any]],
-                  routing: dict[str, Any] | None = None) -> Path:
-    """``clusters`` maps a cluster's name to its endpoints' URLs (region: ``<name>-region``)."""
+def write_catalog(path: Path, clusters: dict[str, list[str] | list[dict[str, Any]]],
+                  models: list[dict[str, Any]], routing: dict[str, Any] | None = None) -> Path:
+    """``clusters`` maps a cluster's name to its endpoints: URLs, or whole endpoint entries
+    (``{"url": ..., "max_in_flight": ...}``); the region is ``<name>-region``."""
     doc: dict[str, Any] = {
-        "clusters": [{"name": name, "region": f"{name}-region", "endpoints": [{"url": url} for url in urls]}
-                     for name, urls in clusters.items()],
+        "clusters": [{"name": name, "region": f"{name}-region",
+                      "endpoints": [e if isinstance(e, dict) else {"url": e} for e in endpoints]}
+                     for name, endpoints in clusters.items()],
         "models": models,
     }
     if routing:
