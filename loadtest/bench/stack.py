@@ -121,10 +121,11 @@ class Gateway:
     control_url: str
 
 
-def start_tokengate(workdir: Path, sim_url: str, redis_url: str, workers: int = 1) -> Gateway:
+def start_tokengate(workdir: Path, sim_url: str, redis_url: str, workers: int = 1,
+                    config: Path | None = None) -> Gateway:
     """``tokengate control`` and ``tokengate serve`` (one worker by default) on the private
-    Redis, ready."""
-    config = write_catalog(workdir / "models.yaml", sim_url)
+    Redis, ready; ``config``: a models.yaml of the caller's instead of the benchmark's."""
+    config = config or write_catalog(workdir / "models.yaml", sim_url)
     port, control_port = free_port(), free_port()
     admin_key = "tg-admin-" + secrets.token_urlsafe(16)
     control_url = f"http://127.0.0.1:{control_port}"
