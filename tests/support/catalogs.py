@@ -22,10 +22,14 @@ def model(name: str, deployments: list[str], *, served_name: str | None = None,
 
 
 def write_catalog(path: Path, clusters: dict[str, list[str]], models: list[dict[str, Any]],
-                  routing: dict[str, Any] | None = None) -> Path:
-    """``clusters`` maps a cluster's name to its endpoints' URLs (region: ``<name>-region``)."""
+                  routing: dict[str, Any] | None = None,
+                  cluster_fields: dict[str, dict[str, Any]] | None = None) -> Path:
+    """``clusters`` maps a cluster's name to its endpoints' URLs (region: ``<name>-region``);
+    ``cluster_fields`` adds keys to clusters by name (``kind: litellm``, ``provider``, ...)."""
+    extra = cluster_fields or {}
     doc: dict[str, Any] = {
-        "clusters": [{"name": name, "region": f"{name}-region", "endpoints": [{"url": url} for url in urls]}
+        "clusters": [{"name": name, "region": f"{name}-region", "endpoints": [{"url": url} for url in urls],
+                      **extra.get(name, {})}
                      for name, urls in clusters.items()],
         "models": models,
     }
