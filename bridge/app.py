@@ -83,7 +83,7 @@ class BridgeApp:
             if path == "/v1/chat/completions" and method == "POST":
                 return await self._chat(scope, receive, send)
             raise BridgeError(404 if not path.startswith("/v1/") else 400,
-                              "this model is served on /v1/chat/completions only", "unsupported_route")
+                              "this model serves chat completions only", "unsupported_route")
         except BridgeError as error:
             await send_bytes(send, error.status, error.body(), "", JSON_HEADERS)
         except GatewayError as error:

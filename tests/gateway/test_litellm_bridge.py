@@ -226,3 +226,12 @@ def test_the_bridge_serves_only_callers_with_the_endpoints_token(bridge: Bridge,
     served = httpx.post(bridge.url + "/v1/chat/completions", json=body, timeout=10,
                         headers={"Authorization": f"Bearer {BRIDGE_TOKEN}"})
     assert served.status_code == 200 and served.json()["usage"]["completion_tokens"] == 5
+
+
+def test_legacy_completions_are_refused_for_a_bridged_model(bridged: Gateway, standin: StandIn) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        openai_client(bridged.v1, bridged.new_key()).completions.create(
+            model=CLAUDE, prompt="Hi", max_tokens=5)
+    assert "serves chat completions only" in caught.value.message  # the bridge's words
+    event = wait_for_event(bridged.redis_url, caught.value.response.headers["x-request-id"])
+    assert (event.status, event.charge) == ("upstream_error", 0)
