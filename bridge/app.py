@@ -1,12 +1,13 @@
 """The bridge's ASGI app: OpenAI's chat route for one provider, as the data plane expects of vLLM.
 
 Routes: ``POST /v1/chat/completions`` (streamed or whole), ``GET /v1/models``, ``GET /health``
-(the data plane's probe) and ``GET /metrics`` (the requests in flight, in vLLM's gauge names,
-which the data plane's load scorer reads). When the cluster's endpoints name an
-``api_key_env``, every request must carry one of those keys as a bearer token: anyone who
-reaches the bridge spends the provider's account unmetered. A request without one is the
-operator's misconfiguration, not the client's: 502, which the data plane hides and counts
-against the endpoint (a 401 would tell the client its own key is wrong).
+(the data plane's probe; ``/healthz`` too, the image's health check) and ``GET /metrics``
+(the requests in flight, in vLLM's gauge names, which the data plane's load scorer reads).
+When the cluster's endpoints name an ``api_key_env``, every request must carry one of those
+keys as a bearer token: anyone who reaches the bridge spends the provider's account
+unmetered. A request without one is the operator's misconfiguration, not the client's: 502,
+which the data plane hides and counts against the endpoint (a 401 would tell the client its
+own key is wrong).
 
 A client that leaves (the data plane aborts its upstream request when its own client
 leaves) cancels the provider call at once; its count so far was on the last chunk sent.
@@ -70,7 +71,7 @@ class BridgeApp:
             return
         method, path = scope["method"], scope["path"]
         try:
-            if path == "/health" and method == "GET":
+            if path in ("/health", "/healthz") and method == "GET":
                 return await send_bytes(send, 200, b"", "", [(b"content-type", b"text/plain")])
             if path == "/metrics" and method == "GET":
                 text = (f"vllm:num_requests_running {self.in_flight}\n"

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import httpx
 import openai
+import orjson
 import pytest
 import yaml
 
@@ -235,3 +236,38 @@ def test_legacy_completions_are_refused_for_a_bridged_model(bridged: Gateway, st
     assert "serves chat completions only" in caught.value.message  # the bridge's words
     event = wait_for_event(bridged.redis_url, caught.value.response.headers["x-request-id"])
     assert (event.status, event.charge) == ("upstream_error", 0)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_tool_call_comes_back_in_openais_shape_billed_as_reported(
+        bridged: Gateway, standin: StandIn, stream: bool) -> None:
+    standin.reply = Reply(words=[" Let", " me", " check", "."],
+                          tool=("get_weather", ['{"city"', ': "Wu', 'han"}']))
+    tools = [{"type": "function", "function": {
+        "name": "get_weather", "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+    client = openai_client(bridged.v1, bridged.new_key())
+    if stream:
+        raw = client.chat.completions.with_raw_response.create(
+            model=CLAUDE, messages=MESSAGES, max_tokens=50, tools=tools, stream=True)
+        name, arguments, finish = "", "", None
+        for chunk in raw.parse():
+            for call in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+                name += call.function.name or "" if call.function else ""
+                arguments += call.function.arguments or "" if call.function else ""
+            finish = (chunk.choices[0].finish_reason if chunk.choices else None) or finish
+    else:
+        raw = client.chat.completions.with_raw_response.create(
+            model=CLAUDE, messages=MESSAGES, max_tokens=50, tools=tools)
+        choice = raw.parse().choices[0]
+        assert choice.message.tool_calls and choice.message.content == " Let me check."
+        name = choice.message.tool_calls[0].function.name
+        arguments = choice.message.tool_calls[0].function.arguments
+        finish = choice.finish_reason
+    assert (name, orjson.loads(arguments), finish) == ("get_weather", {"city": "Wuhan"}, "tool_calls")
+    call = standin.last()
+    assert call.body["tools"][0]["name"] == "get_weather" and "input_schema" in call.body["tools"][0]
+    event = wait_for_event(bridged.redis_url, raw.headers["x-request-id"])
+    assert (event.prompt_tokens, event.completion_tokens, event.counted_by) == (
+        call.input_tokens, call.output_tokens, "upstream")
+    assert call.output_tokens == 4 + 3

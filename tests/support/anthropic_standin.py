@@ -8,7 +8,8 @@ documents: ``message_start`` with ``usage.input_tokens``, ``content_block_start`
 reported and how far it got. Its token counts are its own rule, chosen to differ from any
 tokenizer the gateway has, so a test can tell the provider's figures from a count:
 ``input_tokens`` is 7 plus the words of the system prompt and the messages' texts;
-``output_tokens`` is one per word sent (at most ``max_tokens``) plus ``Reply.extra_output``.
+``output_tokens`` is one per word sent (at most ``max_tokens``), one per piece of a tool
+call's arguments, plus ``Reply.extra_output``.
 
 A test can make it answer slowly (``Reply.delay``), die mid-stream (``Reply.die_after``: the
 connection is cut after that many words, with no ``message_stop``) or refuse (``Reply.status``).
@@ -40,6 +41,7 @@ class Reply:
     status: int = 200  # another status: an Anthropic-shaped error with ``error_message``
     error_message: str = "Overloaded: anthropic-internal shard 7 at 10.1.2.3"
     extra_output: int = 0  # output tokens reported beyond one per word
+    tool: tuple[str, list[str]] | None = None  # a tool_use block after the words: name, JSON pieces
 
 
 @dataclass
@@ -135,6 +137,8 @@ class _Handler(BaseHTTPRequestHandler):
         call.input_tokens = input_tokens(body)
         words = reply.words[: int(body.get("max_tokens") or 4096)]
         stop = "end_turn" if len(words) == len(reply.words) else "max_tokens"
+        if reply.tool is not None and stop == "end_turn":
+            stop = "tool_use"
         message_id = "msg_" + secrets.token_hex(8)
         if body.get("stream"):
             self._stream(call, reply, words, stop, message_id)
@@ -155,9 +159,15 @@ class _Handler(BaseHTTPRequestHandler):
         time.sleep(reply.delay * len(words))
         call.sent = len(words)
         call.output_tokens = len(words) + reply.extra_output
+        content: list[dict[str, Any]] = [{"type": "text", "text": "".join(words)}]
+        if stop == "tool_use" and reply.tool is not None:
+            name, pieces = reply.tool
+            call.output_tokens += len(pieces)
+            content.append({"type": "tool_use", "id": "toolu_standin", "name": name,
+                            "input": json.loads("".join(pieces))})
         raw = json.dumps({
             "id": message_id, "type": "message", "role": "assistant", "model": call.body.get("model"),
-            "content": [{"type": "text", "text": "".join(words)}], "stop_reason": stop,
+            "content": content, "stop_reason": stop,
             "stop_sequence": None,
             "usage": {"input_tokens": call.input_tokens, "output_tokens": call.output_tokens},
         }).encode()
@@ -193,6 +203,8 @@ class _Handler(BaseHTTPRequestHandler):
                 call.sent += 1
             call.output_tokens = len(words) + reply.extra_output
             self._send(_event("content_block_stop", {"type": "content_block_stop", "index": 0}))
+            if stop == "tool_use" and reply.tool is not None:
+                call.output_tokens += self._tool_use(*reply.tool)
             self._send(_event("message_delta", {"type": "message_delta",
                                                 "delta": {"stop_reason": stop, "stop_sequence": None},
                                                 "usage": {"output_tokens": call.output_tokens}}))
@@ -202,6 +214,18 @@ class _Handler(BaseHTTPRequestHandler):
             call.finished = True
         except OSError:  # the client went away: its connection is closed
             call.gone = True
+
+    def _tool_use(self, name: str, pieces: list[str]) -> int:
+        """A tool_use block as Anthropic streams one: its arguments as partial JSON pieces."""
+        block = {"type": "tool_use", "id": "toolu_standin", "name": name, "input": {}}
+        self._send(_event("content_block_start", {"type": "content_block_start", "index": 1,
+                                                  "content_block": block}))
+        for piece in pieces:
+            delta = {"type": "input_json_delta", "partial_json": piece}
+            self._send(_event("content_block_delta", {"type": "content_block_delta", "index": 1,
+                                                      "delta": delta}))
+        self._send(_event("content_block_stop", {"type": "content_block_stop", "index": 1}))
+        return len(pieces)
 
     def _send(self, data: bytes) -> None:
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
