@@ -1,12 +1,15 @@
 # tokengate image: slim, non-root, with a health check. One image, two planes:
 #   data plane (default):  tokengate serve    port 8000, the public OpenAI API
 #   control plane:         tokengate control  port 8001, the admin API: keep it on a private network
+#   bridge (kind: litellm): tokengate bridge --cluster NAME --host 0.0.0.0 --port 9100, private too
+#                          (TOKENGATE_HEALTH_PORT=9100; the provider key in its environment only)
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 COPY control ./control
 COPY billing ./billing
+COPY bridge ./bridge
 COPY launcher ./launcher
 COPY loadtest ./loadtest
 RUN pip install --no-cache-dir --prefix=/install .

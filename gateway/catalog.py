@@ -22,8 +22,14 @@ from gateway.routing.config import RoutingConfig
 from gateway.tokenizers import TokenizerError, load_tokenizer
 
 ModelKind = Literal["chat", "embedding"]  # what a model serves: /v1/chat|completions or /v1/embeddings
+# What a cluster's endpoints are: vLLM (or any OpenAI-compatible) servers, or bridges of ours
+# (`tokengate bridge`) to a provider litellm calls. The data plane relays to both alike.
+ClusterKind = Literal["vllm", "litellm"]
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$"
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# Provider options that would be credentials: those come from the environment only.
+_SECRET_OPTION = re.compile(r"key|secret|token|password|credential", re.IGNORECASE)
 
 
 class _Strict(BaseModel):
@@ -33,7 +39,7 @@ class _Strict(BaseModel):
 class EndpointSpec(_Strict):
     url: str = Field(pattern=r"^https?://[^/\s]+(/[^\s]*)?$")
     weight: int = Field(default=1, ge=1, le=1000)
-    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    api_key_env: str | None = Field(default=None, pattern=_ENV_NAME)
     # Requests one data-plane process sends here at most; past it they wait their fair turn
     # (gateway/flow.py). Its capacity (vLLM's --max-num-seqs) over the processes sending to it.
     max_in_flight: int | None = Field(default=None, ge=1, le=1_000_000)
@@ -51,6 +57,27 @@ class ClusterSpec(_Strict):
     name: str = Field(pattern=_NAME)
     region: str = ""
     endpoints: list[EndpointSpec] = Field(min_length=1)
+    kind: ClusterKind = "vllm"
+    # kind: litellm only: what `tokengate bridge --cluster <name>` calls (docs/models-yaml.md).
+    provider: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+    api_key_env: str | None = Field(default=None, pattern=_ENV_NAME)  # the provider's key: never in the file
+    api_base: str | None = Field(default=None, pattern=r"^https?://[^/\s]+(/[^\s]*)?$")
+    options: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    model_ids: dict[str, str] = Field(default_factory=dict)  # served_name -> the provider's model id
+
+    @model_validator(mode="after")
+    def _provider_fields(self) -> ClusterSpec:
+        given = [name for name in ("provider", "api_key_env", "api_base", "options", "model_ids")
+                 if getattr(self, name)]
+        if self.kind == "vllm" and given:
+            raise ValueError(f"{', '.join(given)}: only for a cluster of kind: litellm")
+        if self.kind == "litellm" and not self.provider:
+            raise ValueError("a cluster of kind: litellm names its provider (e.g. provider: anthropic)")
+        for option in self.options:
+            if _SECRET_OPTION.search(option):
+                raise ValueError(f"options.{option}: credentials come from the environment "
+                                 "(api_key_env), never from models.yaml")
+        return self
 
 
 class PriceSpec(_Strict):
@@ -167,10 +194,20 @@ class CatalogSpec(_Strict):
         urls = [ep.url for c in self.clusters for ep in c.endpoints]
         _unique(urls, "endpoint url", " (an endpoint belongs to one cluster)")
         _unique([m.name for m in self.models], "model name")
+        bridged = {c.name for c in self.clusters if c.kind == "litellm"}
         for model in self.models:
             for dep in model.deployments:
                 if dep not in clusters:
                     raise ValueError(f"model {model.name!r} is deployed on unknown cluster {dep!r}")
+                if dep in bridged and model.kind != "chat":
+                    raise ValueError(f"model {model.name!r} is deployed on cluster {dep!r} of kind "
+                                     "litellm, which serves chat models only")
+        for cluster in self.clusters:
+            served = {m.served_name or m.name for m in self.models if cluster.name in m.deployments}
+            for name in cluster.model_ids:
+                if name not in served:
+                    raise ValueError(f"cluster {cluster.name!r}: model_ids names {name!r}, the "
+                                     "served_name of none of the models deployed on it")
             places = {c.name for c in self.clusters if c.name in model.deployments}
             places |= {c.region for c in self.clusters if c.name in model.deployments and c.region}
             for preferred in model.prefer:
@@ -210,6 +247,23 @@ class Endpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class Provider:
+    """A cluster of kind litellm: the provider its bridge calls. Only ``tokengate bridge``
+    reads it; the data plane relays to the cluster's endpoints (the bridges) as to vLLM.
+    The key is named, not held: the bridge reads it from its own environment."""
+
+    cluster: str
+    name: str  # litellm's provider prefix: anthropic, gemini, bedrock, ...
+    api_key_env: str | None
+    api_base: str | None
+    options: dict[str, str | int | float | bool]
+    model_ids: dict[str, str]  # served_name -> the provider's model id (default: served_name)
+
+    def model_id(self, served_name: str) -> str:
+        return self.model_ids.get(served_name, served_name)
+
+
+@dataclass(frozen=True, slots=True)
 class Model:
     name: str
     served_name: str
@@ -233,6 +287,7 @@ class Catalog:
     endpoints: tuple[Endpoint, ...] = field(default=())
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     media_hosts: MediaHosts = field(default_factory=MediaHosts)  # models.yaml media_urls.allowed_hosts
+    providers: dict[str, Provider] = field(default_factory=dict)  # by cluster, kind: litellm only
 
     def get(self, name: str) -> Model | None:
         return self.models.get(name)
@@ -287,8 +342,14 @@ def build_catalog(spec: CatalogSpec, source: str = "", env: dict[str, str] | Non
         for m in spec.models
     }
     all_endpoints = tuple(ep for eps in by_cluster.values() for ep in eps)
+    providers = {
+        c.name: Provider(c.name, c.provider or "", c.api_key_env, c.api_base, dict(c.options),
+                         dict(c.model_ids))
+        for c in spec.clusters if c.kind == "litellm"
+    }
     return Catalog(models=models, clusters=tuple(by_cluster), source=source, endpoints=all_endpoints,
-                   routing=spec.routing, media_hosts=MediaHosts.of(spec.media_urls.allowed_hosts))
+                   routing=spec.routing, media_hosts=MediaHosts.of(spec.media_urls.allowed_hosts),
+                   providers=providers)
 
 
 def load_catalog(path: str | Path, env: dict[str, str] | None = None, *,

@@ -1,6 +1,6 @@
-"""The ``tokengate`` command: serve (data plane), control (control plane), sim, quickstart,
-billing (worker, reconcile, migrate), and the admin commands over the admin API (accounts,
-keys, packages, purchases, usage).
+"""The ``tokengate`` command: serve (data plane), control (control plane), bridge (a provider
+through litellm), sim, quickstart, billing (worker, reconcile, migrate), and the admin
+commands over the admin API (accounts, keys, packages, purchases, usage).
 
 The launcher sits above ``gateway/``, ``control/`` and ``billing/``: each command imports
 only what its process runs, so a data-plane worker never loads the control plane's libraries.
@@ -73,6 +73,13 @@ def _control(args: argparse.Namespace) -> int:
         proxy_headers=False,
     )
     return 0
+
+
+def _bridge(args: argparse.Namespace) -> int:
+    from bridge.main import run
+
+    config = args.config or os.environ.get("TOKENGATE_CONFIG", "models.yaml")
+    return run(config, args.cluster, args.host, args.port, args.log_level)
 
 
 def _quickstart(args: argparse.Namespace) -> int:
@@ -178,6 +185,18 @@ def parser() -> argparse.ArgumentParser:
     control.add_argument("--workers", type=int, default=1)
     control.add_argument("--log-level", default="warning")
 
+    bridge = sub.add_parser(
+        "bridge", help="serve a cluster of kind: litellm (a provider such as Anthropic) to the data plane",
+        description="An OpenAI-compatible server in front of the provider of one cluster of kind: "
+        "litellm in models.yaml, with the running usage on every chunk; the cluster's endpoints "
+        "point at it. The provider key comes from the environment variable the cluster names.")
+    bridge.add_argument("--config", default=None, help="models.yaml (default: $TOKENGATE_CONFIG)")
+    bridge.add_argument("--cluster", required=True, help="the cluster of kind: litellm to serve")
+    bridge.add_argument("--host", default="127.0.0.1",
+                        help="loopback or a private address only: it spends the provider account")
+    bridge.add_argument("--port", type=int, default=9100)
+    bridge.add_argument("--log-level", default="warning")
+
     quick = sub.add_parser("quickstart", help="run everything on embedded defaults")
     quick.add_argument("--config", default="models.yaml")
     quick.add_argument("--host", default="127.0.0.1")
@@ -204,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "control":
         return _control(args)
+    if args.command == "bridge":
+        return _bridge(args)
     if args.command in ADMIN_COMMANDS:
         from launcher.admincli import run as run_admin
 

@@ -1,4 +1,4 @@
-"""Child processes the quickstart starts for itself: a real redis-server and simulators."""
+"""Child processes the quickstart starts for itself: a real redis-server, simulators and bridges."""
 
 from __future__ import annotations
 
@@ -70,6 +70,20 @@ def start_simulators(
         process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
     for port, _ in servers:
         wait_for_port(port, process)
+    return process
+
+
+def start_bridge(config: Path, cluster: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """``tokengate bridge`` for one cluster of kind litellm, on loopback (litellm takes seconds
+    to import: it is waited for)."""
+    args = [sys.executable, "-m", "launcher.cli", "bridge", "--config", str(config), "--cluster", cluster,
+            "--host", "127.0.0.1", "--port", str(port), "--log-level", "info"]
+    with log.open("ab") as out:
+        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, process, timeout=120)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}; see {log}") from None
     return process
 
 

@@ -1,7 +1,9 @@
 """``tokengate quickstart``: the whole gateway on embedded defaults, in one command.
 
 It starts its own redis-server (AOF, fsync always) unless ``REDIS_URL`` is set, one vLLM
-simulator per cluster of models.yaml (each serving the models deployed there), the billing
+simulator per cluster of models.yaml (each serving the models deployed there), a bridge per
+cluster of kind litellm whose provider key is in the environment (``tokengate bridge``: the
+real provider is called; a cluster without its key is left out, with its models), the billing
 worker, the control plane (admin API, self-service ledger), the data plane (the OpenAI
 API, in this process), and a demo account created in the ledger (SQLite in the data
 directory unless ``DATABASE_URL`` is set) and funded by buying the starter package, with an
@@ -37,7 +39,7 @@ from gateway.contract import BadRequest
 from gateway.server import GatewayHttpProtocol
 from gateway.settings import Settings
 from gateway.state import connect_redis
-from launcher.embedded import free_port, start_redis, start_simulators, stop, wait_for_port
+from launcher.embedded import free_port, start_bridge, start_redis, start_simulators, stop, wait_for_port
 
 STARTER_CREDITS = 1_000_000
 STARTER = NewPackage(id="starter", name="Starter", credits=STARTER_CREDITS, valid_days=365,
@@ -47,16 +49,42 @@ DEMO_EMAIL = "demo@tokengate.local"  # the demo account's owner in the console
 
 
 def simulated_config(config_text: str, ports: dict[str, int]) -> tuple[str, list[tuple[int, list[str]]]]:
-    """models.yaml with each cluster's endpoints replaced by one local simulator."""
+    """models.yaml with each cluster's endpoints replaced by one local server on its port: a
+    simulator (listed with the names it serves), or for a cluster of kind litellm its bridge."""
     doc: dict[str, Any] = yaml.safe_load(config_text)
-    served: dict[str, list[str]] = {c["name"]: [] for c in doc["clusters"]}
+    bridged = {c["name"] for c in doc["clusters"] if c.get("kind") == "litellm"}
+    served: dict[str, list[str]] = {c["name"]: [] for c in doc["clusters"] if c["name"] not in bridged}
     for model in doc["models"]:
         for cluster in model["deployments"]:
-            served[cluster].append(model.get("served_name") or model["name"])
+            if cluster not in bridged:
+                served[cluster].append(model.get("served_name") or model["name"])
     for cluster in doc["clusters"]:
         cluster["endpoints"] = [{"url": f"http://127.0.0.1:{ports[cluster['name']]}"}]
     servers = [(ports[name], names) for name, names in served.items() if names]
     return yaml.safe_dump(doc, sort_keys=False), servers
+
+
+def without_unkeyed_bridges(config_text: str, env: dict[str, str]) -> tuple[str, list[str]]:
+    """models.yaml without the clusters of kind litellm whose provider key ``env`` lacks (and
+    without the models left with no deployment); a note for each left out."""
+    doc: dict[str, Any] = yaml.safe_load(config_text)
+    unkeyed = {c["name"]: c["api_key_env"] for c in doc["clusters"]
+               if c.get("kind") == "litellm" and c.get("api_key_env") and not env.get(c["api_key_env"])}
+    if not unkeyed:
+        return config_text, []
+    doc["clusters"] = [c for c in doc["clusters"] if c["name"] not in unkeyed]
+    notes = [f"cluster {name!r} left out: ${variable} (its provider key) is not set"
+             for name, variable in unkeyed.items()]
+    regions = {c["name"]: c.get("region", "") for c in doc["clusters"]}
+    for model in doc["models"]:
+        model["deployments"] = [d for d in model["deployments"] if d not in unkeyed]
+        places = {*model["deployments"], *(regions[d] for d in model["deployments"])}
+        model["prefer"] = [p for p in model.get("prefer", []) if p in places]
+    dropped = [m["name"] for m in doc["models"] if not m["deployments"]]
+    if dropped:
+        notes.append(f"models left out with it: {', '.join(dropped)}")
+    doc["models"] = [m for m in doc["models"] if m["deployments"]]
+    return yaml.safe_dump(doc, sort_keys=False), notes
 
 
 def demo_password(data: Path) -> str:
@@ -174,7 +202,11 @@ def run(config_path: str, host: str, port: int, data_dir: str) -> int:
     data = Path(data_dir).resolve()
     data.mkdir(parents=True, exist_ok=True)
     text = Path(config_path).read_text(encoding="utf-8")
-    catalog = parse_catalog(text, config_path, tokenizers=True)  # a bad file fails here, with its line
+    parse_catalog(text, config_path, tokenizers=True)  # a bad file fails here, with its line
+    text, notes = without_unkeyed_bridges(text, dict(os.environ))
+    for note in notes:
+        print(f"tokengate quickstart: {note}", file=sys.stderr)
+    catalog = parse_catalog(text, config_path)
     doc = yaml.safe_load(text)
     ports = {c["name"]: free_port() for c in doc["clusters"]}
     config_text, servers = simulated_config(text, ports)
@@ -189,7 +221,10 @@ def run(config_path: str, host: str, port: int, data_dir: str) -> int:
             children.append(start_redis(data / "redis", redis_port))
             redis_url = f"redis://127.0.0.1:{redis_port}/0"
         window = max(model.context_window for model in catalog.models.values())
-        children.append(start_simulators(servers, data / "simulators.log", window))
+        if servers:
+            children.append(start_simulators(servers, data / "simulators.log", window))
+        for cluster in catalog.providers:  # each a process of its own: litellm stays out of ours
+            children.append(start_bridge(generated, cluster, ports[cluster], data / f"bridge-{cluster}.log"))
         admin_key = os.environ.get("TOKENGATE_ADMIN_KEY") or "tg-admin-" + secrets.token_urlsafe(24)
         port = free_port(port)
         control_port = free_port(port + 1)

@@ -133,3 +133,78 @@ def _children(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             found.append(int(stat.parent.name))
     return found
+
+
+BRIDGED_CATALOG = """\
+clusters:
+  - name: local
+    endpoints: [{url: "http://127.0.0.1:9001"}]
+  - name: anthropic
+    kind: litellm
+    provider: anthropic
+    api_key_env: TG_QS_ANTHROPIC_KEY
+    api_base: %s
+    endpoints: [{url: "http://127.0.0.1:9100"}]
+  - name: gemini
+    kind: litellm
+    provider: gemini
+    api_key_env: TG_QS_GEMINI_KEY
+    endpoints: [{url: "http://127.0.0.1:9101"}]
+models:
+  - name: local-chat
+    context_window: 4096
+    price: {input: 1, output: 2}
+    deployments: [local]
+  - name: claude
+    served_name: claude-standin-1
+    context_window: 200000
+    price: {input: 3, output: 15}
+    deployments: [anthropic]
+  - name: gemini-flash
+    context_window: 100000
+    price: {input: 1, output: 1}
+    deployments: [gemini, local]
+    prefer: [gemini]
+  - name: gemini-only
+    context_window: 100000
+    price: {input: 1, output: 1}
+    deployments: [gemini]
+"""
+
+
+def test_quickstart_bridges_the_providers_it_has_a_key_for(tmp_path: Path) -> None:
+    from tests.support.anthropic_standin import API_KEY, start_anthropic_standin
+
+    standin = start_anthropic_standin()
+    config = tmp_path / "models.yaml"
+    config.write_text(BRIDGED_CATALOG % standin.url)
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "TG_QS_GEMINI_KEY")}
+    env["TG_QS_ANTHROPIC_KEY"] = API_KEY
+    process = subprocess.Popen(
+        [sys.executable, "-m", "launcher.cli", "quickstart", "--port", "0", "--config", str(config),
+         "--data-dir", str(tmp_path / "data")],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert process.stdout is not None
+        output = ""
+        deadline = time.monotonic() + 120  # litellm takes seconds to import in the bridge
+        while "Press Ctrl+C" not in output:
+            assert time.monotonic() < deadline and process.poll() is None, output
+            output += process.stdout.readline()
+        assert "cluster 'gemini' left out: $TG_QS_GEMINI_KEY" in output
+        assert "models left out with it: gemini-only" in output
+        base = re.search(r"base URL\s+(http://\S+/v1)", output)
+        key = re.search(r"API key\s+(tg-\S+)", output)
+        assert base and key, output
+        with openai.OpenAI(base_url=base.group(1), api_key=key.group(1), max_retries=0) as client:
+            assert sorted(m.id for m in client.models.list().data) == ["claude", "gemini-flash", "local-chat"]
+            reply = client.chat.completions.create(
+                model="claude", messages=[{"role": "user", "content": "Hello!"}], max_tokens=8)
+        assert reply.choices[0].message.content == " Hello from the stand-in."
+        assert standin.last().api_key == API_KEY
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+        if process.stdout:
+            process.stdout.close()
+        standin.stop()

@@ -13,10 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from tests.gateway.conftest import CHAT_MODEL, Gateway, Sims, write_config
 
 FORBIDDEN = ("sqlalchemy", "fastapi", "starlette", "alembic", "billing", "control", "asyncpg",
-             "aiosqlite", "aiohttp", "jinja2")
+             "aiosqlite", "aiohttp", "jinja2", "litellm", "bridge")
 
 _SERVE_ONCE = """
 import asyncio, sys, orjson
@@ -68,11 +70,23 @@ asyncio.run(main())
 """
 
 
+def _with_a_bridged_cluster(config: Path) -> Path:
+    """The catalog plus a cluster of kind litellm and a model on it: the data plane relays to
+    its bridge as to vLLM and loads none of litellm (the bridge need not run here)."""
+    doc = yaml.safe_load(config.read_text(encoding="utf-8"))
+    doc["clusters"].append({"name": "provider", "kind": "litellm", "provider": "anthropic",
+                            "api_key_env": "NO_SUCH_KEY", "endpoints": [{"url": "http://127.0.0.1:9"}]})
+    doc["models"].append({"name": "bridged", "context_window": 1000, "price": {"input": 1, "output": 1},
+                          "deployments": ["provider"]})
+    config.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return config
+
+
 def test_a_data_plane_worker_imports_none_of_the_control_planes_libraries(
         gateway: Gateway, sims: Sims, tmp_path: Path) -> None:
     key = gateway.new_key()
     env = {**os.environ, "REDIS_URL": gateway.redis_url, "TOKENGATE_CONTROL_URL": gateway.control,
-           "TOKENGATE_CONFIG": str(write_config(tmp_path / "models.yaml", sims))}
+           "TOKENGATE_CONFIG": str(_with_a_bridged_cluster(write_config(tmp_path / "models.yaml", sims)))}
     env.pop("DATABASE_URL", None)
     done = subprocess.run([sys.executable, "-c", _SERVE_ONCE, key, CHAT_MODEL, ",".join(FORBIDDEN)],
                           env=env, capture_output=True, text=True, timeout=120, check=False)

@@ -22,12 +22,16 @@ def model(name: str, deployments: list[str], *, served_name: str | None = None,
 
 
 def write_catalog(path: Path, clusters: dict[str, list[str] | list[dict[str, Any]]],
-                  models: list[dict[str, Any]], routing: dict[str, Any] | None = None) -> Path:
+                  models: list[dict[str, Any]], routing: dict[str, Any] | None = None,
+                  cluster_fields: dict[str, dict[str, Any]] | None = None) -> Path:
     """``clusters`` maps a cluster's name to its endpoints: URLs, or whole endpoint entries
-    (``{"url": ..., "max_in_flight": ...}``); the region is ``<name>-region``."""
+    (``{"url": ..., "max_in_flight": ...}``); the region is ``<name>-region``.
+    ``cluster_fields`` adds keys to clusters by name (``kind: litellm``, ``provider``, ...)."""
+    extra = cluster_fields or {}
     doc: dict[str, Any] = {
         "clusters": [{"name": name, "region": f"{name}-region",
-                      "endpoints": [e if isinstance(e, dict) else {"url": e} for e in endpoints]}
+                      "endpoints": [e if isinstance(e, dict) else {"url": e} for e in endpoints],
+                      **extra.get(name, {})}
                      for name, endpoints in clusters.items()],
         "models": models,
     }

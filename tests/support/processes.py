@@ -3,7 +3,8 @@
 A gateway here is both planes, as a deployment has them: ``tokengate control`` (admin API,
 the ledger behind self-service) started first, then ``tokengate serve`` pointed at it with
 ``TOKENGATE_CONTROL_URL``. Every process started here is also stopped when the test
-session's interpreter exits, so a failing fixture leaves nothing running.
+session's interpreter exits, so a failing fixture leaves nothing running. A bridge
+(``tokengate bridge``) serves one cluster of kind litellm.
 """
 
 from __future__ import annotations
@@ -102,6 +103,40 @@ def start_sims(count: int, models: str, *options: str, log: Path | None = None) 
     for port in ports:
         wait_for_port(port, process)
     return Sims(ports, process)
+
+
+@dataclass
+class Bridge:
+    """``tokengate bridge`` serving one cluster of kind litellm at ``url``."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
+def start_bridge(config: Path, cluster: str, port: int, log: Path, **env: str) -> Bridge:
+    """``tokengate bridge --cluster`` on ``port`` (the cluster's endpoint in ``config``), with
+    ``env`` (the provider key) added; ready once ``/health`` answers (litellm takes seconds
+    to import)."""
+    args = tokengate("bridge", "--config", str(config), "--cluster", cluster, "--port", str(port),
+                     "--log-level", "info")
+    process = spawn(args, log, {**os.environ, **env}, ROOT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("bridge exited:\n" + log.read_text(errors="replace"))
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return Bridge(url, process, log)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    stop_process(process)
+    raise RuntimeError("bridge not ready:\n" + log.read_text(errors="replace"))
 
 
 @dataclass

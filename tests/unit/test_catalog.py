@@ -113,3 +113,54 @@ def test_bad_new_keys_name_field_and_line(addition: str, where: str) -> None:
     with pytest.raises(CatalogError) as caught:
         parse_catalog(GOOD + addition + "\n", "models.yaml")
     assert where in str(caught.value)
+
+
+BRIDGED = """\
+clusters:
+  - name: gpu
+    endpoints: [{url: "http://127.0.0.1:9001"}]
+  - name: anthropic
+    kind: litellm
+    provider: anthropic
+    api_key_env: ANTHROPIC_API_KEY
+    api_base: https://anthropic.example
+    options: {timeout: 30}
+    model_ids: {claude: claude-sonnet-4-5}
+    endpoints: [{url: "http://127.0.0.1:9100"}]
+models:
+  - name: claude
+    context_window: 200000
+    price: {input: 3, output: 15}
+    deployments: [anthropic]
+"""
+
+
+def test_a_litellm_cluster_names_its_provider_and_its_key_only_by_variable() -> None:
+    catalog = parse_catalog(BRIDGED, env={"ANTHROPIC_API_KEY": "sk-never-held"})
+    provider = catalog.providers["anthropic"]
+    assert (provider.name, provider.api_key_env, provider.api_base) == (
+        "anthropic", "ANTHROPIC_API_KEY", "https://anthropic.example")
+    assert provider.options == {"timeout": 30} and provider.model_id("claude") == "claude-sonnet-4-5"
+    assert "sk-never-held" not in repr(catalog)
+    assert list(catalog.providers) == ["anthropic"]
+    # To the data plane the cluster's endpoints (its bridges) are endpoints like any other.
+    assert [ep.url for ep in catalog.models["claude"].endpoints] == ["http://127.0.0.1:9100"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("  - name: gpu\n", "  - name: gpu\n    provider: openai\n"),
+         "provider: only for a cluster of kind: litellm"),
+        (("    provider: anthropic\n", ""), "names its provider"),
+        (("{timeout: 30}", "{api_key: sk-x}"), "options.api_key: credentials come from the environment"),
+        (("{claude: claude-sonnet-4-5}", "{clod: x}"), "model_ids names 'clod'"),
+        (("    context_window: 200000", "    kind: embedding\n    context_window: 200000"),
+         "serves chat models only"),
+        (("kind: litellm", "kind: openai"), "clusters.1.kind"),
+    ],
+)
+def test_a_bad_litellm_cluster_is_refused(change: tuple[str, str], message: str) -> None:
+    with pytest.raises(CatalogError) as caught:
+        parse_catalog(BRIDGED.replace(*change))
+    assert message in str(caught.value)
