@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from loadtest.bench.cli import main
+from loadtest.bench.fairness import main as fairness_main
 from loadtest.bench.figures import Figures, Table, checks
 from loadtest.bench.scaling import main as scaling_main
 from loadtest.bench.soak import Point, verdict
@@ -88,3 +89,12 @@ def test_quick_scaling_benchmark(tmp_path: Path) -> None:
     assert scaling_main(args) == 0
     rows = [line for line in out.read_text().splitlines() if line.startswith(("| 1 |", "| 2 |"))]
     assert len(rows) == 2 and all(row.endswith("| 0 |") for row in rows), rows
+
+
+def test_quick_fairness_benchmark(tmp_path: Path) -> None:
+    """The quiet tenant alone, beside a flood with fair shares on and off: three rows, served."""
+    out = tmp_path / "fairness.md"
+    assert fairness_main(["--seconds", "1", "--flood", "8", "--out", str(out)]) == 0
+    rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| quiet tenant")
+            or line.startswith("| with the flood")]
+    assert len(rows) == 3 and all(int(row[2]) > 0 for row in rows), rows
