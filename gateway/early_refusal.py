@@ -21,24 +21,26 @@ from gateway.prompt_size import PromptSize
 from gateway.quota.pricing import cost
 
 
-def refuse_beyond_window(request: OpenAIRequest, model: Model, floor: PromptSize) -> None:
-    """Admission's window checks (``Pipeline.admit``) on ``floor``: its ``bound`` and
-    ``longest`` are at most admission's, so what they refuse, admission refuses."""
+def refuse_beyond_window(request: OpenAIRequest, model: Model, size: PromptSize,
+                         counted: str = "at least") -> None:
+    """The window checks, admission's (``Pipeline.admit``, on the tokenizer's count: ``counted``
+    "about") and the early ones (on the floor: its ``bound`` and ``longest`` are at most
+    admission's, so what they refuse, admission refuses)."""
     window = model.context_window
     if request.kind == "embeddings":
-        if floor.bound > window and floor.longest > window:
+        if size.bound > window and size.longest > window:
             raise BadRequest(
                 f"This model's maximum context length is {window} tokens. However, an input "
-                f"has at least {floor.longest} tokens. Please shorten it.",
+                f"has {counted} {size.longest} tokens. Please shorten it.",
                 param="input",
                 code="context_length_exceeded",
             )
         return
     asked = request.max_tokens
-    if asked is not None and asked > window - floor.bound and asked > window - floor.longest:
+    if asked is not None and asked > window - size.bound and asked > window - size.longest:
         raise BadRequest(
             f"This model's maximum context length is {window} tokens. However, you requested "
-            f"{asked} completion tokens with at least {floor.longest} in the prompt. Please "
+            f"{asked} completion tokens with {counted} {size.longest} in the prompt. Please "
             "reduce the prompt or max_tokens.",
             param="max_tokens",
             code="context_length_exceeded",

@@ -248,26 +248,11 @@ class Pipeline:
         size = measure_prompt(collected, tokenizer, model)
         choices = request.choices
         window = model.context_window
+        refuse_beyond_window(request, model, size, "about")
         if request.kind == "embeddings":
-            if size.bound > window and size.longest > window:
-                raise BadRequest(
-                    f"This model's maximum context length is {window} tokens. However, an input "
-                    f"has about {size.longest} tokens. Please shorten it.",
-                    param="input",
-                    code="context_length_exceeded",
-                )
             requested, ceiling = None, 0
         else:
-            asked = request.max_tokens
-            if asked is not None and asked > window - size.bound and asked > window - size.longest:
-                raise BadRequest(
-                    f"This model's maximum context length is {window} tokens. However, "
-                    f"you requested {asked} completion tokens with about {size.longest} "
-                    "in the prompt. Please reduce the prompt or max_tokens.",
-                    param="max_tokens",
-                    code="context_length_exceeded",
-                )
-            max_tokens = asked
+            max_tokens = request.max_tokens
             if max_tokens is None and request.kind == "completions":
                 max_tokens = COMPLETIONS_DEFAULT_MAX_TOKENS
             # The grant is at most window - prompt: with the bound when the ask fits under it

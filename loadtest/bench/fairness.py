@@ -28,7 +28,7 @@ from pathlib import Path
 import aiohttp
 
 from .procs import Child, free_port, sigterm_exits, spawn, wait_ready
-from .stack import child_env, funded_key, start_billing_worker, start_redis, start_tokengate
+from .stack import child_env, funded_key, start_billing_worker, start_redis, start_tokengate, write_catalog
 
 MODEL = "fair-model"
 SLOTS = 4  # the endpoint's max_num_seqs
@@ -49,22 +49,8 @@ class Quiet:
 
 
 def _catalog(path: Path, sim_url: str, fair: bool) -> Path:
-    path.write_text(f"""clusters:
-  - name: bench
-    region: local
-    endpoints: [{{url: "{sim_url}", max_in_flight: {SLOTS}}}]
-routing:
-  fair_shares: {"true" if fair else "false"}
-  queue_seconds: 10
-models:
-  - name: {MODEL}
-    kind: chat
-    tokenizer: tiktoken:cl100k_base
-    context_window: 4096
-    price: {{input: 1, output: 1}}
-    deployments: [bench]
-""", encoding="utf-8")
-    return path
+    routing = f"routing:\n  fair_shares: {'true' if fair else 'false'}\n  queue_seconds: 10\n"
+    return write_catalog(path, sim_url, model=MODEL, max_in_flight=SLOTS, routing=routing)
 
 
 def _simulator(workdir: Path) -> tuple[Child, str]:

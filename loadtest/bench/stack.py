@@ -77,14 +77,18 @@ def start_redis(workdir: Path) -> tuple[Child, str]:
     return child, f"redis://127.0.0.1:{port}/0"
 
 
-def write_catalog(path: Path, sim_url: str) -> Path:
+def write_catalog(path: Path, sim_url: str, *, model: str = MODEL, max_in_flight: int | None = None,
+                  routing: str = "") -> Path:
+    """The benchmark's models.yaml: one endpoint (``max_in_flight`` when given), one model;
+    ``routing``: a ``routing:`` section's YAML lines, if any."""
+    cap = f", max_in_flight: {max_in_flight}" if max_in_flight else ""
     path.write_text(
         f"""clusters:
   - name: bench
     region: local
-    endpoints: [{{url: "{sim_url}"}}]
-models:
-  - name: {MODEL}
+    endpoints: [{{url: "{sim_url}"{cap}}}]
+{routing}models:
+  - name: {model}
     kind: chat
     tokenizer: tiktoken:cl100k_base
     context_window: 4096
