@@ -18,9 +18,13 @@ from billing.service import Billing
 from billing.usage_query import UsageQuery, export_csv, usage_page
 from gateway.contract import BadRequest, CreditLimit, KeyLimits, NotFound, iso_to_ms, key_authenticator
 
+# The largest count or amount a body may carry: the ledger stores BIGINT and Redis's Lua
+# counts in doubles (exact to 2**53), so a bigger number would fail there (a 500), not here.
+MAX_AMOUNT = 2**50
 Name = Field(min_length=1, max_length=200)
 Ident = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
 Models = Field(default=None, min_length=1)
+Limit = Field(default=None, ge=1, le=MAX_AMOUNT)
 
 
 class _Body(BaseModel):
@@ -33,7 +37,7 @@ class NewAccount(_Body):
 
 
 class CreditLimitBody(_Body):
-    credits: int = Field(ge=1, le=2**50, description="at most this many credits per period")
+    credits: int = Field(ge=1, le=MAX_AMOUNT, description="at most this many credits per period")
     period: Literal["day", "month", "total"] = Field(description="UTC calendar day or month, or ever")
 
     def cap(self) -> CreditLimit:
@@ -43,33 +47,33 @@ class CreditLimitBody(_Body):
 class NewKey(_Body):
     name: str = Field(default="default", min_length=1, max_length=200)
     models: list[Annotated[str, Field(min_length=1, pattern=r"^[^,|]+$")]] | None = Models
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
-    max_concurrency: int | None = Field(default=None, ge=1)
+    rpm: int | None = Limit
+    tpm: int | None = Limit
+    max_concurrency: int | None = Limit
     credit_limit: CreditLimitBody | None = None
 
 
 class KeyChanges(_Body):
     models: list[Annotated[str, Field(min_length=1, pattern=r"^[^,|]+$")]] | None = Models
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
-    max_concurrency: int | None = Field(default=None, ge=1)
+    rpm: int | None = Limit
+    tpm: int | None = Limit
+    max_concurrency: int | None = Limit
     disabled: bool | None = None
     credit_limit: CreditLimitBody | None = Field(default=None, description="null removes the cap")
 
 
 class PriceBody(_Body):
-    amount: int = Field(ge=0, le=2**50, description="integer minor units of the currency (cents, fen)")
+    amount: int = Field(ge=0, le=MAX_AMOUNT, description="integer minor units of the currency (cents, fen)")
     currency: str = Field(pattern=r"^[A-Za-z]{3}$", description="ISO 4217 code, e.g. CNY or USD")
 
 
 class PackageBody(_Body):
     id: str | None = Ident
     name: str = Name
-    credits: int = Field(ge=1, le=2**50)
+    credits: int = Field(ge=1, le=MAX_AMOUNT)
     valid_days: int = Field(ge=1, le=36_500)
     models: list[Annotated[str, Field(min_length=1, pattern=r"^[^,|]+$")]] | None = Models
-    list_price: int | None = Field(default=None, ge=0)
+    list_price: int | None = Field(default=None, ge=0, le=MAX_AMOUNT)
     price: PriceBody | None = None
     for_sale: bool = False
     trial: bool = False
@@ -81,7 +85,7 @@ class PurchaseBody(_Body):
 
 
 class AdjustmentBody(_Body):
-    credits: int = Field(ge=-(2**50), le=2**50, description="non-zero; negative: a debit")
+    credits: int = Field(ge=-MAX_AMOUNT, le=MAX_AMOUNT, description="non-zero; negative: a debit")
     reason: str = Field(min_length=1, max_length=500)
     idempotency_key: str = Field(min_length=1, max_length=200)
 

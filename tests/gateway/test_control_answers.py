@@ -1,0 +1,32 @@
+"""The control plane answers what its OpenAPI schema says (bugs schemathesis found, tests/schema):
+numbers it cannot store are refused with a 422, not a 500."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.gateway.conftest import Gateway
+
+TOO_BIG = 2**91  # beyond BIGINT, and beyond what Redis's Lua counts exactly
+
+
+@pytest.mark.parametrize("field", ["rpm", "tpm", "max_concurrency"])
+def test_key_limits_beyond_what_the_ledger_stores_are_422(gateway: Gateway, field: str) -> None:
+    with gateway.admin() as admin:
+        account = admin.post("/admin/accounts", json={"name": "t"}).json()["id"]
+        made = admin.post(f"/admin/accounts/{account}/keys", json={"name": "k", field: TOO_BIG})
+        assert made.status_code == 422, made.text
+        assert made.json()["error"]["param"] == field
+        assert admin.get(f"/admin/accounts/{account}/keys").json()["data"] == []
+        key_id = admin.post(f"/admin/accounts/{account}/keys", json={"name": "k"}).json()["id"]
+        changed = admin.patch(f"/admin/keys/{key_id}", json={field: TOO_BIG})
+        assert changed.status_code == 422, changed.text
+        assert admin.patch(f"/admin/keys/{key_id}", json={field: 2**50}).json()[field] == 2**50
+
+
+def test_a_list_price_beyond_what_the_ledger_stores_is_422(gateway: Gateway) -> None:
+    with gateway.admin() as admin:
+        made = admin.post("/admin/packages", json={"name": "p", "credits": 1, "valid_days": 1,
+                                                   "list_price": TOO_BIG})
+    assert made.status_code == 422, made.text
+    assert made.json()["error"]["param"] == "list_price"
