@@ -5,11 +5,11 @@ behind the admin credential). Thin: parse, call billing, map the answer.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from billing.balances import account_balance
 from billing.packages import NewPackage
@@ -30,6 +30,15 @@ Limit = Field(default=None, ge=1, le=MAX_AMOUNT)
 class _Body(BaseModel):
     # strict: "rpm": "5" is refused, not read as 5 (a JSON client sending a string has a bug)
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _whole_numbers(cls, value: Any) -> Any:
+        """5.0 is 5: JSON has one number type, and the schema's ``integer`` (JSON Schema's)
+        includes it, so a client that writes it so is not refused; 5.5 still is."""
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
 
 
 class NewAccount(_Body):

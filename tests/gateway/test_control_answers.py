@@ -1,5 +1,6 @@
 """The control plane answers what its OpenAPI schema says (bugs schemathesis found, tests/schema):
-numbers it cannot store are refused with a 422, not a 500."""
+numbers it cannot store are refused with a 422, not a 500; a whole number written 5.0 is the
+integer the schema allows."""
 
 from __future__ import annotations
 
@@ -30,3 +31,15 @@ def test_a_list_price_beyond_what_the_ledger_stores_is_422(gateway: Gateway) -> 
                                                    "list_price": TOO_BIG})
     assert made.status_code == 422, made.text
     assert made.json()["error"]["param"] == "list_price"
+
+
+def test_whole_numbers_written_with_a_fraction_are_integers(gateway: Gateway) -> None:
+    account, _ = gateway.new_account(0)
+    with gateway.admin() as admin:
+        key = admin.post(f"/admin/accounts/{account}/keys",
+                         json={"name": "k", "rpm": 30.0, "credit_limit": {"credits": 500.0, "period": "day"}})
+        assert key.status_code == 201, key.text
+        assert key.json()["rpm"] == 30 and key.json()["credit_limit"]["credits"] == 500
+        for refused in ({"rpm": 30.5}, {"rpm": "30"}, {"rpm": True}):
+            answer = admin.post(f"/admin/accounts/{account}/keys", json={"name": "k", **refused})
+            assert answer.status_code == 422, (refused, answer.text)
