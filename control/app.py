@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from billing import audit
 from billing.service import Billing
@@ -43,6 +44,7 @@ from gateway.contract import (
 )
 
 log = logging.getLogger("tokengate.control")
+_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")  # what a 405's Allow may name
 
 
 class ControlApp:
@@ -137,12 +139,28 @@ async def _validation_error(request: Request, error: RequestValidationError) -> 
 async def _http_error(request: Request, error: HTTPException) -> Response:
     """Starlette's own errors (unknown route, wrong method) in OpenAI's shape."""
     message = error.detail if isinstance(error.detail, str) else "request refused"
+    headers = error.headers
     if error.status_code == 404:
         message = f"Unknown route {request.method} {request.url.path}"
     elif error.status_code == 405:
         message = f"{request.url.path} does not accept {request.method}"
+        headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
     return Response(error_body(message, error_type_for(error.status_code)), status_code=error.status_code,
-                    headers=error.headers, media_type="application/json")
+                    headers=headers, media_type="application/json")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method the routes at this path accept. Starlette's 405 names only the first
+    route's (``Allow: POST`` at ``/admin/accounts``, which also serves GET), and RFC 9110
+    wants them all: each method is tried against the routes as a request would be."""
+    routes = request.app.router.routes
+    path, root_path = request.scope["path"], request.scope.get("root_path", "")
+
+    def served(method: str) -> bool:
+        probe = {"type": "http", "path": path, "root_path": root_path, "method": method}
+        return any(route.matches(probe)[0] == Match.FULL for route in routes)
+
+    return [method for method in _METHODS if served(method)]
 
 
 def create_app(settings: Settings | None = None) -> ControlApp:

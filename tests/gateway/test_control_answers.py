@@ -1,13 +1,15 @@
 """The control plane answers what its OpenAPI schema says (bugs schemathesis found, tests/schema):
 numbers it cannot store are refused with a 422, not a 500; a whole number written 5.0 is the
-integer the schema allows."""
+integer the schema allows; a 405 names every method of the path."""
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
-from tests.gateway.conftest import Gateway
+from tests.gateway.conftest import ADMIN_KEY, Gateway
 
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 TOO_BIG = 2**91  # beyond BIGINT, and beyond what Redis's Lua counts exactly
 
 
@@ -43,3 +45,12 @@ def test_whole_numbers_written_with_a_fraction_are_integers(gateway: Gateway) ->
         for refused in ({"rpm": 30.5}, {"rpm": "30"}, {"rpm": True}):
             answer = admin.post(f"/admin/accounts/{account}/keys", json={"name": "k", **refused})
             assert answer.status_code == 422, (refused, answer.text)
+
+
+def test_a_wrong_method_is_told_every_method_of_the_path(gateway: Gateway) -> None:
+    answer = httpx.request("OPTIONS", gateway.control + "/admin/accounts", headers=ADMIN, timeout=5)
+    assert answer.status_code == 405
+    assert answer.headers["allow"] == "GET, POST"
+    assert answer.json()["error"]["type"] == "invalid_request_error"
+    key = httpx.put(gateway.control + "/admin/keys/key_nothing", headers=ADMIN, timeout=5)
+    assert key.status_code == 405 and key.headers["allow"] == "DELETE, PATCH"
