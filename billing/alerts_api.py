@@ -19,6 +19,7 @@ from billing.alert_urls import MAX_URL
 from billing.api import BillingDep, _Body
 from billing.me import CallerDep
 from billing.records import AlertSettings
+from billing.responses import errors
 from billing.service import Billing
 from gateway.contract import NotFound, Settings
 
@@ -68,13 +69,13 @@ async def _write(
     )
 
 
-@admin.get("/accounts/{account_id}/alerts")
+@admin.get("/accounts/{account_id}/alerts", responses=errors(404))
 async def account_alerts(account_id: str, billing: BillingDep) -> AlertSettings:
     await _known(billing, account_id)
     return await read_settings(billing.engine, account_id)
 
 
-@admin.put("/accounts/{account_id}/alerts")
+@admin.put("/accounts/{account_id}/alerts", responses=errors(404))
 async def set_account_alerts(
     account_id: str, body: AlertSettingsBody, request: Request, billing: BillingDep
 ) -> AlertSettings:

@@ -13,7 +13,19 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from billing.balances import account_balance
 from billing.packages import NewPackage
-from billing.records import Account, AccountView, AdjustmentPage, ApiKey, IssuedKey, Packages, UsagePage
+from billing.records import (
+    Account,
+    AccountView,
+    Adjustment,
+    AdjustmentPage,
+    ApiKey,
+    Grant,
+    IssuedKey,
+    Package,
+    Packages,
+    UsagePage,
+)
+from billing.responses import csv_answer, errors
 from billing.service import Billing
 from billing.usage_query import UsageQuery, export_csv, usage_page
 from gateway.contract import BadRequest, CreditLimit, KeyLimits, NotFound, iso_to_ms, key_authenticator
@@ -113,7 +125,7 @@ async def create_account(body: NewAccount, billing: BillingDep) -> Account:
     return await billing.accounts.create_account(body.name)
 
 
-@router.get("/accounts/{account_id}")
+@router.get("/accounts/{account_id}", responses=errors(404))
 async def get_account(account_id: str, billing: BillingDep) -> AccountView:
     account = await billing.accounts.get_account(account_id)
     if account is None:
@@ -124,14 +136,14 @@ async def get_account(account_id: str, billing: BillingDep) -> AccountView:
     return {**account, **view}
 
 
-@router.post("/accounts/{account_id}/keys", status_code=201)
+@router.post("/accounts/{account_id}/keys", status_code=201, responses=errors(404))
 async def create_key(account_id: str, body: NewKey, billing: BillingDep) -> IssuedKey:
     cap = body.credit_limit.cap() if body.credit_limit else None
     limits = KeyLimits(body.models, body.rpm, body.tpm, body.max_concurrency, credit_limit=cap)
     return await billing.accounts.create_key(account_id, body.name, limits)
 
 
-@router.patch("/keys/{key_id}")
+@router.patch("/keys/{key_id}", responses=errors(404))
 async def update_key(key_id: str, body: KeyChanges, request: Request, billing: BillingDep) -> ApiKey:
     changes = body.model_dump(exclude_unset=True)
     if changes.get("disabled", False) is None:
@@ -145,7 +157,7 @@ async def update_key(key_id: str, body: KeyChanges, request: Request, billing: B
     return key
 
 
-@router.delete("/keys/{key_id}", status_code=204)
+@router.delete("/keys/{key_id}", status_code=204, responses=errors(404))
 async def delete_key(key_id: str, request: Request, billing: BillingDep) -> Response:
     if not await billing.accounts.revoke_key(key_id):
         raise NotFound(f"no key {key_id!r}")
@@ -153,7 +165,9 @@ async def delete_key(key_id: str, request: Request, billing: BillingDep) -> Resp
     return Response(status_code=204)
 
 
-@router.post("/packages", status_code=201)
+@router.post("/packages", status_code=201, response_model=Package,
+             responses={200: {"model": Package, "description": "The same package existed already"},
+                        **errors(409)})
 async def create_package(body: PackageBody, billing: BillingDep) -> JSONResponse:
     package, created = await billing.packages.create_package(NewPackage(**body.model_dump()))
     return JSONResponse(package, status_code=201 if created else 200)
@@ -164,13 +178,17 @@ async def list_packages(billing: BillingDep) -> Packages:
     return {"data": await billing.packages.list_packages()}
 
 
-@router.post("/accounts/{account_id}/purchases", status_code=201)
+@router.post("/accounts/{account_id}/purchases", status_code=201, response_model=Grant,
+             responses={200: {"model": Grant, "description": "The same order was granted already"},
+                        **errors(404, 409)})
 async def purchase(account_id: str, body: PurchaseBody, billing: BillingDep) -> JSONResponse:
     grant, created = await billing.packages.purchase(account_id, body.package_id, body.order_id)
     return JSONResponse(grant, status_code=201 if created else 200)
 
 
-@router.post("/accounts/{account_id}/adjustments", status_code=201)
+@router.post("/accounts/{account_id}/adjustments", status_code=201, response_model=Adjustment,
+             responses={200: {"model": Adjustment, "description": "The same adjustment was made already"},
+                        **errors(404, 409)})
 async def adjust(account_id: str, body: AdjustmentBody, billing: BillingDep) -> JSONResponse:
     """Credit (+) or debit (-) an account once per idempotency key: 201 the adjustment, 200
     when the key was used before with the same content, 409 with other content or for a
@@ -183,7 +201,7 @@ async def adjust(account_id: str, body: AdjustmentBody, billing: BillingDep) -> 
     return JSONResponse(adjustment, status_code=201 if created else 200)
 
 
-@router.get("/accounts/{account_id}/adjustments")
+@router.get("/accounts/{account_id}/adjustments", responses=errors(404))
 async def list_adjustments(
     account_id: str, billing: BillingDep, limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: str | None = None,
@@ -215,7 +233,7 @@ ToQ = Annotated[str | None, Query(alias="to")]
 LimitQ = Annotated[int, Query(ge=1, le=1000)]
 
 
-@router.get("/accounts/{account_id}/usage")
+@router.get("/accounts/{account_id}/usage", responses=errors(404))
 async def account_usage(
     account_id: str,
     billing: BillingDep,
@@ -231,7 +249,8 @@ async def account_usage(
     return await usage_page(billing.engine, query)
 
 
-@router.get("/usage/export")
+@router.get("/usage/export", response_class=StreamingResponse,
+            responses=csv_answer("A header line, then one line per usage record, newest first"))
 async def export_usage(
     billing: BillingDep,
     format: str = "csv",

@@ -12,6 +12,7 @@ from pydantic import Field
 from billing.api import BillingDep, _Body
 from billing.me import CallerDep
 from billing.records import Order, OrderPage
+from billing.responses import errors
 
 StatusQ = Annotated[Literal["pending", "paid", "expired", "refunded"] | None, Query()]
 LimitQ = Annotated[int, Query(ge=1, le=500)]
@@ -30,7 +31,7 @@ mine = APIRouter()
 admin = APIRouter()
 
 
-@mine.post("", status_code=201)
+@mine.post("", status_code=201, responses=errors(404, 429))
 async def create_order(body: OrderBody, who: CallerDep, billing: BillingDep) -> Order:
     """A pending order for a package on sale; pay it at ``checkout_url``."""
     return await billing.orders.create(who[0].account_id, body.package_id)
@@ -43,7 +44,7 @@ async def my_orders(
     return await billing.orders.list(account_id=who[0].account_id, status=status, limit=limit, cursor=cursor)
 
 
-@mine.get("/{order_id}")
+@mine.get("/{order_id}", responses=errors(404))
 async def my_order(order_id: str, who: CallerDep, billing: BillingDep) -> Order:
     return await billing.orders.get(order_id, account_id=who[0].account_id)
 
@@ -59,12 +60,12 @@ async def all_orders(
     return await billing.orders.list(account_id=account_id, status=status, limit=limit, cursor=cursor)
 
 
-@admin.get("/{order_id}")
+@admin.get("/{order_id}", responses=errors(404))
 async def one_order(order_id: str, billing: BillingDep) -> Order:
     return await billing.orders.get(order_id)
 
 
-@admin.post("/{order_id}/refund")
+@admin.post("/{order_id}/refund", responses=errors(404, 409))
 async def refund_order(order_id: str, body: RefundBody, billing: BillingDep) -> Order:
     """Withdraw what is left of the order's grant and return the payment (Stripe)."""
     return await billing.orders.refund(order_id, body.reason)

@@ -1,6 +1,7 @@
 """The control plane answers what its OpenAPI schema says (bugs schemathesis found, tests/schema):
 numbers it cannot store are refused with a 422, not a 500; a whole number written 5.0 is the
-integer the schema allows; a 405 names every method of the path."""
+integer the schema allows; a 405 names every method of the path; errors are documented in
+the shape they are sent."""
 
 from __future__ import annotations
 
@@ -54,3 +55,18 @@ def test_a_wrong_method_is_told_every_method_of_the_path(gateway: Gateway) -> No
     assert answer.json()["error"]["type"] == "invalid_request_error"
     key = httpx.put(gateway.control + "/admin/keys/key_nothing", headers=ADMIN, timeout=5)
     assert key.status_code == 405 and key.headers["allow"] == "DELETE, PATCH"
+
+
+def test_the_schema_documents_errors_as_they_are_sent(gateway: Gateway) -> None:
+    schema = httpx.get(gateway.control + "/admin/openapi.json", headers=ADMIN, timeout=5).json()
+    account = schema["paths"]["/admin/accounts/{account_id}"]["get"]
+    for status in ("401", "404", "422", "503"):
+        assert account["responses"][status]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/ErrorBody"}, status
+    assert "HTTPValidationError" not in schema["components"]["schemas"]  # FastAPI's 422 body: never sent
+    assert account["security"] == [{"adminKey": []}]
+    assert schema["paths"]["/v1/me"]["get"]["security"] == [{"apiKey": []}]
+    assert "security" not in schema["paths"]["/v1/packages"]["get"]
+    export = schema["paths"]["/admin/usage/export"]["get"]["responses"]["200"]["content"]
+    assert list(export) == ["text/csv"]
+    assert set(schema["paths"]["/admin/packages"]["post"]["responses"]) >= {"200", "201", "409"}
