@@ -16,7 +16,7 @@ from pydantic import Field
 from billing.alert_metrics import alert_metrics
 from billing.alert_settings import read_settings, write_settings
 from billing.alert_urls import MAX_URL
-from billing.api import BillingDep, _Body
+from billing.api import BillingDep, _Body, text
 from billing.me import CallerDep
 from billing.records import AlertSettings
 from billing.responses import errors
@@ -25,11 +25,8 @@ from gateway.contract import NotFound, Settings
 
 
 class AlertSettingsBody(_Body):
-    url: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=MAX_URL,
-        description="http(s) URL that receives the signed webhooks; null: none",
+    url: str | None = text(
+        MAX_URL, default=None, description="http(s) URL that receives the signed webhooks; null: none"
     )
     low_balance: int | None = Field(
         default=None, ge=0, le=2**50, description="alert when the credits left are at or below this"

@@ -33,7 +33,17 @@ from gateway.contract import BadRequest, CreditLimit, KeyLimits, NotFound, iso_t
 # The largest count or amount a body may carry: the ledger stores BIGINT and Redis's Lua
 # counts in doubles (exact to 2**53), so a bigger number would fail there (a 500), not here.
 MAX_AMOUNT = 2**50
-Name = Field(min_length=1, max_length=200)
+# PostgreSQL's text holds no NUL character: a string with one would fail the ledger's
+# statement (a 500), so every string field refuses it (a 422 naming it) and the schema says so.
+NO_NUL = r"^[^\x00]*$"
+
+
+def text(max_length: int = 200, **kwargs: Any) -> Any:
+    """A string field: not empty, at most ``max_length`` characters, no NUL."""
+    return Field(min_length=1, max_length=max_length, pattern=NO_NUL, **kwargs)
+
+
+Name = text()
 Ident = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
 Models = Field(default=None, min_length=1)
 Limit = Field(default=None, ge=1, le=MAX_AMOUNT)
@@ -53,6 +63,7 @@ class _Body(BaseModel):
         return value
 
 
+
 class NewAccount(_Body):
     name: str = Name
 
@@ -66,8 +77,8 @@ class CreditLimitBody(_Body):
 
 
 class NewKey(_Body):
-    name: str = Field(default="default", min_length=1, max_length=200)
-    models: list[Annotated[str, Field(min_length=1, pattern=r"^[^,|]+$")]] | None = Models
+    name: str = text(default="default")
+    models: list[Annotated[str, Field(min_length=1, pattern=r"^[^,|\x00]+$")]] | None = Models
     rpm: int | None = Limit
     tpm: int | None = Limit
     max_concurrency: int | None = Limit
@@ -75,7 +86,7 @@ class NewKey(_Body):
 
 
 class KeyChanges(_Body):
-    models: list[Annotated[str, Field(min_length=1, pattern=r"^[^,|]+$")]] | None = Models
+    models: list[Annotated[str, Field(min_length=1, pattern=r"^[^,|\x00]+$")]] | None = Models
     rpm: int | None = Limit
     tpm: int | None = Limit
     max_concurrency: int | None = Limit
@@ -93,7 +104,7 @@ class PackageBody(_Body):
     name: str = Name
     credits: int = Field(ge=1, le=MAX_AMOUNT)
     valid_days: int = Field(ge=1, le=36_500)
-    models: list[Annotated[str, Field(min_length=1, pattern=r"^[^,|]+$")]] | None = Models
+    models: list[Annotated[str, Field(min_length=1, pattern=r"^[^,|\x00]+$")]] | None = Models
     list_price: int | None = Field(default=None, ge=0, le=MAX_AMOUNT)
     price: PriceBody | None = None
     for_sale: bool = False
@@ -101,14 +112,14 @@ class PackageBody(_Body):
 
 
 class PurchaseBody(_Body):
-    package_id: str = Field(min_length=1, max_length=64)
-    order_id: str = Field(min_length=1, max_length=200)
+    package_id: str = text(64)
+    order_id: str = text()
 
 
 class AdjustmentBody(_Body):
     credits: int = Field(ge=-MAX_AMOUNT, le=MAX_AMOUNT, description="non-zero; negative: a debit")
-    reason: str = Field(min_length=1, max_length=500)
-    idempotency_key: str = Field(min_length=1, max_length=200)
+    reason: str = text(500)
+    idempotency_key: str = text()
 
 
 def billing_of(request: Request) -> Billing:

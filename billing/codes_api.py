@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import Field
 
-from billing.api import BillingDep, _Body
+from billing.api import BillingDep, _Body, text
 from billing.code_attempts import FailureLimiter
 from billing.code_format import MAX_TYPED
 from billing.codes import MAX_BATCH, MAX_PAGE, MAX_VALID_DAYS, CodeService
@@ -39,7 +39,7 @@ STATE_FIELDS = (
 
 
 class CodeBatch(_Body):
-    package_id: str = Field(min_length=1, max_length=64)
+    package_id: str = text(64)
     count: int = Field(ge=1, le=MAX_BATCH)
     valid_days: int | None = Field(
         default=None,
@@ -50,7 +50,7 @@ class CodeBatch(_Body):
 
 
 class RedeemBody(_Body):
-    code: str = Field(min_length=1, max_length=MAX_TYPED)
+    code: str = text(MAX_TYPED)
 
 
 def codes_of(request: Request, billing: BillingDep) -> CodeService:

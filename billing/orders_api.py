@@ -7,9 +7,8 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
-from pydantic import Field
 
-from billing.api import BillingDep, _Body
+from billing.api import BillingDep, _Body, text
 from billing.me import CallerDep
 from billing.records import Order, OrderPage
 from billing.responses import errors
@@ -20,11 +19,11 @@ CursorQ = Annotated[str | None, Query(max_length=400)]
 
 
 class OrderBody(_Body):
-    package_id: str = Field(min_length=1, max_length=64)
+    package_id: str = text(64)
 
 
 class RefundBody(_Body):
-    reason: str = Field(min_length=1, max_length=500)
+    reason: str = text(500)
 
 
 mine = APIRouter()

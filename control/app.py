@@ -26,8 +26,10 @@ from control.admin_key import weakness
 from control.guard import AdminGuard, replay_body
 from control.payments import provider_from
 from gateway.contract import (
+    BadRequest,
     ClientGone,
     GatewayError,
+    NotFound,
     Receive,
     Scope,
     Send,
@@ -98,6 +100,10 @@ class ControlApp:
             await self.api(scope, receive, send)
             return
         request_id = new_request_id()
+        nul = nul_in_url(scope)
+        if nul is not None:
+            await send_error(send, nul, request_id)
+            return
         if scope["path"].startswith("/admin"):
             await self.admin_guard(scope, receive, send, request_id)
             return
@@ -147,6 +153,18 @@ async def _http_error(request: Request, error: HTTPException) -> Response:
         headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
     return Response(error_body(message, error_type_for(error.status_code)), status_code=error.status_code,
                     headers=headers, media_type="application/json")
+
+
+def nul_in_url(scope: Scope) -> GatewayError | None:
+    """The answer to a NUL character in the URL. PostgreSQL's text holds none, so an id or a
+    filter with one would fail the ledger's statement (a 500, on any route, /pay's too): in
+    the path it names nothing (404, as an id that is never ours), in the query it is no
+    value of any parameter (400)."""
+    if "\x00" in scope["path"]:
+        return NotFound("no route or id has a NUL character in it")
+    if b"%00" in scope["query_string"]:
+        return BadRequest("a query parameter holds a NUL character (%00)", code="invalid_url")
+    return None
 
 
 def allowed_methods(request: Request) -> list[str]:

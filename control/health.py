@@ -10,9 +10,10 @@ from fastapi.responses import JSONResponse
 from typing_extensions import TypedDict  # pydantic reads these as response models (Python < 3.12)
 
 from billing.db import migrate
+from billing.responses import errors
 from billing.service import Billing
 
-router = APIRouter()
+router = APIRouter(responses=errors(400, 413))  # the door's: a NUL in the URL, a body too big
 CHECK_TIMEOUT_S = 2.0
 
 

@@ -5,6 +5,10 @@ the shape they are sent."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
+from typing import Any
+
 import httpx
 import pytest
 
@@ -70,3 +74,31 @@ def test_the_schema_documents_errors_as_they_are_sent(gateway: Gateway) -> None:
     export = schema["paths"]["/admin/usage/export"]["get"]["responses"]["200"]["content"]
     assert list(export) == ["text/csv"]
     assert set(schema["paths"]["/admin/packages"]["post"]["responses"]) >= {"200", "201", "409"}
+
+
+def test_every_string_a_body_takes_refuses_nul_in_the_schema(gateway: Gateway) -> None:
+    """PostgreSQL's text holds no NUL: each string field refuses one (422), and says so."""
+    schema = httpx.get(gateway.control + "/admin/openapi.json", headers=ADMIN, timeout=5).json()
+    bodies = [op["requestBody"]["content"]["application/json"]["schema"]
+              for path in schema["paths"].values() for op in path.values() if "requestBody" in op]
+    strings = list(_string_schemas(bodies, schema["components"]["schemas"], set()))
+    assert len(strings) > 10
+    for where, string in strings:
+        if "enum" not in string:
+            assert "pattern" in string and not re.search(string["pattern"], "a\x00"), where
+
+
+def _string_schemas(nodes: list[Any], components: dict[str, Any], seen: set[str],
+                    where: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every ``type: string`` schema under ``nodes``, $refs followed (each once)."""
+    for node in nodes:
+        if not isinstance(node, dict):
+            continue
+        ref = node.get("$ref", "").rsplit("/", 1)[-1]
+        if ref and ref not in seen:
+            seen.add(ref)
+            yield from _string_schemas([components[ref]], components, seen, ref)
+        if node.get("type") == "string":
+            yield where, node
+        children = [*node.get("properties", {}).values(), *node.get("anyOf", []), node.get("items")]
+        yield from _string_schemas(children, components, seen, where)
