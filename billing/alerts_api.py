@@ -17,21 +17,19 @@ from pydantic import Field
 from billing.alert_metrics import alert_families, exposition
 from billing.alert_settings import read_settings, write_settings
 from billing.alert_urls import MAX_URL
-from billing.api import BillingDep, _Body
+from billing.api import BillingDep, _Body, text
 from billing.errors import LedgerUnavailable
 from billing.me import CallerDep
 from billing.records import AlertSettings
+from billing.responses import errors
 from billing.service import Billing
 from billing.usage_metrics import usage_families
 from gateway.contract import NotFound, Settings
 
 
 class AlertSettingsBody(_Body):
-    url: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=MAX_URL,
-        description="http(s) URL that receives the signed webhooks; null: none",
+    url: str | None = text(
+        MAX_URL, default=None, description="http(s) URL that receives the signed webhooks; null: none"
     )
     low_balance: int | None = Field(
         default=None, ge=0, le=2**50, description="alert when the credits left are at or below this"
@@ -71,13 +69,13 @@ async def _write(
     )
 
 
-@admin.get("/accounts/{account_id}/alerts")
+@admin.get("/accounts/{account_id}/alerts", responses=errors(404))
 async def account_alerts(account_id: str, billing: BillingDep) -> AlertSettings:
     await _known(billing, account_id)
     return await read_settings(billing.engine, account_id)
 
 
-@admin.put("/accounts/{account_id}/alerts")
+@admin.put("/accounts/{account_id}/alerts", responses=errors(404))
 async def set_account_alerts(
     account_id: str, body: AlertSettingsBody, request: Request, billing: BillingDep
 ) -> AlertSettings:

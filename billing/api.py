@@ -5,27 +5,63 @@ behind the admin credential). Thin: parse, call billing, map the answer.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from billing.balances import account_balance
 from billing.packages import NewPackage
-from billing.records import Account, AccountView, AdjustmentPage, ApiKey, IssuedKey, Packages, UsagePage
+from billing.records import (
+    Account,
+    AccountView,
+    Adjustment,
+    AdjustmentPage,
+    ApiKey,
+    Grant,
+    IssuedKey,
+    Package,
+    Packages,
+    UsagePage,
+)
+from billing.responses import csv_answer, errors
 from billing.service import Billing
 from billing.usage_query import UsageQuery, export_csv, usage_page
 from gateway.contract import BadRequest, CreditLimit, KeyLimits, NotFound, iso_to_ms, key_authenticator
 
-Name = Field(min_length=1, max_length=200)
+# The largest count or amount a body may carry: the ledger stores BIGINT and Redis's Lua
+# counts in doubles (exact to 2**53), so a bigger number would fail there (a 500), not here.
+MAX_AMOUNT = 2**50
+# PostgreSQL's text holds no NUL character: a string with one would fail the ledger's
+# statement (a 500), so every string field refuses it (a 422 naming it) and the schema says so.
+NO_NUL = r"^[^\x00]*$"
+
+
+def text(max_length: int = 200, **kwargs: Any) -> Any:
+    """A string field: not empty, at most ``max_length`` characters, no NUL."""
+    return Field(min_length=1, max_length=max_length, pattern=NO_NUL, **kwargs)
+
+
+Name = text()
 Ident = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
 Models = Field(default=None, min_length=1)
+Limit = Field(default=None, ge=1, le=MAX_AMOUNT)
 
 
 class _Body(BaseModel):
     # strict: "rpm": "5" is refused, not read as 5 (a JSON client sending a string has a bug)
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _whole_numbers(cls, value: Any) -> Any:
+        """5.0 is 5: JSON has one number type, and the schema's ``integer`` (JSON Schema's)
+        includes it, so a client that writes it so is not refused; 5.5 still is."""
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
+
 
 
 class NewAccount(_Body):
@@ -33,7 +69,7 @@ class NewAccount(_Body):
 
 
 class CreditLimitBody(_Body):
-    credits: int = Field(ge=1, le=2**50, description="at most this many credits per period")
+    credits: int = Field(ge=1, le=MAX_AMOUNT, description="at most this many credits per period")
     period: Literal["day", "month", "total"] = Field(description="UTC calendar day or month, or ever")
 
     def cap(self) -> CreditLimit:
@@ -41,35 +77,35 @@ class CreditLimitBody(_Body):
 
 
 class NewKey(_Body):
-    name: str = Field(default="default", min_length=1, max_length=200)
-    models: list[Annotated[str, Field(min_length=1, pattern=r"^[^,|]+$")]] | None = Models
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
-    max_concurrency: int | None = Field(default=None, ge=1)
+    name: str = text(default="default")
+    models: list[Annotated[str, Field(min_length=1, pattern=r"^[^,|\x00]+$")]] | None = Models
+    rpm: int | None = Limit
+    tpm: int | None = Limit
+    max_concurrency: int | None = Limit
     credit_limit: CreditLimitBody | None = None
 
 
 class KeyChanges(_Body):
-    models: list[Annotated[str, Field(min_length=1, pattern=r"^[^,|]+$")]] | None = Models
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
-    max_concurrency: int | None = Field(default=None, ge=1)
+    models: list[Annotated[str, Field(min_length=1, pattern=r"^[^,|\x00]+$")]] | None = Models
+    rpm: int | None = Limit
+    tpm: int | None = Limit
+    max_concurrency: int | None = Limit
     disabled: bool | None = None
     credit_limit: CreditLimitBody | None = Field(default=None, description="null removes the cap")
 
 
 class PriceBody(_Body):
-    amount: int = Field(ge=0, le=2**50, description="integer minor units of the currency (cents, fen)")
+    amount: int = Field(ge=0, le=MAX_AMOUNT, description="integer minor units of the currency (cents, fen)")
     currency: str = Field(pattern=r"^[A-Za-z]{3}$", description="ISO 4217 code, e.g. CNY or USD")
 
 
 class PackageBody(_Body):
     id: str | None = Ident
     name: str = Name
-    credits: int = Field(ge=1, le=2**50)
+    credits: int = Field(ge=1, le=MAX_AMOUNT)
     valid_days: int = Field(ge=1, le=36_500)
-    models: list[Annotated[str, Field(min_length=1, pattern=r"^[^,|]+$")]] | None = Models
-    list_price: int | None = Field(default=None, ge=0)
+    models: list[Annotated[str, Field(min_length=1, pattern=r"^[^,|\x00]+$")]] | None = Models
+    list_price: int | None = Field(default=None, ge=0, le=MAX_AMOUNT)
     price: PriceBody | None = None
     for_sale: bool = False
     trial: bool = False
@@ -79,14 +115,14 @@ class PackageBody(_Body):
 
 
 class PurchaseBody(_Body):
-    package_id: str = Field(min_length=1, max_length=64)
-    order_id: str = Field(min_length=1, max_length=200)
+    package_id: str = text(64)
+    order_id: str = text()
 
 
 class AdjustmentBody(_Body):
-    credits: int = Field(ge=-(2**50), le=2**50, description="non-zero; negative: a debit")
-    reason: str = Field(min_length=1, max_length=500)
-    idempotency_key: str = Field(min_length=1, max_length=200)
+    credits: int = Field(ge=-MAX_AMOUNT, le=MAX_AMOUNT, description="non-zero; negative: a debit")
+    reason: str = text(500)
+    idempotency_key: str = text()
 
 
 def billing_of(request: Request) -> Billing:
@@ -103,7 +139,7 @@ async def create_account(body: NewAccount, billing: BillingDep) -> Account:
     return await billing.accounts.create_account(body.name)
 
 
-@router.get("/accounts/{account_id}")
+@router.get("/accounts/{account_id}", responses=errors(404))
 async def get_account(account_id: str, billing: BillingDep) -> AccountView:
     account = await billing.accounts.get_account(account_id)
     if account is None:
@@ -114,14 +150,14 @@ async def get_account(account_id: str, billing: BillingDep) -> AccountView:
     return {**account, **view}
 
 
-@router.post("/accounts/{account_id}/keys", status_code=201)
+@router.post("/accounts/{account_id}/keys", status_code=201, responses=errors(404))
 async def create_key(account_id: str, body: NewKey, billing: BillingDep) -> IssuedKey:
     cap = body.credit_limit.cap() if body.credit_limit else None
     limits = KeyLimits(body.models, body.rpm, body.tpm, body.max_concurrency, credit_limit=cap)
     return await billing.accounts.create_key(account_id, body.name, limits)
 
 
-@router.patch("/keys/{key_id}")
+@router.patch("/keys/{key_id}", responses=errors(404))
 async def update_key(key_id: str, body: KeyChanges, request: Request, billing: BillingDep) -> ApiKey:
     changes = body.model_dump(exclude_unset=True)
     if changes.get("disabled", False) is None:
@@ -135,7 +171,7 @@ async def update_key(key_id: str, body: KeyChanges, request: Request, billing: B
     return key
 
 
-@router.delete("/keys/{key_id}", status_code=204)
+@router.delete("/keys/{key_id}", status_code=204, responses=errors(404))
 async def delete_key(key_id: str, request: Request, billing: BillingDep) -> Response:
     if not await billing.accounts.revoke_key(key_id):
         raise NotFound(f"no key {key_id!r}")
@@ -143,7 +179,9 @@ async def delete_key(key_id: str, request: Request, billing: BillingDep) -> Resp
     return Response(status_code=204)
 
 
-@router.post("/packages", status_code=201)
+@router.post("/packages", status_code=201, response_model=Package,
+             responses={200: {"model": Package, "description": "The same package existed already"},
+                        **errors(409)})
 async def create_package(body: PackageBody, billing: BillingDep) -> JSONResponse:
     package, created = await billing.packages.create_package(NewPackage(**body.model_dump()))
     return JSONResponse(package, status_code=201 if created else 200)
@@ -154,13 +192,17 @@ async def list_packages(billing: BillingDep) -> Packages:
     return {"data": await billing.packages.list_packages()}
 
 
-@router.post("/accounts/{account_id}/purchases", status_code=201)
+@router.post("/accounts/{account_id}/purchases", status_code=201, response_model=Grant,
+             responses={200: {"model": Grant, "description": "The same order was granted already"},
+                        **errors(404, 409)})
 async def purchase(account_id: str, body: PurchaseBody, billing: BillingDep) -> JSONResponse:
     grant, created = await billing.packages.purchase(account_id, body.package_id, body.order_id)
     return JSONResponse(grant, status_code=201 if created else 200)
 
 
-@router.post("/accounts/{account_id}/adjustments", status_code=201)
+@router.post("/accounts/{account_id}/adjustments", status_code=201, response_model=Adjustment,
+             responses={200: {"model": Adjustment, "description": "The same adjustment was made already"},
+                        **errors(404, 409)})
 async def adjust(account_id: str, body: AdjustmentBody, billing: BillingDep) -> JSONResponse:
     """Credit (+) or debit (-) an account once per idempotency key: 201 the adjustment, 200
     when the key was used before with the same content, 409 with other content or for a
@@ -173,7 +215,7 @@ async def adjust(account_id: str, body: AdjustmentBody, billing: BillingDep) -> 
     return JSONResponse(adjustment, status_code=201 if created else 200)
 
 
-@router.get("/accounts/{account_id}/adjustments")
+@router.get("/accounts/{account_id}/adjustments", responses=errors(404))
 async def list_adjustments(
     account_id: str, billing: BillingDep, limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: str | None = None,
@@ -205,7 +247,7 @@ ToQ = Annotated[str | None, Query(alias="to")]
 LimitQ = Annotated[int, Query(ge=1, le=1000)]
 
 
-@router.get("/accounts/{account_id}/usage")
+@router.get("/accounts/{account_id}/usage", responses=errors(404))
 async def account_usage(
     account_id: str,
     billing: BillingDep,
@@ -221,7 +263,8 @@ async def account_usage(
     return await usage_page(billing.engine, query)
 
 
-@router.get("/usage/export")
+@router.get("/usage/export", response_class=StreamingResponse,
+            responses=csv_answer("A header line, then one line per usage record, newest first"))
 async def export_usage(
     billing: BillingDep,
     format: str = "csv",

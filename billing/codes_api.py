@@ -15,12 +15,13 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import Field
 
-from billing.api import BillingDep, _Body
+from billing.api import BillingDep, _Body, text
 from billing.code_attempts import FailureLimiter
 from billing.code_format import MAX_TYPED
 from billing.codes import MAX_BATCH, MAX_PAGE, MAX_VALID_DAYS, CodeService
 from billing.me import CallerDep
 from billing.records import CodePage, CodeStatus, IssuedCodes, Redemption
+from billing.responses import csv_answer, errors
 from gateway.contract import BadRequest
 
 ISSUED_FIELDS = ("code", "package_id", "expires_at")
@@ -38,7 +39,7 @@ STATE_FIELDS = (
 
 
 class CodeBatch(_Body):
-    package_id: str = Field(min_length=1, max_length=64)
+    package_id: str = text(64)
     count: int = Field(ge=1, le=MAX_BATCH)
     valid_days: int | None = Field(
         default=None,
@@ -49,7 +50,7 @@ class CodeBatch(_Body):
 
 
 class RedeemBody(_Body):
-    code: str = Field(min_length=1, max_length=MAX_TYPED)
+    code: str = text(MAX_TYPED)
 
 
 def codes_of(request: Request, billing: BillingDep) -> CodeService:
@@ -105,7 +106,13 @@ def _attachment(name: str) -> dict[str, str]:
 admin = APIRouter()
 
 
-@admin.post("/codes", status_code=201, response_model=IssuedCodes, dependencies=[only_params("format")])
+@admin.post(
+    "/codes",
+    status_code=201,
+    response_model=IssuedCodes,
+    dependencies=[only_params("format")],
+    responses={**csv_answer("The batch's codes as JSON, or as CSV (`format=csv`)", 201), **errors(404)},
+)
 async def mint_codes(body: CodeBatch, request: Request, codes: CodesDep, format: FormatQ = None) -> Response:
     """A batch of codes for a package; the codes are in this answer only (JSON or CSV)."""
     batch = await codes.mint(body.package_id, body.count, body.valid_days)
@@ -123,6 +130,7 @@ async def mint_codes(body: CodeBatch, request: Request, codes: CodesDep, format:
     "/codes",
     response_model=CodePage,
     dependencies=[only_params("package_id", "status", "batch_id", "limit", "cursor", "format")],
+    responses=csv_answer("A page of codes as JSON, or every matching code as CSV (`format=csv`)"),
 )
 async def list_codes(
     request: Request,
@@ -162,7 +170,7 @@ def redeem_router(bucket_of: Callable[[Request], str]) -> APIRouter:
     the limit on failed attempts counts it (the control plane knows which proxies to trust)."""
     router = APIRouter()
 
-    @router.post("/redeem", status_code=201)
+    @router.post("/redeem", status_code=201, responses=errors(404, 409, 429))
     async def redeem(body: RedeemBody, who: CallerDep, codes: CodesDep, request: Request) -> Redemption:
         """Redeem a code: its package is granted to the key's account, once."""
         grant = await codes.redeem(who[0].account_id, body.code, bucket_of(request))

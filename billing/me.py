@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from billing.api import FromQ, LimitQ, ToQ, usage_query
 from billing.balances import account_balance
@@ -34,15 +35,21 @@ def client_bucket(request: Request) -> str:
     return bucket_of(request)
 
 
-async def caller(request: Request, billing: BillingDep) -> tuple[KeyRef, ApiKey]:
+# Named in the schema, so that its docs say how to authenticate (and offer to).
+KEY_BEARER = HTTPBearer(scheme_name="apiKey", description="an API key (tg-...)", auto_error=False)
+
+
+async def caller(
+    request: Request,
+    billing: BillingDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(KEY_BEARER)],
+) -> tuple[KeyRef, ApiKey]:
     """The key presented (``Authorization: Bearer tg-...``) and its record, if it is live.
     Failed keys are limited per client address with the data plane's limit, so ``/v1/me``
     is no way around it (through the data plane or straight to the control plane)."""
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
+    token = credentials.credentials.strip() if credentials else None
     ref: KeyRef = await key_authenticator(request.app.state).authenticate(
-        token.strip() if scheme.lower() == "bearer" else None, address=client_bucket(request)
-    )
+        token, address=client_bucket(request))
     key = await billing.accounts.get_key(ref.key_id)  # the ledger: not revoked, not disabled
     if key is None or key["disabled"] or key["account_id"] != ref.account_id:
         raise AuthenticationFailed("invalid API key", code="invalid_api_key")

@@ -7,11 +7,11 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
-from pydantic import Field
 
-from billing.api import BillingDep, _Body
+from billing.api import BillingDep, _Body, text
 from billing.me import CallerDep
 from billing.records import Order, OrderPage
+from billing.responses import errors
 
 StatusQ = Annotated[Literal["pending", "paid", "expired", "refunded"] | None, Query()]
 LimitQ = Annotated[int, Query(ge=1, le=500)]
@@ -19,18 +19,18 @@ CursorQ = Annotated[str | None, Query(max_length=400)]
 
 
 class OrderBody(_Body):
-    package_id: str = Field(min_length=1, max_length=64)
+    package_id: str = text(64)
 
 
 class RefundBody(_Body):
-    reason: str = Field(min_length=1, max_length=500)
+    reason: str = text(500)
 
 
 mine = APIRouter()
 admin = APIRouter()
 
 
-@mine.post("", status_code=201)
+@mine.post("", status_code=201, responses=errors(404, 429))
 async def create_order(body: OrderBody, who: CallerDep, billing: BillingDep) -> Order:
     """A pending order for a package on sale; pay it at ``checkout_url``."""
     return await billing.orders.create(who[0].account_id, body.package_id)
@@ -43,7 +43,7 @@ async def my_orders(
     return await billing.orders.list(account_id=who[0].account_id, status=status, limit=limit, cursor=cursor)
 
 
-@mine.get("/{order_id}")
+@mine.get("/{order_id}", responses=errors(404))
 async def my_order(order_id: str, who: CallerDep, billing: BillingDep) -> Order:
     return await billing.orders.get(order_id, account_id=who[0].account_id)
 
@@ -59,12 +59,12 @@ async def all_orders(
     return await billing.orders.list(account_id=account_id, status=status, limit=limit, cursor=cursor)
 
 
-@admin.get("/{order_id}")
+@admin.get("/{order_id}", responses=errors(404))
 async def one_order(order_id: str, billing: BillingDep) -> Order:
     return await billing.orders.get(order_id)
 
 
-@admin.post("/{order_id}/refund")
+@admin.post("/{order_id}/refund", responses=errors(404, 409))
 async def refund_order(order_id: str, body: RefundBody, billing: BillingDep) -> Order:
     """Withdraw what is left of the order's grant and return the payment (Stripe)."""
     return await billing.orders.refund(order_id, body.reason)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Security
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from billing import alerts_api, audit, orders_api
 from billing.api import BillingDep
@@ -21,6 +22,7 @@ from billing.api import router as billing_admin
 from billing.codes_api import admin as codes_admin
 from billing.directory import MAX_ACCOUNTS, list_accounts, list_keys
 from billing.records import AccountPage, AuditPage, Keys
+from billing.responses import errors
 from gateway.contract import (
     AuthenticationFailed,
     BadRequest,
@@ -33,19 +35,24 @@ from gateway.contract import (
     ops,
 )
 
+# Named in the schema, so that its docs say how to authenticate (and offer to).
+ADMIN_BEARER = HTTPBearer(scheme_name="adminKey", description="TOKENGATE_ADMIN_KEY", auto_error=False)
 
-def require_admin(request: Request) -> None:
+
+def require_admin(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(ADMIN_BEARER)]
+) -> None:
     """The admin credential, checked again behind the admin door (control/guard.py)."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer":
-        token = ""
+    token = credentials.credentials.strip() if credentials else ""
     settings: Settings = request.app.state.settings
     admin_key = settings.admin_key
-    if not is_admin(token.strip(), admin_key.get_secret_value() if admin_key else None):
+    if not is_admin(token, admin_key.get_secret_value() if admin_key else None):
         raise AuthenticationFailed("admin credential required", code="invalid_admin_key")
 
 
-router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
+# Every admin route: the admin door (400, 401, 413), validation (422), the ledger or Redis (503).
+ADMIN_ERRORS = errors(400, 401, 413, 422, 503)
+router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)], responses=ADMIN_ERRORS)
 
 
 router.include_router(billing_admin)  # accounts, keys, packages, purchases, usage
@@ -94,7 +101,7 @@ async def accounts_list(
     return await list_accounts(billing.engine, q, limit, cursor)
 
 
-@router.get("/accounts/{account_id}/keys", dependencies=[only_params()])
+@router.get("/accounts/{account_id}/keys", dependencies=[only_params()], responses=errors(404))
 async def keys_list(account_id: str, billing: BillingDep) -> Keys:
     """The account's keys that are not revoked, without their secrets."""
     keys = await list_keys(billing.engine, account_id)

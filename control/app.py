@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from billing import audit
 from billing.service import Billing
@@ -26,8 +27,10 @@ from control.client_address import request_bucket
 from control.guard import AdminGuard, replay_body
 from control.payments import provider_from
 from gateway.contract import (
+    BadRequest,
     ClientGone,
     GatewayError,
+    NotFound,
     Receive,
     Scope,
     Send,
@@ -44,6 +47,7 @@ from gateway.contract import (
 )
 
 log = logging.getLogger("tokengate.control")
+_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")  # what a 405's Allow may name
 
 
 class ControlApp:
@@ -100,6 +104,10 @@ class ControlApp:
             await self.api(scope, receive, send)
             return
         request_id = new_request_id()
+        nul = nul_in_url(scope)
+        if nul is not None:
+            await send_error(send, nul, request_id)
+            return
         if scope["path"].startswith("/admin"):
             await self.admin_guard(scope, receive, send, request_id)
             return
@@ -141,12 +149,40 @@ async def _validation_error(request: Request, error: RequestValidationError) -> 
 async def _http_error(request: Request, error: HTTPException) -> Response:
     """Starlette's own errors (unknown route, wrong method) in OpenAI's shape."""
     message = error.detail if isinstance(error.detail, str) else "request refused"
+    headers = error.headers
     if error.status_code == 404:
         message = f"Unknown route {request.method} {request.url.path}"
     elif error.status_code == 405:
         message = f"{request.url.path} does not accept {request.method}"
+        headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
     return Response(error_body(message, error_type_for(error.status_code)), status_code=error.status_code,
-                    headers=error.headers, media_type="application/json")
+                    headers=headers, media_type="application/json")
+
+
+def nul_in_url(scope: Scope) -> GatewayError | None:
+    """The answer to a NUL character in the URL. PostgreSQL's text holds none, so an id or a
+    filter with one would fail the ledger's statement (a 500, on any route, /pay's too): in
+    the path it names nothing (404, as an id that is never ours), in the query it is no
+    value of any parameter (400)."""
+    if "\x00" in scope["path"]:
+        return NotFound("no route or id has a NUL character in it")
+    if b"%00" in scope["query_string"]:
+        return BadRequest("a query parameter holds a NUL character (%00)", code="invalid_url")
+    return None
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method the routes at this path accept. Starlette's 405 names only the first
+    route's (``Allow: POST`` at ``/admin/accounts``, which also serves GET), and RFC 9110
+    wants them all: each method is tried against the routes as a request would be."""
+    routes = request.app.router.routes
+    path, root_path = request.scope["path"], request.scope.get("root_path", "")
+
+    def served(method: str) -> bool:
+        probe = {"type": "http", "path": path, "root_path": root_path, "method": method}
+        return any(route.matches(probe)[0] == Match.FULL for route in routes)
+
+    return [method for method in _METHODS if served(method)]
 
 
 def create_app(settings: Settings | None = None) -> ControlApp:

@@ -12,10 +12,10 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
-from control.admin import require_admin
+from control.admin import ADMIN_ERRORS, require_admin
 from gateway.contract import ops
 
-router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
+router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)], responses=ADMIN_ERRORS)
 
 
 @router.get("/endpoints")

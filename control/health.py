@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from typing_extensions import TypedDict  # pydantic reads these as response models (Python < 3.12)
 
 from billing.db import migrate
+from billing.responses import errors
 from billing.service import Billing
 
-router = APIRouter()
+router = APIRouter(responses=errors(400, 413))  # the door's: a NUL in the URL, a body too big
 CHECK_TIMEOUT_S = 2.0
 
 
@@ -21,7 +23,15 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+class Readiness(TypedDict):
+    """Each check: true, or what is wrong."""
+
+    status: Literal["ready", "not ready"]
+    checks: dict[str, bool | str]
+
+
+@router.get("/readyz", response_model=Readiness,
+            responses={503: {"model": Readiness, "description": "Redis or the ledger is not ready"}})
 async def readyz(request: Request) -> JSONResponse:
     """Ready when Redis answers and the ledger is reachable and migrated."""
     billing: Billing = request.app.state.billing
