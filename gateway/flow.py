@@ -48,44 +48,58 @@ Weigh = Callable[[str], Awaitable[int]]  # an account's weight (its package tier
 class Turn:
     """A request's place among those a model is serving; ``release`` once, when it ends."""
 
-    __slots__ = ("_queue", "released")
+    __slots__ = ("_account", "_queue", "released")
 
-    def __init__(self, queue: ModelQueue | None) -> None:
+    def __init__(self, queue: ModelQueue | None, account: str = "") -> None:
         self._queue = queue
+        self._account = account
         self.released = False
 
     def release(self) -> None:
         if not self.released:
             self.released = True
             if self._queue is not None:
-                self._queue.finished()
+                self._queue.finished(self._account)
 
 
 FREE = Turn(None)  # fair shares off: nothing to give back
 
 
 class ModelQueue:
-    """One model's turns: how many are out, who waits, each account's virtual time."""
+    """One model's turns: how many are out (and whose), who waits, each account's virtual time.
 
-    def __init__(self, model: Model, has_room: Callable[[Model, int], bool]) -> None:
+    ``keep`` turns are kept for accounts with none out (``routing.newcomer_slots``): an
+    account already sending to the model may not take the model's last ``keep`` free turns,
+    so a quiet tenant starts at once instead of waiting for a flood's request to end."""
+
+    def __init__(self, model: Model, has_room: Callable[[Model, int], bool], keep: int = 0) -> None:
         self.model = model
         self._has_room = has_room
+        self.keep = keep
         self.out = 0  # turns given and not yet released
+        self.running: dict[str, int] = {}  # turns out, by account
         self.waiting: dict[str, deque[asyncio.Future[None]]] = {}
         self.vtime: dict[str, float] = {}
         self.weight: dict[str, int] = {}
         self.now_v = 0.0  # the virtual time of the last turn given
         self._ticking: asyncio.TimerHandle | None = None
 
-    def room(self) -> bool:
-        return self._has_room(self.model, self.out)
+    def room_for(self, account: str) -> bool:
+        keep = self.keep if self.keep and self.running.get(account) else 0
+        return self._has_room(self.model, self.out + keep)
 
-    def take(self) -> Turn:
+    def take(self, account: str) -> Turn:
         self.out += 1
-        return Turn(self)
+        self.running[account] = self.running.get(account, 0) + 1
+        return Turn(self, account)
 
-    def finished(self) -> None:
+    def finished(self, account: str) -> None:
         self.out -= 1
+        left = self.running.get(account, 1) - 1
+        if left > 0:
+            self.running[account] = left
+        else:
+            self.running.pop(account, None)
         self.dispatch()
 
     def enqueue(self, account: str, weight: int) -> asyncio.Future[None]:
@@ -108,9 +122,13 @@ class ModelQueue:
                 del self.waiting[account]
 
     def dispatch(self) -> None:
-        """Give turns while the model has room: the least virtual time first."""
-        while self.waiting and self.room():
-            account = min(self.waiting, key=self.vtime.__getitem__)
+        """Give turns while the model has room: the least virtual time first, among the
+        accounts that may take the turn (see ``keep``)."""
+        while self.waiting:
+            account = next((a for a in sorted(self.waiting, key=self.vtime.__getitem__)
+                            if self.room_for(a)), None)
+            if account is None:
+                return
             queue = self.waiting[account]
             waiter = queue.popleft()
             if not queue:
@@ -119,7 +137,7 @@ class ModelQueue:
                 continue
             self.now_v = self.vtime[account]
             self.vtime[account] += 1.0 / self.weight.get(account, 1)
-            self.out += 1
+            self.take(account)
             waiter.set_result(None)
 
     def _tick(self) -> None:
@@ -139,10 +157,10 @@ class FairShares:
     def __init__(self, router: Router, weigh: Weigh, config: RoutingConfig,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.router = router
+        self._queues: dict[str, ModelQueue] = {}
         self.configure(config)
         self._weigh = weigh
         self._clock = clock
-        self._queues: dict[str, ModelQueue] = {}
         self._weights: dict[str, tuple[float, int]] = {}  # account -> (fetched at, weight)
         self.timeouts = 0
 
@@ -150,6 +168,9 @@ class FairShares:
         """models.yaml's routing settings (at start and on each reload)."""
         self.enabled = config.fair_shares
         self.queue_seconds = config.queue_seconds
+        self.keep = config.newcomer_slots
+        for queue in self._queues.values():
+            queue.keep = self.keep
 
     async def turn(self, model: Model, account: str) -> Turn:
         """A turn to send ``model`` a request for ``account``: at once while there is room
@@ -158,9 +179,9 @@ class FairShares:
             return FREE
         queue = self._queues.get(model.name)
         if queue is None:
-            queue = self._queues[model.name] = ModelQueue(model, self.router.has_room)
-        if not queue.waiting and queue.room():
-            return queue.take()
+            queue = self._queues[model.name] = ModelQueue(model, self.router.has_room, self.keep)
+        if not queue.waiting and queue.room_for(account):
+            return queue.take(account)
         weight = await self._weight(account)
         waiter = queue.enqueue(account, weight)
         queue.dispatch()  # a turn may be free already (room came back since the last look)
@@ -178,9 +199,9 @@ class FairShares:
         except asyncio.CancelledError:  # the client left while waiting
             queue.forget(account, waiter)
             if waiter.done() and not waiter.cancelled():
-                queue.finished()  # it had just been given a turn: give it on
+                queue.finished(account)  # it had just been given a turn: give it on
             raise
-        return Turn(queue)
+        return Turn(queue, account)
 
     def waiting(self) -> dict[str, int]:
         """Requests waiting, by model (for the metrics)."""

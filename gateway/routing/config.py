@@ -56,6 +56,10 @@ class RoutingConfig(BaseModel):
     # most queue_seconds (then 429 model_overloaded). Off: they go on to vLLM's own queue.
     fair_shares: bool = True
     queue_seconds: float = Field(default=10.0, ge=0, le=600)
+    # Turns an account already sending to a full model may not take (the model's last free
+    # ones): kept for an account with nothing there, which then starts at once. Each costs a
+    # flood alone 1/max_in_flight of the model's capacity; 0: every turn goes in fair order.
+    newcomer_slots: int = Field(default=0, ge=0, le=1000)
 
     # Scorer scales: the load at which a score falls to 1/2.
     inflight_scale: float = Field(default=16.0, gt=0)

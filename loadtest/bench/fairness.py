@@ -6,10 +6,12 @@ flooding the same model, with fair shares on and off.
 One simulated vLLM endpoint with ``--capacity`` slots (its max_num_seqs) and a decode time per
 token, so that it saturates as a real one does; tokengate in front of it with
 ``max_in_flight`` equal to those slots. The quiet tenant sends one request at a time; the
-flooding one keeps ``--flood`` requests in flight. Three runs, everything started afresh:
+flooding one keeps ``--flood`` requests in flight. Four runs, everything started afresh:
 
 * alone: the quiet tenant by itself (the reference);
 * fair shares on: with the flood; excess requests wait in the gateway's per-account queues;
+* the same with ``routing.newcomer_slots: 1``: the flood may hold all slots but one, kept
+  for an account with nothing running, so the quiet request starts at once;
 * fair shares off (``routing.fair_shares: false``): with the flood; excess requests pile
   into the endpoint's own first-come queue, and the quiet one waits behind them.
 """
@@ -48,8 +50,9 @@ class Quiet:
     flood_429: int
 
 
-def _catalog(path: Path, sim_url: str, fair: bool) -> Path:
-    routing = f"routing:\n  fair_shares: {'true' if fair else 'false'}\n  queue_seconds: 10\n"
+def _catalog(path: Path, sim_url: str, setting: str) -> Path:
+    routing = (f"routing:\n  fair_shares: {'false' if setting == 'off' else 'true'}\n  queue_seconds: 10\n"
+               f"  newcomer_slots: {1 if setting == 'kept' else 0}\n")
     return write_catalog(path, sim_url, model=MODEL, max_in_flight=SLOTS, routing=routing)
 
 
@@ -73,13 +76,13 @@ async def _ask(session: aiohttp.ClientSession, url: str, key: str, tokens: int) 
 
 
 async def run(setting: str, seconds: float, flood: int, workdir: Path) -> Quiet:
-    """One run: ``setting`` is alone, on or off."""
+    """One run: ``setting`` is alone, on, kept (on, one slot kept for newcomers) or off."""
     children: list[Child] = []
     try:
         sim, sim_url = _simulator(workdir)
         redis, redis_url = start_redis(workdir)
         children += [sim, redis]
-        config = _catalog(workdir / "models.yaml", sim_url, fair=setting != "off")
+        config = _catalog(workdir / "models.yaml", sim_url, setting)
         gateway = start_tokengate(workdir, sim_url, redis_url, config=config)
         children += [gateway.child, gateway.control]
         quiet_key, flood_key = await funded_key(gateway, redis_url), await funded_key(gateway, redis_url)
@@ -118,6 +121,7 @@ async def run(setting: str, seconds: float, flood: int, workdir: Path) -> Quiet:
 
 def table(runs: list[Quiet]) -> str:
     names = {"alone": "quiet tenant alone", "on": "with the flood, fair shares on",
+             "kept": "with the flood, fair shares on, newcomer_slots: 1",
              "off": "with the flood, fair shares off"}
     lines = ["| run | quiet: requests | quiet: ok | quiet: p50 ms | quiet: p90 ms | flood: ok | flood: 429 |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -129,7 +133,7 @@ def table(runs: list[Quiet]) -> str:
 
 async def main_async(args: argparse.Namespace) -> int:
     runs = []
-    for setting in ("alone", "on", "off"):
+    for setting in ("alone", "on", "kept", "off"):
         with tempfile.TemporaryDirectory(prefix=f"tg-fair-{setting}-") as tmp:
             runs.append(await run(setting, args.seconds, args.flood, Path(tmp)))
         print(f"{setting}: {runs[-1]}", flush=True)

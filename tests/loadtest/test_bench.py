@@ -92,9 +92,10 @@ def test_quick_scaling_benchmark(tmp_path: Path) -> None:
 
 
 def test_quick_fairness_benchmark(tmp_path: Path) -> None:
-    """The quiet tenant alone, beside a flood with fair shares on and off: three rows, served."""
+    """The quiet tenant alone, beside a flood with fair shares on (with and without a slot kept
+    for newcomers) and off: four rows, served."""
     out = tmp_path / "fairness.md"
     assert fairness_main(["--seconds", "1", "--flood", "8", "--out", str(out)]) == 0
     rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| quiet tenant")
             or line.startswith("| with the flood")]
-    assert len(rows) == 3 and all(int(row[2]) > 0 for row in rows), rows
+    assert len(rows) == 4 and all(int(row[2]) > 0 for row in rows), rows

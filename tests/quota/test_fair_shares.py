@@ -30,11 +30,13 @@ MODEL = Model.__new__(Model)
 object.__setattr__(MODEL, "name", "m")
 
 
-def _flow(cap: int, weights: dict[str, int] | None = None, queue_seconds: float = 5.0) -> FairShares:
+def _flow(cap: int, weights: dict[str, int] | None = None, queue_seconds: float = 5.0,
+          newcomer_slots: int = 0) -> FairShares:
     async def weigh(account: str) -> int:
         return (weights or {}).get(account, 1)
 
-    return FairShares(_Cap(cap), weigh, RoutingConfig(queue_seconds=queue_seconds))  # type: ignore[arg-type]
+    config = RoutingConfig(queue_seconds=queue_seconds, newcomer_slots=newcomer_slots)
+    return FairShares(_Cap(cap), weigh, config)  # type: ignore[arg-type]
 
 
 @settings(max_examples=60, deadline=None)
@@ -86,6 +88,30 @@ async def test_a_quiet_account_waits_about_one_turn_behind_a_flood() -> None:
     release.set()  # from now on every request ends at once: turns go round
     await asyncio.gather(*flood, quiet)
     assert order.index("quiet") <= 3, order  # after the two running and at most one more flood
+
+
+async def test_a_slot_kept_for_newcomers_lets_a_quiet_tenant_start_at_once() -> None:
+    """With ``newcomer_slots: 1`` a flood holds at most cap - 1 turns, so a quiet account's
+    request starts at once; the flood's own requests wait for their fair turn."""
+    flow = _flow(cap=4, newcomer_slots=1)
+    release = asyncio.Event()
+    running: list[str] = []
+
+    async def request(account: str) -> None:
+        turn = await flow.turn(MODEL, account)
+        running.append(account)
+        await release.wait()
+        turn.release()
+
+    flood = [asyncio.create_task(request("flood")) for _ in range(10)]
+    await asyncio.sleep(0.01)
+    assert running == ["flood"] * 3  # the fourth turn is kept
+    quiet = asyncio.create_task(request("quiet"))
+    await asyncio.sleep(0.01)
+    assert running[-1] == "quiet"  # started at once, while the flood waits
+    release.set()
+    await asyncio.gather(*flood, quiet)
+    assert running.count("flood") == 10
 
 
 async def test_a_weighted_account_gets_its_share() -> None:
