@@ -17,7 +17,7 @@ from pydantic import Field
 from billing.alert_metrics import alert_families, exposition
 from billing.alert_settings import read_settings, write_settings
 from billing.alert_urls import MAX_URL
-from billing.api import BillingDep, _Body, text
+from billing.api import BillingDep, StrictBody, text
 from billing.errors import LedgerUnavailable
 from billing.me import CallerDep
 from billing.records import AlertSettings
@@ -27,7 +27,7 @@ from billing.usage_metrics import usage_families
 from gateway.contract import NotFound, Settings
 
 
-class AlertSettingsBody(_Body):
+class AlertSettingsBody(StrictBody):
     url: str | None = text(
         MAX_URL, default=None, description="http(s) URL that receives the signed webhooks; null: none"
     )

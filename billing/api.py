@@ -49,7 +49,9 @@ Models = Field(default=None, min_length=1)
 Limit = Field(default=None, ge=1, le=MAX_AMOUNT)
 
 
-class _Body(BaseModel):
+class StrictBody(BaseModel):
+    """The one base of every admin, self-service and commerce body (unknown fields refused)."""
+
     # strict: "rpm": "5" is refused, not read as 5 (a JSON client sending a string has a bug)
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -64,11 +66,11 @@ class _Body(BaseModel):
 
 
 
-class NewAccount(_Body):
+class NewAccount(StrictBody):
     name: str = Name
 
 
-class CreditLimitBody(_Body):
+class CreditLimitBody(StrictBody):
     credits: int = Field(ge=1, le=MAX_AMOUNT, description="at most this many credits per period")
     period: Literal["day", "month", "total"] = Field(description="UTC calendar day or month, or ever")
 
@@ -76,7 +78,7 @@ class CreditLimitBody(_Body):
         return CreditLimit(self.credits, self.period)
 
 
-class NewKey(_Body):
+class NewKey(StrictBody):
     name: str = text(default="default")
     models: list[Annotated[str, Field(min_length=1, pattern=r"^[^,|\x00]+$")]] | None = Models
     rpm: int | None = Limit
@@ -85,7 +87,7 @@ class NewKey(_Body):
     credit_limit: CreditLimitBody | None = None
 
 
-class KeyChanges(_Body):
+class KeyChanges(StrictBody):
     models: list[Annotated[str, Field(min_length=1, pattern=r"^[^,|\x00]+$")]] | None = Models
     rpm: int | None = Limit
     tpm: int | None = Limit
@@ -94,12 +96,12 @@ class KeyChanges(_Body):
     credit_limit: CreditLimitBody | None = Field(default=None, description="null removes the cap")
 
 
-class PriceBody(_Body):
+class PriceBody(StrictBody):
     amount: int = Field(ge=0, le=MAX_AMOUNT, description="integer minor units of the currency (cents, fen)")
     currency: str = Field(pattern=r"^[A-Za-z]{3}$", description="ISO 4217 code, e.g. CNY or USD")
 
 
-class PackageBody(_Body):
+class PackageBody(StrictBody):
     id: str | None = Ident
     name: str = Name
     credits: int = Field(ge=1, le=MAX_AMOUNT)
@@ -114,12 +116,12 @@ class PackageBody(_Body):
                                     "weight of the account's best live package")
 
 
-class PurchaseBody(_Body):
+class PurchaseBody(StrictBody):
     package_id: str = text(64)
     order_id: str = text()
 
 
-class AdjustmentBody(_Body):
+class AdjustmentBody(StrictBody):
     credits: int = Field(ge=-MAX_AMOUNT, le=MAX_AMOUNT, description="non-zero; negative: a debit")
     reason: str = text(500)
     idempotency_key: str = text()

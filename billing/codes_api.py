@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import Field
 
-from billing.api import BillingDep, _Body, text
+from billing.api import BillingDep, StrictBody, text
 from billing.code_attempts import FailureLimiter
 from billing.code_format import MAX_TYPED
 from billing.codes import MAX_BATCH, MAX_PAGE, MAX_VALID_DAYS, CodeService
@@ -38,7 +38,7 @@ STATE_FIELDS = (
 )
 
 
-class CodeBatch(_Body):
+class CodeBatch(StrictBody):
     package_id: str = text(64)
     count: int = Field(ge=1, le=MAX_BATCH)
     valid_days: int | None = Field(
@@ -49,7 +49,7 @@ class CodeBatch(_Body):
     )
 
 
-class RedeemBody(_Body):
+class RedeemBody(StrictBody):
     code: str = text(MAX_TYPED)
 
 

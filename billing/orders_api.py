@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
-from billing.api import BillingDep, _Body, text
+from billing.api import BillingDep, StrictBody, text
 from billing.me import CallerDep
 from billing.records import Order, OrderPage
 from billing.responses import errors
@@ -18,11 +18,11 @@ LimitQ = Annotated[int, Query(ge=1, le=500)]
 CursorQ = Annotated[str | None, Query(max_length=400)]
 
 
-class OrderBody(_Body):
+class OrderBody(StrictBody):
     package_id: str = text(64)
 
 
-class RefundBody(_Body):
+class RefundBody(StrictBody):
     reason: str = text(500)
 
 
