@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.redis_servers import RedisServer
+from tests.redis_servers import redis_server
 from tests.support.catalogs import model, write_catalog
 from tests.support.processes import Gateway, start_billing_worker, start_gateway, start_sims, stop_process
 
@@ -29,8 +29,15 @@ class Console:
 
 
 @pytest.fixture(scope="session")
-def console(redis_standalone: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
-    tmp = tmp_path_factory.mktemp("console")
+def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+    """The deployment the console tests share. Its Redis is its own: the gateway's reaper
+    settles any expired lease it finds, so on the session's shared server it would settle
+    the leases other tests expire on purpose (the quota property test's among them)."""
+    with redis_server() as redis:
+        yield from _console(redis.url, tmp_path_factory.mktemp("console"))
+
+
+def _console(redis_url: str, tmp: Path) -> Iterator[Console]:
     sims = start_sims(1, "org/Chat-Model", "--ttft-ms", "5", "--itl-ms", "2", log=tmp / "sim.log")
     config = write_catalog(
         tmp / "models.yaml",
@@ -43,10 +50,10 @@ def console(redis_standalone: RedisServer, tmp_path_factory: pytest.TempPathFact
     )
     log: Path = tmp / "gateway.log"
     gateway = start_gateway(
-        config, redis_standalone.url, log, TOKENGATE_PAYMENT_PROVIDER="test", TOKENGATE_AUTH_CACHE_SECONDS="1"
+        config, redis_url, log, TOKENGATE_PAYMENT_PROVIDER="test", TOKENGATE_AUTH_CACHE_SECONDS="1"
     )
     worker = start_billing_worker(
-        redis_standalone.url, gateway.database_url, tmp / "worker.log", "--block-ms", "100"
+        redis_url, gateway.database_url, tmp / "worker.log", "--block-ms", "100"
     )
     try:
         with gateway.admin() as admin:
