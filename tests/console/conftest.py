@@ -52,9 +52,7 @@ def _console(redis_url: str, tmp: Path) -> Iterator[Console]:
     gateway = start_gateway(
         config, redis_url, log, TOKENGATE_PAYMENT_PROVIDER="test", TOKENGATE_AUTH_CACHE_SECONDS="1"
     )
-    worker = start_billing_worker(
-        redis_url, gateway.database_url, tmp / "worker.log", "--block-ms", "100"
-    )
+    worker = start_billing_worker(redis_url, gateway.database_url, tmp / "worker.log", "--block-ms", "100")
     try:
         with gateway.admin() as admin:
             for body in (
