@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from billing.balances import account_balance
-from billing.packages import NewPackage
+from billing.packages import MAX_WEIGHT, NewPackage
 from billing.records import (
     Account,
     AccountView,
@@ -111,7 +111,7 @@ class PackageBody(StrictBody):
     price: PriceBody | None = None
     for_sale: bool = False
     trial: bool = False
-    weight: int = Field(default=1, ge=1, le=100,
+    weight: int = Field(default=1, ge=1, le=MAX_WEIGHT,
                         description="its tier in fair shares: turns at a model at capacity go by the "
                                     "weight of the account's best live package")
 

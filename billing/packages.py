@@ -43,6 +43,8 @@ class NewPackage:
     weight: int = 1  # its tier in fair shares at a full model (billing/tiers.py)
 
 
+MAX_WEIGHT = 100  # the heaviest tier: 100 turns to a weight-1 account's one
+
 _CONTENT = ("name", "credits", "valid_days", "models", "list_price", "price_amount", "price_currency",
             "for_sale", "trial", "weight")  # what makes a package the same package again
 

@@ -145,6 +145,18 @@ class NoHealthyEndpoint(UpstreamError):
     endpoint_fault = False
 
 
+# An upstream's refusals that blame the deployment, not the client's request: the gateway's
+# credentials for it (401, 403, 407), a model or route that endpoint does not serve (404, 405).
+# Relayed as they are, a client would read "your key is wrong" or "no such model".
+GATEWAY_REFUSALS = frozenset({401, 403, 404, 405, 407})
+
+
+def upstream_fault(status: int) -> bool:
+    """Whether an upstream's error status is the deployment's fault (a failure, or a refusal
+    of the gateway itself): the client gets 502 and another endpoint may answer."""
+    return status >= 500 or status in GATEWAY_REFUSALS
+
+
 _TYPE_BY_STATUS = {
     cls.status: cls.error_type
     for cls in (BadRequest, AuthenticationFailed, BalanceExhausted, PermissionDenied, NotFound,
@@ -205,14 +217,18 @@ def upstream_error_body(status: int, body: bytes, served: str | None = None,
     )
 
 
-def upstream_event_error(payload: bytes, served: str | None = None, public: str | None = None) -> bytes:
-    """An error event an upstream sent mid-stream (``{"error": ...}``), as the client may see
-    it: in OpenAI's shape, its status a client error's own, else 502 (see
-    :func:`upstream_error_body`)."""
+def event_status(payload: bytes) -> int:
+    """The status of an error event an upstream sent mid-stream (``{"error": {"code": 400}}``)
+    as a client gets it: a refusal of the client's request keeps its own, anything else 502."""
     try:
         error = orjson.loads(payload).get("error")
     except (orjson.JSONDecodeError, AttributeError):
-        error = None
+        return 502
     code = error.get("code") if isinstance(error, dict) else None
-    status = code if isinstance(code, int) and 400 <= code < 500 else 502
-    return upstream_error_body(status, payload, served, public)
+    return code if isinstance(code, int) and 400 <= code < 500 and not upstream_fault(code) else 502
+
+
+def upstream_event_error(payload: bytes, served: str | None = None, public: str | None = None) -> bytes:
+    """An error event an upstream sent mid-stream (``{"error": ...}``), as the client may see
+    it: in OpenAI's shape, with :func:`event_status` (see :func:`upstream_error_body`)."""
+    return upstream_error_body(event_status(payload), payload, served, public)

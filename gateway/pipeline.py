@@ -31,6 +31,7 @@ from gateway.errors import (
     NotFound,
     UpstreamError,
     UpstreamTimeout,
+    upstream_fault,
 )
 from gateway.flow import FairShares
 from gateway.media_urls import check_remote_media
@@ -325,7 +326,7 @@ class Pipeline:
             router.started(endpoint)
             try:
                 response = await self.upstream.post(endpoint, path, body, request_id)
-                if response.status < 500 and response.status != 429:
+                if response.status < 400 or (response.status != 429 and not upstream_fault(response.status)):
                     router.responded(endpoint)
                     return endpoint, response
                 detail = (await response.read())[:300].decode("utf-8", "replace")

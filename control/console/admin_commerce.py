@@ -16,7 +16,7 @@ from fastapi.responses import Response
 
 from billing.codes import MAX_BATCH, MAX_VALID_DAYS, STATUSES
 from billing.codes_api import ISSUED_FIELDS, codes_of, csv_text
-from billing.packages import NewPackage
+from billing.packages import MAX_WEIGHT, NewPackage
 from control.console.admin_common import AdminSession, actor, audited, not_found, plain_id, text, whole, words
 from control.console.web import billing_of, form_of, redirect, render
 from gateway.contract import BadRequest, GatewayError, NotFound
@@ -34,7 +34,8 @@ async def _packages_page(
     packages = await billing_of(request).packages.list_packages()
     created = request.query_params.get("created", "")
     notice = words(request, "adm_package_created", id=created) if IDENT.match(created) else None
-    context = {"errors": {}, "values": {"valid_days": "30", "currency": "CNY"}, "notice": notice, **extra}
+    values = {"valid_days": "30", "currency": "CNY", "weight": "1"}
+    context = {"errors": {}, "values": values, "notice": notice, **extra}
     return render(
         request, "admin/packages.html", session=session, status=status, packages=packages, **context
     )
@@ -60,6 +61,7 @@ def _new_package(request: Request, form: dict[str, str], errors: dict[str, str])
     currency = form.get("currency", "").strip().upper()
     if amount is not None and not re.fullmatch(r"[A-Z]{3}", currency):
         errors["currency"] = words(request, "adm_not_valid", limit=3)
+    weight = whole(request, form, "weight", errors, low=1, high=MAX_WEIGHT, required=False)
     if errors or credits is None or valid_days is None:
         return None
     price: Any = {"amount": amount, "currency": currency} if amount is not None else None
@@ -72,6 +74,7 @@ def _new_package(request: Request, form: dict[str, str], errors: dict[str, str])
         price=price,
         for_sale=form.get("for_sale") == "on",
         trial=form.get("trial") == "on",
+        weight=1 if weight is None else weight,
     )
 
 
@@ -92,6 +95,7 @@ async def create_package(request: Request, session: AdminSession) -> Response:
             "currency",
             "for_sale",
             "trial",
+            "weight",
         )
     }
     if new is None:

@@ -78,6 +78,9 @@ WORDS: dict[str, dict[str, str]] = {
         "adm_currency": "Currency",
         "adm_for_sale": "For sale",
         "adm_trial": "Trial package",
+        "adm_weight": "Priority weight",
+        "adm_weight_hint": "1 to 100. When a model is full, an account whose best live package weighs 3 "
+        "gets three turns for each turn of an account at 1.",
         "adm_models_hint": "Comma-separated model names; empty for all models.",
         "adm_package_id_hint": "Optional; generated when empty.",
         "adm_create_package": "Create package",
@@ -203,6 +206,9 @@ WORDS: dict[str, dict[str, str]] = {
         "adm_currency": "币种",
         "adm_for_sale": "在售",
         "adm_trial": "试用套餐",
+        "adm_weight": "优先权重",
+        "adm_weight_hint": "1 到 100。模型满载时按账户最佳有效套餐的权重轮流服务："
+        "权重为 3 的账户每得到三次机会，权重为 1 的账户得到一次。",
         "adm_models_hint": "以逗号分隔的模型名称；留空表示全部模型。",
         "adm_package_id_hint": "可选；留空时自动生成。",
         "adm_create_package": "创建套餐",

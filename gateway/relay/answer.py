@@ -15,11 +15,9 @@ import contextlib
 from collections.abc import Callable
 from typing import Literal
 
-import orjson
-
 from gateway.asgi import JSON_HEADERS, Receive, Send, send_bytes, uncancel, watch_disconnect
 from gateway.catalog import Model
-from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, upstream_error_body
+from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, event_status, upstream_error_body
 from gateway.lease import Checkpointed
 from gateway.openai_request import OpenAIRequest
 from gateway.relay.assemble import AnswerAssembler
@@ -158,7 +156,7 @@ async def _answer(
         await send_bytes(send, failure.status, failure.body(), request_id, [*JSON_HEADERS, *headers])
         return Outcome(generated, status=STATUS_UPSTREAM_ERROR, counted_by=COUNTED_BY_GATEWAY)
     if answer.error is not None:
-        code = _error_status(answer.error)
+        code = event_status(answer.error)
         error = upstream_error_body(code, answer.error, model.served_name, model.name)
         await send_bytes(send, code, error, request_id, [*JSON_HEADERS, *headers])
         return Outcome(generated, status=STATUS_UPSTREAM_ERROR, counted_by=COUNTED_BY_GATEWAY)
@@ -168,13 +166,3 @@ async def _answer(
     usage = answer.final if answer.final is not None else generated
     await send_bytes(send, 200, answer.body(usage), request_id, [*JSON_HEADERS, *headers])
     return counted(answer.final, generated)
-
-
-def _error_status(payload: bytes) -> int:
-    """The status of an error event sent mid-stream: its code if a client error, else 502."""
-    try:
-        error = orjson.loads(payload).get("error") or {}
-    except (orjson.JSONDecodeError, AttributeError):
-        return 502
-    code = error.get("code") if isinstance(error, dict) else None
-    return code if isinstance(code, int) and 400 <= code < 500 else 502

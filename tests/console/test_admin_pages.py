@@ -322,11 +322,20 @@ def test_packages_and_codes(gateway: Gateway, admin: httpx.Client) -> None:
             "price_amount": "4900",
             "currency": "cny",
             "for_sale": "on",
+            "weight": "3",
         },
     )
     assert made.status_code == 303, made.text
     listed = admin.get(made.headers["location"]).text
     assert package_id in listed and "4900 CNY" in listed
+    with gateway.admin() as api:
+        stored = {p["id"]: p for p in api.get("/admin/packages").json()["data"]}
+    assert stored[package_id]["weight"] == 3  # its tier in fair shares
+    too_heavy = admin.post(
+        "/console/admin/packages",
+        data={"csrf": csrf_of(page), "name": "Heavy", "credits": "5", "valid_days": "1", "weight": "101"},
+    )
+    assert too_heavy.status_code == 400 and 'id="e-weight"' in too_heavy.text
     unpriced = admin.post(
         "/console/admin/packages",
         data={"csrf": csrf_of(page), "name": "Free", "credits": "5", "valid_days": "1", "for_sale": "on"},

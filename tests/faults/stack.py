@@ -150,27 +150,32 @@ def fault_stack(tmp: Path, *, database_url: str | None = None, redis_args: tuple
     running; SQLite unless ``database_url``; a Redis of its own unless ``redis_url``; with
     ``slow_redis`` the gateways reach Redis through ``stack.proxy`` (the worker does not)."""
     redis = None if redis_url else RedisServer(*redis_args).start()
-    direct = redis_url or (redis.url if redis else "")
-    database_url = database_url or f"sqlite:///{tmp / 'ledger.db'}"
-    migrated = billing_command(direct, database_url, "migrate")
-    assert migrated.returncode == 0, migrated.stderr
-    sims = start_sims(2, SERVED, "--itl-ms", str(ITL_MS), "--record-requests", "1000000",
-                      log=tmp / "sims.log")
-    config = write_catalog(tmp / "models.yaml", {"east": [sims.url(0)], "west": [sims.url(1)]}, [
-        model(MODEL, ["east", "west"], served_name=SERVED, tokenizer="tiktoken:cl100k_base"),
-    ])
-    stack = FaultStack(redis, direct, database_url, sims, config, tmp)
-    if slow_redis:
-        stack.proxy = SlowProxy(stack.server.port).start()
-        stack.redis_url = stack.proxy.url
-    try:
+    sims: Sims | None = None
+    stack: FaultStack | None = None
+    try:  # whatever fails to start, what did start is stopped
+        direct = redis_url or (redis.url if redis else "")
+        database_url = database_url or f"sqlite:///{tmp / 'ledger.db'}"
+        migrated = billing_command(direct, database_url, "migrate")
+        assert migrated.returncode == 0, migrated.stderr
+        sims = start_sims(2, SERVED, "--itl-ms", str(ITL_MS), "--record-requests", "1000000",
+                          log=tmp / "sims.log")
+        config = write_catalog(tmp / "models.yaml", {"east": [sims.url(0)], "west": [sims.url(1)]}, [
+            model(MODEL, ["east", "west"], served_name=SERVED, tokenizer="tiktoken:cl100k_base"),
+        ])
+        stack = FaultStack(redis, direct, database_url, sims, config, tmp)
+        if slow_redis:
+            stack.proxy = SlowProxy(stack.server.port).start()
+            stack.redis_url = stack.proxy.url
         stack.add_gateway(workers)
         stack.start_worker()
         yield stack
     finally:
-        stack.stop()
-        if stack.proxy is not None:
-            stack.proxy.stop()
+        if stack is not None:
+            stack.stop()
+            if stack.proxy is not None:
+                stack.proxy.stop()
+        elif sims is not None:
+            sims.stop()
         if redis is not None:
             redis.cleanup()
 

@@ -31,6 +31,23 @@ def test_error_before_first_byte_fails_over_then_502(gateway: Gateway, sims: Sim
     assert "upstream" in caught.value.message and "500" in caught.value.message
 
 
+def test_an_upstream_refusing_the_gateways_credentials_is_a_502(
+    gateway: Gateway, sims: Sims, api_key: str
+) -> None:
+    """A 401 from vLLM means the gateway's key for it is wrong: the operator's fault. Another
+    endpoint answers; with none left the client gets 502, never a 401 that blames its key."""
+    sims.set_fault(0, mode="error_before", status=401, message="Unauthorized")
+    reply = client(gateway, api_key).chat.completions.create(model=CHAT_MODEL, messages=MESSAGES,
+                                                              max_tokens=5)
+    assert reply.choices[0].message.content  # served by the other cluster
+    sims.set_fault(1, mode="error_before", status=401, message="Unauthorized")
+    with pytest.raises(openai.InternalServerError) as caught:
+        client(gateway, api_key).chat.completions.create(model=CHAT_MODEL, messages=MESSAGES,
+                                                         max_tokens=5)
+    assert caught.value.status_code == 502
+    assert "401" in caught.value.message and "Unauthorized" not in caught.value.message
+
+
 def test_reset_mid_stream_ends_with_error_event(gateway: Gateway, sims: Sims, api_key: str) -> None:
     for i in (0, 1):
         sims.set_fault(i, mode="reset_after", after_tokens=5)

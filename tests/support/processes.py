@@ -44,6 +44,26 @@ def spawn(args: list[str], log: Path | None, env: dict[str, str] | None = None,
     return process
 
 
+PORT_ATTEMPTS = 4  # a port picked free may be taken (by any outgoing connection) before the bind
+
+
+def log_size(log: Path | None) -> int:
+    """Where the next start's output begins in ``log`` (see :func:`lost_its_port`)."""
+    return log.stat().st_size if log is not None and log.exists() else 0
+
+
+def lost_its_port(process: subprocess.Popen[bytes], log: Path | None, since: int) -> bool:
+    """Whether ``process`` exited because its port was taken between our pick and its bind:
+    its output since ``since`` says so (without a log, any early exit counts)."""
+    if process.poll() is None:
+        return False
+    if log is None:
+        return True
+    with log.open("rb") as out:
+        out.seek(since)
+        return b"address already in use" in out.read().lower()
+
+
 def stop_process(process: subprocess.Popen[bytes] | None) -> None:
     """SIGTERM, then SIGKILL after 10 s; nothing when it has ended already."""
     if process is None or process.poll() is not None:
@@ -95,14 +115,23 @@ class Sims:
 
 def start_sims(count: int, models: str, *options: str, log: Path | None = None) -> Sims:
     """``count`` simulators in one process; ``options`` are vllm_sim's (``--itl-ms``, ...)."""
-    ports = [free_port() for _ in range(count)]
-    args = [sys.executable, "-m", "loadtest.vllm_sim", *options]
-    for port in ports:
-        args += ["--port", str(port), "--model", models]
-    process = spawn(args, log)
-    for port in ports:
-        wait_for_port(port, process)
-    return Sims(ports, process)
+    for attempt in range(PORT_ATTEMPTS):
+        ports = [free_port() for _ in range(count)]
+        args = [sys.executable, "-m", "loadtest.vllm_sim", *options]
+        for port in ports:
+            args += ["--port", str(port), "--model", models]
+        since = log_size(log)
+        process = spawn(args, log)
+        try:
+            for port in ports:
+                wait_for_port(port, process)
+        except RuntimeError:
+            stop_process(process)
+            if attempt + 1 < PORT_ATTEMPTS and lost_its_port(process, log, since):
+                continue
+            raise
+        return Sims(ports, process)
+    raise AssertionError("unreachable")
 
 
 @dataclass
@@ -239,12 +268,20 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, what: str,
 
 def start_control(config: Path, env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
     """``tokengate control`` on a free port, ready (Redis and a migrated ledger)."""
-    port = free_port()
-    process = spawn(tokengate("control", "--config", str(config), "--port", str(port),
-                              "--log-level", "info"), log, env, ROOT)
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(url, process, log, "control plane")
-    return process, url
+    for attempt in range(PORT_ATTEMPTS):
+        port = free_port()
+        since = log_size(log)
+        process = spawn(tokengate("control", "--config", str(config), "--port", str(port),
+                                  "--log-level", "info"), log, env, ROOT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(url, process, log, "control plane")
+        except RuntimeError:
+            if attempt + 1 < PORT_ATTEMPTS and lost_its_port(process, log, since):
+                continue
+            raise
+        return process, url
+    raise AssertionError("unreachable")
 
 
 def start_gateway(config: Path, redis_url: str, log: Path, *, database_url: str | None = None,
@@ -254,19 +291,24 @@ def start_gateway(config: Path, redis_url: str, log: Path, *, database_url: str 
     database_url = database_url or f"sqlite:///{log.parent / 'ledger.db'}"
     environ = environment(redis_url, database_url, **env)
     control_log = log.with_name(log.stem + "-control" + log.suffix)
-    port = free_port()  # known first: the control plane's console links and calls the data plane
-    control_env = {"TOKENGATE_DATA_URL": f"http://127.0.0.1:{port}", **environ}
-    control_process, control = start_control(config, control_env, control_log)
-    args = tokengate("serve", "--config", str(config), "--port", str(port), "--workers", str(workers),
-                     "--log-level", "info")
-    process = spawn(args, log, {**environ, "TOKENGATE_CONTROL_URL": control}, ROOT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base, process, log, "gateway")
-    except RuntimeError:
-        stop_process(control_process)
-        raise
-    return Gateway(base, control, process, control_process, redis_url, database_url, log, config)
+    for attempt in range(PORT_ATTEMPTS):
+        port = free_port()  # known first: the control plane's console links and calls the data plane
+        control_env = {"TOKENGATE_DATA_URL": f"http://127.0.0.1:{port}", **environ}
+        control_process, control = start_control(config, control_env, control_log)
+        args = tokengate("serve", "--config", str(config), "--port", str(port), "--workers", str(workers),
+                         "--log-level", "info")
+        since = log_size(log)
+        process = spawn(args, log, {**environ, "TOKENGATE_CONTROL_URL": control}, ROOT)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(base, process, log, "gateway")
+        except RuntimeError:
+            stop_process(control_process)
+            if attempt + 1 < PORT_ATTEMPTS and lost_its_port(process, log, since):
+                continue
+            raise
+        return Gateway(base, control, process, control_process, redis_url, database_url, log, config)
+    raise AssertionError("unreachable")
 
 
 def start_billing_worker(redis_url: str, database_url: str, log: Path,

@@ -11,7 +11,13 @@ import pytest
 from control.admin_key import weakness
 from gateway.auth import Authenticator, KeyRef, hash_key
 from gateway.auth_limits import FailureLimiter, client_address
-from gateway.errors import AuthenticationFailed, RateLimited, upstream_error_body
+from gateway.errors import (
+    AuthenticationFailed,
+    RateLimited,
+    event_status,
+    upstream_error_body,
+    upstream_fault,
+)
 from gateway.keyspace import PROVISIONED_KEY, key_hash_key
 from gateway.redact import redact_url
 from gateway.relay.meter import ModelRenamer, StreamMeter
@@ -102,6 +108,20 @@ def test_an_error_event_mid_stream_is_mapped_too() -> None:
     assert b"Traceback" not in out and b"org/Secret-7B" not in out and b"/srv" not in out
     assert b"the model server failed to answer (502)" in out
     assert meter.error is not None and meter.done
+
+
+@pytest.mark.parametrize(("code", "status"), [(400, 400), (413, 413), (422, 422), (429, 429), (401, 502),
+                                              (403, 502), (404, 502), (407, 502), (500, 502), ("x", 502)])
+def test_an_error_events_status_blames_the_client_only_for_its_request(code: object, status: int) -> None:
+    """A mid-answer 401 or 404 is the deployment's (its credentials, its model map): a client
+    reading it would think its own key or model name wrong."""
+    assert event_status(orjson.dumps({"error": {"message": "no", "code": code}})) == status
+
+
+def test_refusals_of_the_gateway_itself_are_upstream_faults() -> None:
+    assert [s for s in range(400, 600) if not upstream_fault(s)] == [
+        s for s in range(400, 500) if s not in (401, 403, 404, 405, 407)
+    ]
 
 
 # --- URLs -----------------------------------------------------------------------------------
