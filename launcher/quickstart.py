@@ -39,7 +39,15 @@ from gateway.contract import BadRequest
 from gateway.server import GatewayHttpProtocol
 from gateway.settings import Settings
 from gateway.state import connect_redis
-from launcher.embedded import free_port, start_bridge, start_redis, start_simulators, stop, wait_for_port
+from launcher.embedded import (
+    free_port,
+    free_ports,
+    start_bridge,
+    start_redis,
+    start_simulators,
+    stop,
+    wait_for_port,
+)
 
 STARTER_CREDITS = 1_000_000
 STARTER = NewPackage(id="starter", name="Starter", credits=STARTER_CREDITS, valid_days=365,
@@ -208,7 +216,8 @@ def run(config_path: str, host: str, port: int, data_dir: str) -> int:
         print(f"tokengate quickstart: {note}", file=sys.stderr)
     catalog = parse_catalog(text, config_path)
     doc = yaml.safe_load(text)
-    ports = {c["name"]: free_port() for c in doc["clusters"]}
+    names = [c["name"] for c in doc["clusters"]]
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
     config_text, servers = simulated_config(text, ports)
     generated = data / "quickstart-models.yaml"
     generated.write_text(config_text, encoding="utf-8")

@@ -28,9 +28,9 @@ def test_simulators_start_again_on_another_port_when_theirs_was_taken(
 ) -> None:
     """The race CI lost once: the port picked free was taken (by an outgoing connection's
     source port) before the simulator bound it, and the simulator exited."""
-    picks = iter([taken_port])
-    free = processes.free_port
-    monkeypatch.setattr(processes, "free_port", lambda: next(picks, None) or free())
+    picks = iter([[taken_port]])
+    free = processes.free_ports
+    monkeypatch.setattr(processes, "free_ports", lambda n: next(picks, None) or free(n))
     log = tmp_path / "sims.log"
     sims = processes.start_sims(1, "org/M", log=log)
     try:
@@ -46,3 +46,11 @@ def test_a_simulator_failing_otherwise_is_not_retried(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="exited"):
         processes.start_sims(1, "org/M", "--no-such-option", log=log)
     assert log.read_text().count("--no-such-option") == 1
+
+
+def test_ports_picked_together_are_distinct() -> None:
+    """Picked one at a time, two picks can be the same port (CI once gave a simulator the same
+    port twice); picked together they never are."""
+    for _ in range(200):
+        ports = processes.free_ports(4)
+        assert len(set(ports)) == 4

@@ -24,7 +24,7 @@ import openai
 
 from gateway.quota.store import QuotaStore
 from gateway.state import connect_redis
-from launcher.embedded import free_port, wait_for_port
+from launcher.embedded import free_port, free_ports, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_KEY = "tg-admin-test-secret"
@@ -116,7 +116,7 @@ class Sims:
 def start_sims(count: int, models: str, *options: str, log: Path | None = None) -> Sims:
     """``count`` simulators in one process; ``options`` are vllm_sim's (``--itl-ms``, ...)."""
     for attempt in range(PORT_ATTEMPTS):
-        ports = [free_port() for _ in range(count)]
+        ports = free_ports(count)
         args = [sys.executable, "-m", "loadtest.vllm_sim", *options]
         for port in ports:
             args += ["--port", str(port), "--model", models]
