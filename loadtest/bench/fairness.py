@@ -29,7 +29,9 @@ from pathlib import Path
 
 import aiohttp
 
-from .procs import Child, free_port, sigterm_exits, spawn, wait_ready
+from launcher.embedded import free_port
+
+from .procs import Child, sigterm_exits, spawn, wait_ready
 from .stack import child_env, funded_key, start_billing_worker, start_redis, start_tokengate, write_catalog
 
 MODEL = "fair-model"

@@ -10,7 +10,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .procs import free_port, spawn, wait_ready
+from launcher.embedded import free_port
+
+from .procs import spawn, wait_ready
 from .stack import child_env
 from .targets import MODEL, Target
 

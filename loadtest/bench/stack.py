@@ -17,7 +17,9 @@ from typing import Any
 
 import orjson
 
-from .procs import Child, free_port, spawn, wait_ready
+from launcher.embedded import free_port, free_ports
+
+from .procs import Child, spawn, wait_ready
 from .targets import MODEL, Target
 
 REPO = Path(__file__).resolve().parents[2]
@@ -130,7 +132,7 @@ def start_tokengate(workdir: Path, sim_url: str, redis_url: str, workers: int = 
     """``tokengate control`` and ``tokengate serve`` (one worker by default) on the private
     Redis, ready; ``config``: a models.yaml of the caller's instead of the benchmark's."""
     config = config or write_catalog(workdir / "models.yaml", sim_url)
-    port, control_port = free_port(), free_port()
+    port, control_port = free_ports(2)
     admin_key = "tg-admin-" + secrets.token_urlsafe(16)
     control_url = f"http://127.0.0.1:{control_port}"
     env = child_env(
