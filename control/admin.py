@@ -8,11 +8,9 @@ accounts and keys (``billing/directory.py``).
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Security
-from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
@@ -23,6 +21,8 @@ from billing.codes_api import admin as codes_admin
 from billing.directory import MAX_ACCOUNTS, list_accounts, list_keys
 from billing.records import AccountPage, AuditPage, Keys
 from billing.responses import errors
+from control.api_reference import build_reference
+from control.console.web import render
 from gateway.contract import (
     AuthenticationFailed,
     BadRequest,
@@ -70,12 +70,9 @@ async def openapi_schema(request: Request) -> JSONResponse:
 
 @router.get("/docs", include_in_schema=False)
 async def openapi_docs(request: Request) -> HTMLResponse:
-    """Swagger UI over that schema, which the page carries inline (so the browser, which
-    cannot send the bearer credential, never fetches it)."""
-    page = get_swagger_ui_html(openapi_url="/admin/openapi.json", title="tokengate admin API")
-    spec = json.dumps(request.app.openapi()).replace("</", "<\\/")  # stays inside its <script>
-    html = bytes(page.body).decode()
-    return HTMLResponse(html.replace("url: '/admin/openapi.json',", f"spec: {spec},"))
+    """The API reference over that schema, rendered here (nothing fetched from elsewhere; in a
+    browser, the console's admin pages show the same at /console/admin/api)."""
+    return render(request, "api_docs.html", reference=build_reference(request.app.openapi()))
 
 
 def only_params(*names: str) -> Any:

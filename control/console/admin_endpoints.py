@@ -1,4 +1,5 @@
-"""The admin page of endpoints and clusters: health, load and ejections as routing sees them.
+"""The admin pages of the platform itself: endpoints and clusters (health, load and ejections
+as routing sees them) and the control plane's API reference.
 
 The data comes from the same merged reports as ``GET /admin/endpoints`` (every data-plane
 worker publishes its router's view to Redis each second; control/endpoints.py); the page
@@ -12,6 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from control.api_reference import build_reference
 from control.console.admin_common import AdminSession
 from control.console.web import render
 from gateway.contract import ops
@@ -50,3 +52,9 @@ async def endpoints_page(request: Request, session: AdminSession) -> Response:
     return render(
         request, "admin/endpoints.html", session=session, view=view, clusters=clusters_of(view["data"])
     )
+
+
+@router.get("/api")
+async def api_page(request: Request, session: AdminSession) -> Response:
+    reference = build_reference(request.app.openapi())
+    return render(request, "admin/api.html", session=session, reference=reference)

@@ -236,6 +236,20 @@ def test_admin_sees_endpoints_health(gateway: Gateway, sims: Sims, admin: httpx.
     assert "east" in page.text and "west" in page.text
 
 
+def test_admin_reads_the_api_reference(admin: httpx.Client) -> None:
+    """Every route of the control plane with its parameters, body and answers, in the console
+    (a browser cannot send the admin key that /admin/docs asks for)."""
+    page = admin.get("/console/admin/api")
+    assert page.status_code == 200
+    text = html.unescape(page.text)
+    assert 'href="#post-admin-accounts-account_id-adjustments"' in text
+    operation = text.split('id="get-admin-accounts-account_id-usage"', 1)[1].split("</article>", 1)[0]
+    assert "<code>group_by</code>" in operation and "<code>cursor</code>" in operation
+    schema = text.split('id="schema-PackageBody"', 1)[1].split("<h3", 1)[0]
+    assert "<code>weight</code>" in schema and "<= 100" in schema
+    assert "api_" not in admin.get("/console/admin/api", params={"lang": "zh"}).text
+
+
 def test_customer_gets_403_on_admin_pages(gateway: Gateway, admin: httpx.Client) -> None:
     with gateway.admin() as api:
         account = api.post("/admin/accounts", json={"name": "victim"}).raise_for_status().json()
@@ -257,6 +271,7 @@ def test_customer_gets_403_on_admin_pages(gateway: Gateway, admin: httpx.Client)
             "/console/admin/audit",
             "/console/admin/usage",
             "/console/admin/endpoints",
+            "/console/admin/api",
         ):
             assert customer.get(path).status_code == 403, path
         csrf = re.search(r'name="csrf" value="([^"]+)"', customer.get("/console/prices").text)
@@ -430,6 +445,7 @@ def test_pages_speak_chinese(gateway: Gateway, admin: httpx.Client) -> None:
         "/console/admin/audit",
         "/console/admin/usage",
         "/console/admin/endpoints",
+        "/console/admin/api",
     ):
         page = admin.get(path, params={"lang": "zh"})
         assert page.status_code == 200, path
