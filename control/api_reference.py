@@ -6,11 +6,15 @@ no way out (Swagger UI came from a CDN). The console shows it to platform admins
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
+from markupsafe import Markup, escape
+
 METHODS = ("get", "post", "put", "patch", "delete")
 _REF = "#/components/schemas/"
+_CODE_SPAN = re.compile(r"`([^`\n]+)`")
 _CONSTRAINTS = (
     ("minimum", ">= {}"), ("exclusiveMinimum", "> {}"), ("maximum", "<= {}"),
     ("exclusiveMaximum", "< {}"), ("minLength", "at least {} characters"),
@@ -205,3 +209,9 @@ def _literal(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))  # the schema says 1.0 for a bound of 1
     return str(value)
+
+
+def code_spans(text: str) -> Markup:
+    """A description's backquoted names as ``<code>`` (the rest escaped): docstrings and field
+    descriptions mark names that way."""
+    return Markup(_CODE_SPAN.sub(r"<code>\1</code>", str(escape(text))))

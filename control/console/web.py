@@ -19,6 +19,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from billing.service import Billing
 from billing.users import Session, UserService
+from control.api_reference import code_spans
 from control.console.i18n import LANGUAGES, pick_language, translate
 from gateway.contract import GatewayError, Settings
 
@@ -38,6 +39,7 @@ templates = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
+templates.filters["code_spans"] = code_spans  # the API reference's descriptions
 
 
 class SignInRequired(Exception):

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from control.api_reference import build_reference, type_text
+from control.api_reference import build_reference, code_spans, type_text
 from control.app import create_app
 from gateway.contract import Settings
 
@@ -61,3 +61,8 @@ def test_an_operation_carries_its_parameters_body_and_answers(doc: dict[str, Any
     assert "fair shares" in weight.description
     name = next(f for f in schemas["PackageBody"].fields if f.name == "name")
     assert name.required
+
+
+def test_code_spans_are_code_and_the_rest_is_escaped() -> None:
+    assert str(code_spans("`param` names <b>it</b>")) == "<code>param</code> names &lt;b&gt;it&lt;/b&gt;"
+    assert str(code_spans("`<script>`")) == "<code>&lt;script&gt;</code>"
