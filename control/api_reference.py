@@ -76,6 +76,10 @@ class Reference:
     sections: list[Section]
     schemas: list[Schema]
 
+    def schema(self, name: str | None) -> Schema | None:
+        """The component schema ``name`` (an operation's body, shown with it)."""
+        return next((s for s in self.schemas if s.name == name), None)
+
 
 def build_reference(doc: dict[str, Any]) -> Reference:
     """The document's operations grouped by resource, and the schemas they name."""
@@ -195,7 +199,10 @@ def _rules(spec: dict[str, Any]) -> str:
     """Its constraints in words (``>= 1; <= 100``), an optional value's included."""
     rules: list[str] = []
     for schema in (spec, *spec.get("anyOf", [])):
-        rules += [text.format(_literal(schema[key])) for key, text in _CONSTRAINTS if key in schema]
+        for key, text in _CONSTRAINTS:
+            if key in schema:
+                empty = key in ("minLength", "minItems") and schema[key] == 1
+                rules.append("not empty" if empty else text.format(_literal(schema[key])))
     return "; ".join(rules)
 
 

@@ -196,6 +196,11 @@ def test_a_customer_and_an_admin_walk_the_console(deployment: Deployment, new_co
     eventually(lambda: endpoint.count() == 1, reload=admin)
     expect(endpoint).to_contain_text("up")
     screenshot(admin, "admin-endpoints")
+    admin_nav.get_by_role("link", name="API", exact=True).click()
+    expect(admin.get_by_role("heading", name="API reference")).to_be_visible()
+    admin.get_by_role("link", name="POST /admin/packages", exact=True).click()
+    expect(admin.locator("#post-admin-packages")).to_be_in_viewport()
+    screenshot(admin, "admin-api")
 
 
 def test_a_member_of_an_organization_gets_403_on_admin_pages(

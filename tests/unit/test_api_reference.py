@@ -52,7 +52,7 @@ def test_an_operation_carries_its_parameters_body_and_answers(doc: dict[str, Any
     assert where["account_id"] == "path" and where["group_by"] == where["cursor"] == "query"
     assert usage.anchor == "get-admin-accounts-account_id-usage"
     create = ops[("POST", "/admin/packages")]
-    assert create.body == "PackageBody"
+    assert create.body == "PackageBody" and ref.schema(create.body) is not None
     assert {a.status for a in create.answers} >= {"201", "401", "422"}
     assert next(a for a in create.answers if a.status == "201").schema == "Package"
     schemas = {s.name: s for s in ref.schemas}
@@ -60,7 +60,7 @@ def test_an_operation_carries_its_parameters_body_and_answers(doc: dict[str, Any
     assert weight.type == "integer" and weight.default == "1" and weight.rules == ">= 1; <= 100"
     assert "fair shares" in weight.description
     name = next(f for f in schemas["PackageBody"].fields if f.name == "name")
-    assert name.required
+    assert name.required and name.rules.startswith("not empty; at most 200 characters")
 
 
 def test_code_spans_are_code_and_the_rest_is_escaped() -> None:
