@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from billing.balances import account_balance
-from billing.packages import MAX_WEIGHT, NewPackage
+from billing.packages import MAX_WEIGHT, NewPackage, PackageChanges
 from billing.records import (
     Account,
     AccountView,
@@ -116,6 +116,17 @@ class PackageBody(StrictBody):
                                     "weight of the account's best live package")
 
 
+class PackageChangesBody(StrictBody):
+    """How a package is sold and shown; what it grants is fixed (make a new package for that)."""
+
+    name: str | None = text(default=None)
+    price: PriceBody | None = Field(default=None, description="null removes the price (off sale only)")
+    for_sale: bool | None = None
+    list_price: int | None = Field(default=None, ge=0, le=MAX_AMOUNT, description="null removes it")
+    weight: int | None = Field(default=None, ge=1, le=MAX_WEIGHT,
+                               description="a new tier for the accounts holding it, at once")
+
+
 class PurchaseBody(StrictBody):
     package_id: str = text(64)
     order_id: str = text()
@@ -187,6 +198,27 @@ async def delete_key(key_id: str, request: Request, billing: BillingDep) -> Resp
 async def create_package(body: PackageBody, billing: BillingDep) -> JSONResponse:
     package, created = await billing.packages.create_package(NewPackage(**body.model_dump()))
     return JSONResponse(package, status_code=201 if created else 200)
+
+
+@router.patch("/packages/{package_id}", responses=errors(404))
+async def update_package(package_id: str, body: PackageChangesBody, billing: BillingDep) -> Package:
+    """Change how a package is sold (its name, price, whether it is on sale, its list price
+    and tier weight). Credits, valid days, models and the trial mark are what its grants
+    carry, so they never change: create a new package and take this one off sale."""
+    given = body.model_dump(exclude_unset=True)
+    for name in ("name", "for_sale", "weight"):
+        if name in given and given[name] is None:
+            raise BadRequest(f"{name} cannot be null", param=name)
+    changes = PackageChanges(
+        name=body.name,
+        price=body.price.model_dump() if body.price else None,  # type: ignore[arg-type]
+        for_sale=body.for_sale,
+        list_price=body.list_price,
+        weight=body.weight,
+        unset_price="price" in given and body.price is None,
+        unset_list_price="list_price" in given and body.list_price is None,
+    )
+    return await billing.packages.update_package(package_id, changes)
 
 
 @router.get("/packages")

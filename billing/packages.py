@@ -45,6 +45,22 @@ class NewPackage:
 
 MAX_WEIGHT = 100  # the heaviest tier: 100 turns to a weight-1 account's one
 
+
+@dataclass(frozen=True, slots=True)
+class PackageChanges:
+    """What an admin may change of a package once it exists: how it is sold and shown. What a
+    grant carries (credits, valid days, models) and the trial mark never change: paid orders
+    and unredeemed codes grant the package as it is when they are granted, so a new content
+    is a new package (and the old one taken off sale)."""
+
+    name: str | None = None
+    price: Price | None = None
+    for_sale: bool | None = None
+    list_price: int | None = None
+    weight: int | None = None
+    unset_price: bool = False  # the price removed (only off sale)
+    unset_list_price: bool = False
+
 _CONTENT = ("name", "credits", "valid_days", "models", "list_price", "price_amount", "price_currency",
             "for_sale", "trial", "weight")  # what makes a package the same package again
 
@@ -133,6 +149,55 @@ class PackageService:
             if not same:
                 raise Conflict(f"package {row['id']!r} exists with other content") from None
             return package_of(found), False
+
+    async def update_package(self, package_id: str, changes: PackageChanges) -> Package:
+        """Apply ``changes``; the package as it is now. NotFound for an unknown package;
+        BadRequest when it would be on sale without a price. A new weight re-tiers the
+        accounts holding live grants of it (reconcile does it if Redis cannot now)."""
+        values: dict[str, Any] = {}
+        if changes.name is not None:
+            values["name"] = changes.name
+        if changes.for_sale is not None:
+            values["for_sale"] = changes.for_sale
+        if changes.weight is not None:
+            values["weight"] = changes.weight
+        if changes.price is not None:
+            values["price_amount"] = changes.price["amount"]
+            values["price_currency"] = changes.price["currency"].upper()
+        elif changes.unset_price:
+            values["price_amount"] = values["price_currency"] = None
+        if changes.list_price is not None or changes.unset_list_price:
+            values["list_price"] = changes.list_price
+        locked = select(packages).where(packages.c.id == package_id).with_for_update()
+        async with transaction(self.engine) as conn:  # locked: two changes cannot unprice a sale
+            row = (await conn.execute(locked)).first()
+            if row is None:
+                raise NotFound(f"no package {package_id!r}")
+            for_sale = values.get("for_sale", row.for_sale)
+            priced = values.get("price_amount", row.price_amount) is not None
+            if for_sale and not priced:
+                raise BadRequest("a package for sale needs a price", param="price")
+            if values:
+                await conn.execute(packages.update().where(packages.c.id == package_id).values(**values))
+            row = (await conn.execute(select(packages).where(packages.c.id == package_id))).one()
+        if "weight" in values:
+            await self._retier(package_id)
+        return package_of(row)
+
+    async def _retier(self, package_id: str) -> None:
+        """Refresh the tier of every account with a live grant of the package."""
+        now = self.clock()
+        query = select(grants.c.account_id).distinct().where(
+            grants.c.package_id == package_id, grants.c.valid_until_ms > now
+        )
+        async with transaction(self.engine) as conn:
+            holders = [r.account_id for r in await conn.execute(query)]
+        for account_id in holders:
+            try:
+                await refresh_tier(self.engine, self.store, account_id, now)
+            except (BalanceUnknown, QuotaUnavailable) as error:
+                log.warning("tier of %s not refreshed (%s): reconcile does it", account_id,
+                            error.__class__.__name__)
 
     async def list_packages(self) -> list[Package]:
         async with transaction(self.engine) as conn:

@@ -16,7 +16,7 @@ from fastapi.responses import Response
 
 from billing.codes import MAX_BATCH, MAX_VALID_DAYS, STATUSES
 from billing.codes_api import ISSUED_FIELDS, codes_of, csv_text
-from billing.packages import MAX_WEIGHT, NewPackage
+from billing.packages import MAX_WEIGHT, NewPackage, PackageChanges
 from control.console.admin_common import AdminSession, actor, audited, not_found, plain_id, text, whole, words
 from control.console.web import billing_of, form_of, redirect, render
 from gateway.contract import BadRequest, GatewayError, NotFound
@@ -32,8 +32,11 @@ async def _packages_page(
     request: Request, session: AdminSession, status: int = 200, **extra: Any
 ) -> Response:
     packages = await billing_of(request).packages.list_packages()
-    created = request.query_params.get("created", "")
+    created, changed = request.query_params.get("created", ""), request.query_params.get("id", "")
+    done = request.query_params.get("done", "")
     notice = words(request, "adm_package_created", id=created) if IDENT.match(created) else None
+    if done in ("adm_package_on_sale", "adm_package_off_sale") and IDENT.match(changed):
+        notice = words(request, done, id=changed)
     values = {"valid_days": "30", "currency": "CNY", "weight": "1"}
     context = {"errors": {}, "values": values, "notice": notice, **extra}
     return render(
@@ -118,6 +121,35 @@ async def create_package(request: Request, session: AdminSession) -> Response:
         {"package": dict(package), "created": created},
     )
     return redirect(f"/console/admin/packages?created={quote(package['id'])}")
+
+
+async def _set_for_sale(request: Request, package_id: str, session: AdminSession, for_sale: bool) -> Response:
+    """Put a package on sale or take it off (its price and content as they are)."""
+    await form_of(request, session)
+    if not plain_id(package_id):
+        return not_found(request, session)
+    packages = billing_of(request).packages
+    try:
+        package = await packages.update_package(package_id, PackageChanges(for_sale=for_sale))
+    except NotFound:
+        return not_found(request, session)
+    except BadRequest as error:  # on sale without a price
+        message = words(request, "adm_service_error", message=error.message)
+        return await _packages_page(request, session, 400, errors={"form": message})
+    action = "console.package.on_sale" if for_sale else "console.package.off_sale"
+    await audited(request, session, action, f"package:{package_id}", {"package": dict(package)})
+    done = "adm_package_on_sale" if for_sale else "adm_package_off_sale"
+    return redirect(f"/console/admin/packages?done={done}&id={quote(package_id)}")
+
+
+@router.post("/packages/{package_id}/sell")
+async def sell(request: Request, package_id: str, session: AdminSession) -> Response:
+    return await _set_for_sale(request, package_id, session, True)
+
+
+@router.post("/packages/{package_id}/withdraw")
+async def withdraw(request: Request, package_id: str, session: AdminSession) -> Response:
+    return await _set_for_sale(request, package_id, session, False)
 
 
 async def _codes_page(request: Request, session: AdminSession, status: int = 200, **extra: Any) -> Response:

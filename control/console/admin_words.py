@@ -94,6 +94,11 @@ WORDS: dict[str, dict[str, str]] = {
         "adm_for_sale": "For sale",
         "adm_trial": "Trial package",
         "adm_weight": "Priority weight",
+        "adm_sale": "Sale",
+        "adm_take_off_sale": "Take off sale",
+        "adm_put_on_sale": "Put on sale",
+        "adm_package_on_sale": "Package {id} is on sale.",
+        "adm_package_off_sale": "Package {id} is off sale: nobody can order it; what was bought stays.",
         "adm_weight_hint": "1 to 100. When a model is full, an account whose best live package weighs 3 "
         "gets three turns for each turn of an account at 1.",
         "adm_models_hint": "Comma-separated model names; empty for all models.",
@@ -236,6 +241,11 @@ WORDS: dict[str, dict[str, str]] = {
         "adm_for_sale": "在售",
         "adm_trial": "试用套餐",
         "adm_weight": "优先权重",
+        "adm_sale": "销售",
+        "adm_take_off_sale": "下架",
+        "adm_put_on_sale": "上架",
+        "adm_package_on_sale": "套餐 {id} 已上架。",
+        "adm_package_off_sale": "套餐 {id} 已下架：不能再下单，已购买的不受影响。",
         "adm_weight_hint": "1 到 100。模型满载时按账户最佳有效套餐的权重轮流服务："
         "权重为 3 的账户每得到三次机会，权重为 1 的账户得到一次。",
         "adm_models_hint": "以逗号分隔的模型名称；留空表示全部模型。",

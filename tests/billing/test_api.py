@@ -284,6 +284,39 @@ def test_packages_on_sale_make_the_public_price_list(gateway: Gateway) -> None:
     assert httpx.get(gateway.control + "/v1/packages", timeout=10).json() == listed.json()
 
 
+def test_an_admin_changes_how_a_package_is_sold(gateway: Gateway) -> None:
+    """PATCH changes the name, price, sale, list price and weight; what a grant carries cannot
+    be changed (422 naming the field); null where a value is needed is a 400."""
+    tag = str(time.time_ns())
+    package = {"id": f"sold-{tag}", "name": "Sold", "credits": 1000, "valid_days": 30,
+               "price": {"amount": 900, "currency": "CNY"}, "for_sale": True}
+    with gateway.admin() as admin:
+        assert admin.post("/admin/packages", json=package).status_code == 201
+        url = f"/admin/packages/{package['id']}"
+        off = admin.patch(url, json={"for_sale": False, "price": None})
+        assert off.status_code == 200, off.text
+        assert off.json()["for_sale"] is False and off.json()["price"] is None
+        assert package["id"] not in {p["id"] for p in httpx.get(gateway.base + "/v1/packages").json()["data"]}
+        refused = admin.patch(url, json={"for_sale": True})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "price"
+        back = admin.patch(url, json={"for_sale": True, "price": {"amount": 1900, "currency": "usd"},
+                                      "name": "Sold again", "weight": 2})
+        assert back.status_code == 200, back.text
+        assert back.json()["price"] == {"amount": 1900, "currency": "USD"} and back.json()["weight"] == 2
+        for fixed in ({"credits": 5}, {"valid_days": 1}, {"models": ["m"]}, {"trial": True}):
+            answer = admin.patch(url, json=fixed)
+            assert answer.status_code == 422 and answer.json()["error"]["param"] == next(iter(fixed))
+        assert admin.patch(url, json={"weight": None}).status_code == 400
+        assert admin.patch(url, json={"weight": 101}).status_code == 422
+        assert admin.patch(f"/admin/packages/no-{tag}", json={"name": "x"}).status_code == 404
+        stored = {p["id"]: p for p in admin.get("/admin/packages").json()["data"]}[package["id"]]
+        assert stored["name"] == "Sold again" and stored["credits"] == 1000
+        audit = admin.get("/admin/audit", params={"target": url}).json()["data"]
+        assert {e["detail"]["status"] for e in audit} >= {200, 400, 422} and len(audit) >= 8
+    offers = {p["id"]: p for p in httpx.get(gateway.base + "/v1/packages").json()["data"]}
+    assert offers[package["id"]]["price"]["amount"] == 1900
+
+
 def test_nul_characters_are_refused_before_the_ledger(gateway: Gateway) -> None:
     """PostgreSQL's text holds no NUL character: one in an id or a filter of the URL failed the
     ledger's statement, and so did one in a body's field (500s schemathesis found). In the

@@ -284,6 +284,7 @@ def test_customer_gets_403_on_admin_pages(gateway: Gateway, admin: httpx.Client)
             (f"/console/admin/accounts/{account['id']}/disable", {}),
             ("/console/admin/packages", {"name": "free", "credits": "9", "valid_days": "9"}),
             ("/console/admin/codes", {"package_id": "p", "count": "1"}),
+            ("/console/admin/packages/starter/withdraw", {}),
         ):
             assert customer.post(path, data={"csrf": token, **data}).status_code == 403, path
     assert available(admin, account["id"]) == 0
@@ -346,6 +347,20 @@ def test_packages_and_codes(gateway: Gateway, admin: httpx.Client) -> None:
     with gateway.admin() as api:
         stored = {p["id"]: p for p in api.get("/admin/packages").json()["data"]}
     assert stored[package_id]["weight"] == 3  # its tier in fair shares
+    withdrawn = admin.post(f"/console/admin/packages/{package_id}/withdraw", data={"csrf": csrf_of(page)})
+    assert withdrawn.status_code == 303
+    shown = admin.get(withdrawn.headers["location"]).text
+    assert f"Package {package_id} is off sale" in shown
+    assert package_id not in {p["id"] for p in httpx.get(gateway.base + "/v1/packages").json()["data"]}
+    sold = admin.post(f"/console/admin/packages/{package_id}/sell", data={"csrf": csrf_of(page)})
+    assert sold.status_code == 303
+    assert package_id in {p["id"] for p in httpx.get(gateway.base + "/v1/packages").json()["data"]}
+    assert admin.post(f"/console/admin/packages/{package_id}/sell", data={}).status_code == 403  # no csrf
+    assert admin.post("/console/admin/packages/nope-x/sell", data={"csrf": csrf_of(page)}).status_code == 404
+    with gateway.admin() as api:
+        log = api.get("/admin/audit", params={"target": f"package:{package_id}"}).json()["data"]
+    changes = [e["action"] for e in log]
+    assert {"console.package.off_sale", "console.package.on_sale"} <= set(changes)
     too_heavy = admin.post(
         "/console/admin/packages",
         data={"csrf": csrf_of(page), "name": "Heavy", "credits": "5", "valid_days": "1", "weight": "101"},
