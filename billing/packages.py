@@ -61,6 +61,7 @@ class PackageChanges:
     unset_price: bool = False  # the price removed (only off sale)
     unset_list_price: bool = False
 
+
 _CONTENT = ("name", "credits", "valid_days", "models", "list_price", "price_amount", "price_currency",
             "for_sale", "trial", "weight")  # what makes a package the same package again
 
