@@ -9,22 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from launcher.embedded import free_port  # another process may still take it: start retries
+
 STARTUP_TIMEOUT_S = 10.0
-
-
-def free_port() -> int:
-    """A loopback port free right now (another process may still take it: start retries)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _cli(port: int, *args: str, timeout: float = 10.0) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Awaitable, Callable
 
 import pytest
 from hypothesis import given, settings
@@ -39,6 +40,22 @@ def _flow(cap: int, weights: dict[str, int] | None = None, queue_seconds: float 
     return FairShares(_Cap(cap), weigh, config)  # type: ignore[arg-type]
 
 
+Request = Callable[[str], Awaitable[None]]
+
+
+def _holding(flow: FairShares, started: list[str], release: asyncio.Event) -> Request:
+    """A request for an account: it takes its turn, notes the account in ``started``, and
+    holds the turn until ``release`` is set."""
+
+    async def request(account: str) -> None:
+        turn = await flow.turn(MODEL, account)
+        started.append(account)
+        await release.wait()
+        turn.release()
+
+    return request
+
+
 @settings(max_examples=60, deadline=None)
 @given(weights=st.lists(st.integers(1, 5), min_size=2, max_size=4),
        turns=st.integers(20, 120))
@@ -71,16 +88,9 @@ def test_backlogged_accounts_get_turns_in_proportion_to_their_weight(weights: li
 
 
 async def test_a_quiet_account_waits_about_one_turn_behind_a_flood() -> None:
-    flow = _flow(cap=2)
     order: list[str] = []
     release = asyncio.Event()
-
-    async def request(account: str) -> None:
-        turn = await flow.turn(MODEL, account)
-        order.append(account)
-        await release.wait()
-        turn.release()
-
+    request = _holding(_flow(cap=2), order, release)
     flood = [asyncio.create_task(request("flood")) for _ in range(20)]
     await asyncio.sleep(0.01)  # two flood requests run, eighteen wait
     quiet = asyncio.create_task(request("quiet"))
@@ -93,16 +103,9 @@ async def test_a_quiet_account_waits_about_one_turn_behind_a_flood() -> None:
 async def test_a_slot_kept_for_newcomers_lets_a_quiet_tenant_start_at_once() -> None:
     """With ``newcomer_slots: 1`` a flood holds at most cap - 1 turns, so a quiet account's
     request starts at once; the flood's own requests wait for their fair turn."""
-    flow = _flow(cap=4, newcomer_slots=1)
-    release = asyncio.Event()
     running: list[str] = []
-
-    async def request(account: str) -> None:
-        turn = await flow.turn(MODEL, account)
-        running.append(account)
-        await release.wait()
-        turn.release()
-
+    release = asyncio.Event()
+    request = _holding(_flow(cap=4, newcomer_slots=1), running, release)
     flood = [asyncio.create_task(request("flood")) for _ in range(10)]
     await asyncio.sleep(0.01)
     assert running == ["flood"] * 3  # the fourth turn is kept

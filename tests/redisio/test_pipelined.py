@@ -18,7 +18,8 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.redisio import UNAVAILABLE, PipelinedCluster, PipelinedConnection, Script, fast_redis
-from tests.redis_servers import RedisClusterServers, RedisServer, free_port, redis_server
+from launcher.embedded import free_port
+from tests.redis_servers import RedisClusterServers, RedisServer, redis_server
 
 
 async def test_concurrent_commands_are_answered_in_order(redis_standalone: RedisServer) -> None:

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import openai
@@ -28,6 +30,7 @@ from launcher.embedded import free_port, free_ports, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_KEY = "tg-admin-test-secret"
+T = TypeVar("T")
 _STARTED: list[subprocess.Popen[bytes]] = []
 
 
@@ -47,16 +50,37 @@ def spawn(args: list[str], log: Path | None, env: dict[str, str] | None = None,
 PORT_ATTEMPTS = 4  # a port picked free may be taken (by any outgoing connection) before the bind
 
 
+class PortTaken(RuntimeError):
+    """A child exited because its port was taken between our pick and its bind."""
+
+
 def log_size(log: Path | None) -> int:
-    """Where the next start's output begins in ``log`` (see :func:`lost_its_port`)."""
+    """Where the next start's output begins in ``log`` (see :func:`bound`)."""
     return log.stat().st_size if log is not None and log.exists() else 0
 
 
-def lost_its_port(process: subprocess.Popen[bytes], log: Path | None, since: int) -> bool:
-    """Whether ``process`` exited because its port was taken between our pick and its bind:
-    its output since ``since`` says so (without a log, any early exit counts)."""
-    if process.poll() is None:
-        return False
+def bound(process: subprocess.Popen[bytes], log: Path | None, since: int, wait: Callable[[], object]) -> None:
+    """``wait`` for the child to serve; PortTaken when it exited because its port was taken
+    (its output since ``since`` says so; without a log, any early exit counts), else
+    ``wait``'s own error. The child is stopped either way."""
+    try:
+        wait()
+    except RuntimeError:
+        stop_process(process)
+        if process.poll() is not None and _says_port_taken(log, since):
+            raise PortTaken(f"{process.args!r} lost its port") from None
+        raise
+
+
+def on_free_ports(start: Callable[[], T]) -> T:
+    """``start()`` (which picks its ports), again while a child lost a picked port."""
+    for _ in range(PORT_ATTEMPTS - 1):
+        with contextlib.suppress(PortTaken):
+            return start()
+    return start()
+
+
+def _says_port_taken(log: Path | None, since: int) -> bool:
     if log is None:
         return True
     with log.open("rb") as out:
@@ -115,23 +139,18 @@ class Sims:
 
 def start_sims(count: int, models: str, *options: str, log: Path | None = None) -> Sims:
     """``count`` simulators in one process; ``options`` are vllm_sim's (``--itl-ms``, ...)."""
-    for attempt in range(PORT_ATTEMPTS):
+
+    def start() -> Sims:
         ports = free_ports(count)
         args = [sys.executable, "-m", "loadtest.vllm_sim", *options]
         for port in ports:
             args += ["--port", str(port), "--model", models]
         since = log_size(log)
         process = spawn(args, log)
-        try:
-            for port in ports:
-                wait_for_port(port, process)
-        except RuntimeError:
-            stop_process(process)
-            if attempt + 1 < PORT_ATTEMPTS and lost_its_port(process, log, since):
-                continue
-            raise
+        bound(process, log, since, lambda: [wait_for_port(port, process) for port in ports])
         return Sims(ports, process)
-    raise AssertionError("unreachable")
+
+    return on_free_ports(start)
 
 
 @dataclass
@@ -268,20 +287,17 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, what: str,
 
 def start_control(config: Path, env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
     """``tokengate control`` on a free port, ready (Redis and a migrated ledger)."""
-    for attempt in range(PORT_ATTEMPTS):
+
+    def start() -> tuple[subprocess.Popen[bytes], str]:
         port = free_port()
         since = log_size(log)
         process = spawn(tokengate("control", "--config", str(config), "--port", str(port),
                                   "--log-level", "info"), log, env, ROOT)
         url = f"http://127.0.0.1:{port}"
-        try:
-            wait_ready(url, process, log, "control plane")
-        except RuntimeError:
-            if attempt + 1 < PORT_ATTEMPTS and lost_its_port(process, log, since):
-                continue
-            raise
+        bound(process, log, since, lambda: wait_ready(url, process, log, "control plane"))
         return process, url
-    raise AssertionError("unreachable")
+
+    return on_free_ports(start)
 
 
 def start_gateway(config: Path, redis_url: str, log: Path, *, database_url: str | None = None,
@@ -291,7 +307,8 @@ def start_gateway(config: Path, redis_url: str, log: Path, *, database_url: str 
     database_url = database_url or f"sqlite:///{log.parent / 'ledger.db'}"
     environ = environment(redis_url, database_url, **env)
     control_log = log.with_name(log.stem + "-control" + log.suffix)
-    for attempt in range(PORT_ATTEMPTS):
+
+    def start() -> Gateway:
         port = free_port()  # known first: the control plane's console links and calls the data plane
         control_env = {"TOKENGATE_DATA_URL": f"http://127.0.0.1:{port}", **environ}
         control_process, control = start_control(config, control_env, control_log)
@@ -301,14 +318,13 @@ def start_gateway(config: Path, redis_url: str, log: Path, *, database_url: str 
         process = spawn(args, log, {**environ, "TOKENGATE_CONTROL_URL": control}, ROOT)
         base = f"http://127.0.0.1:{port}"
         try:
-            wait_ready(base, process, log, "gateway")
+            bound(process, log, since, lambda: wait_ready(base, process, log, "gateway"))
         except RuntimeError:
             stop_process(control_process)
-            if attempt + 1 < PORT_ATTEMPTS and lost_its_port(process, log, since):
-                continue
             raise
         return Gateway(base, control, process, control_process, redis_url, database_url, log, config)
-    raise AssertionError("unreachable")
+
+    return on_free_ports(start)
 
 
 def start_billing_worker(redis_url: str, database_url: str, log: Path,
