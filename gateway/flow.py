@@ -125,8 +125,8 @@ class ModelQueue:
         """Give turns while the model has room: the least virtual time first, among the
         accounts that may take the turn (see ``keep``)."""
         while self.waiting:
-            account = next((a for a in sorted(self.waiting, key=self.vtime.__getitem__)
-                            if self.room_for(a)), None)
+            account = min((a for a in self.waiting if self.room_for(a)), key=self.vtime.__getitem__,
+                          default=None)
             if account is None:
                 return
             queue = self.waiting[account]

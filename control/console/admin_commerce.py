@@ -123,10 +123,16 @@ async def create_package(request: Request, session: AdminSession) -> Response:
     return redirect(f"/console/admin/packages?created={quote(package['id'])}")
 
 
-async def _set_for_sale(request: Request, package_id: str, session: AdminSession, for_sale: bool) -> Response:
-    """Put a package on sale or take it off (its price and content as they are)."""
+SALE_CHANGES = {"sell": True, "withdraw": False}  # /packages/{id}/sell and /withdraw
+
+
+@router.post("/packages/{package_id}/{change}")
+async def change_sale(request: Request, package_id: str, change: str, session: AdminSession) -> Response:
+    """Put a package on sale (``sell``) or take it off (``withdraw``); its price and content
+    as they are."""
     await form_of(request, session)
-    if not plain_id(package_id):
+    for_sale = SALE_CHANGES.get(change)
+    if for_sale is None or not plain_id(package_id):
         return not_found(request, session)
     packages = billing_of(request).packages
     try:
@@ -140,16 +146,6 @@ async def _set_for_sale(request: Request, package_id: str, session: AdminSession
     await audited(request, session, action, f"package:{package_id}", {"package": dict(package)})
     done = "adm_package_on_sale" if for_sale else "adm_package_off_sale"
     return redirect(f"/console/admin/packages?done={done}&id={quote(package_id)}")
-
-
-@router.post("/packages/{package_id}/sell")
-async def sell(request: Request, package_id: str, session: AdminSession) -> Response:
-    return await _set_for_sale(request, package_id, session, True)
-
-
-@router.post("/packages/{package_id}/withdraw")
-async def withdraw(request: Request, package_id: str, session: AdminSession) -> Response:
-    return await _set_for_sale(request, package_id, session, False)
 
 
 async def _codes_page(request: Request, session: AdminSession, status: int = 200, **extra: Any) -> Response:
